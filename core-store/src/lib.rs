@@ -1,0 +1,21 @@
+//! mailgate-core: the protocol-neutral model, the durable store, the router and the policy.
+//!
+//! Front-ends translate their wire forms into [`message::Message`] and call
+//! [`router::Core::submit`]; they read mailboxes through [`store::Store`]. The core opens no
+//! sockets and knows no protocol.
+
+pub mod address;
+pub mod hashcash;
+pub mod message;
+pub mod metrics;
+pub mod password;
+pub mod ratelimit;
+pub mod relay;
+pub mod router;
+pub mod store;
+
+pub use address::{Address, AddressError, ImidRef};
+pub use message::{Importance, Message, MessageId, MessageKind, Part, Security, Tags, TraceHop};
+pub use metrics::Metrics;
+pub use router::{Core, Origin, Policy, Receipt, SubmitError, Submitter};
+pub use store::{SqliteOptions, SqliteStore, Store, StoreError};

@@ -1,0 +1,244 @@
+//! The protocol-neutral message model every front-end translates to and from.
+
+use crate::address::Address;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A stored message's id: a UUID v7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        MessageId(Uuid::now_v7())
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for MessageId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(MessageId)
+    }
+}
+
+/// One part of a message: a body, an attachment, an inline resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// File name or label of the part (`body`, `logo.jpg`).
+    pub name: String,
+    /// Media type, e.g. `text/plain`.
+    pub media_type: String,
+    /// The raw octets.
+    pub data: Bytes,
+    /// Whether this is the message's content part (the body a reader shows first).
+    pub content: bool,
+}
+
+impl Part {
+    /// A `text/plain` content part.
+    pub fn text_body(text: impl Into<String>) -> Self {
+        Part {
+            name: "body".into(),
+            media_type: "text/plain; charset=utf-8".into(),
+            data: Bytes::from(text.into()),
+            content: true,
+        }
+    }
+}
+
+/// Tags as in MMTP spec §8: each category holds a list of values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tags {
+    /// `high`, `medium`, `low`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priority: Vec<String>,
+    /// `personal`, `work`, `promotion`, …
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub category: Vec<String>,
+    /// `urgent`, `important`, `information`, `action_required`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<String>,
+    /// Free-form tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom: Vec<String>,
+}
+
+impl Tags {
+    /// True when no category holds a value.
+    pub fn is_empty(&self) -> bool {
+        self.priority.is_empty()
+            && self.category.is_empty()
+            && self.status.is_empty()
+            && self.custom.is_empty()
+    }
+}
+
+/// Importance (IMMP `+IMPORTANT` / `-IMPORTANT`, MMTP priority tags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Importance {
+    /// High priority.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Low priority.
+    Low,
+}
+
+impl Importance {
+    /// Stable small integer for storage.
+    pub fn code(self) -> i64 {
+        match self {
+            Importance::High => 1,
+            Importance::Normal => 0,
+            Importance::Low => -1,
+        }
+    }
+    /// Inverse of [`Importance::code`]; unknown codes read as normal.
+    pub fn from_code(c: i64) -> Self {
+        match c {
+            1 => Importance::High,
+            -1 => Importance::Low,
+            _ => Importance::Normal,
+        }
+    }
+}
+
+/// Whether a message is mail or a push notification (IMMP `PUSH`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// Ordinary mail.
+    #[default]
+    Mail,
+    /// A short push notification.
+    Push,
+}
+
+/// End-to-end security state. The server never decrypts: encrypted payloads stay opaque.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// ASCII-armored OpenPGP message, when the content is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<String>,
+    /// ASCII-armored detached OpenPGP signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Whether the signature verified on arrival (`None`: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_verified: Option<bool>,
+    /// Hex SHA-256 of the content as it arrived, when the protocol carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+}
+
+/// One hop a message passed: which protocol, from which peer, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHop {
+    /// `mmtp`, `immp`, `xhmtp`, or `local`.
+    pub protocol: String,
+    /// The peer's address or name.
+    pub peer: String,
+    /// Unix time in milliseconds.
+    pub at: i64,
+}
+
+/// The exact bytes a message arrived as, so a relay in the same protocol can forward it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireForm {
+    /// Protocol name (`mmtp`, `immp`, `xhmtp`).
+    pub protocol: String,
+    /// The original octets.
+    pub bytes: Bytes,
+}
+
+/// A message in mailgate's model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Store id.
+    pub id: MessageId,
+    /// Sender.
+    pub sender: Address,
+    /// All recipients, as addressed (with folders).
+    pub recipients: Vec<Address>,
+    /// Subject line.
+    pub subject: String,
+    /// Ordered parts; at most one has `content` set.
+    pub parts: Vec<Part>,
+    /// Tags (MMTP §8).
+    pub tags: Tags,
+    /// Importance.
+    pub importance: Importance,
+    /// Mail or push notification.
+    pub kind: MessageKind,
+    /// Encryption and signature state.
+    pub security: Security,
+    /// Hops so far, oldest first.
+    pub trace: Vec<TraceHop>,
+    /// The original wire form, if kept.
+    pub wire: Option<WireForm>,
+    /// When this gateway accepted it (Unix ms).
+    pub received_at: i64,
+}
+
+impl Message {
+    /// A plain-text mail with fresh id and `received_at = now`.
+    pub fn new(
+        sender: Address,
+        recipients: Vec<Address>,
+        subject: impl Into<String>,
+        body: impl Into<String>,
+    ) -> Self {
+        Message {
+            id: MessageId::new(),
+            sender,
+            recipients,
+            subject: subject.into(),
+            parts: vec![Part::text_body(body)],
+            tags: Tags::default(),
+            importance: Importance::Normal,
+            kind: MessageKind::Mail,
+            security: Security::default(),
+            trace: Vec::new(),
+            wire: None,
+            received_at: now_ms(),
+        }
+    }
+
+    /// Size used for limits: subject, parts and armored payloads (the kept wire form is a
+    /// second copy of the same content and does not count twice).
+    pub fn size(&self) -> usize {
+        self.subject.len()
+            + self.parts.iter().map(|p| p.data.len()).sum::<usize>()
+            + self.security.encrypted.as_ref().map_or(0, String::len)
+            + self.security.signature.as_ref().map_or(0, String::len)
+    }
+
+    /// The content part, if any.
+    pub fn content_part(&self) -> Option<&Part> {
+        self.parts.iter().find(|p| p.content)
+    }
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,317 @@
+//! The router and policy: what every front-end calls to submit mail and authenticate users.
+//!
+//! [`Core::submit`] decides, per recipient, between a local mailbox (folder from `+folder`,
+//! else INBOX) and the outbound queue; refuses relaying for anyone but an authenticated local
+//! account (no open relay); refuses unknown local recipients at the door (no backscatter);
+//! enforces the size limit; and writes everything in one durable transaction.
+
+use crate::address::Address;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::password::{hash_password, verify_password, PasswordError};
+use crate::ratelimit::RateLimiter;
+use crate::store::{
+    Account, LocalDelivery, RelayRequest, SpentStamp, Store, StoreError, Submission,
+};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The message size limit when config sets none: the MMTP spec's 10 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
+
+/// Routing and acceptance rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Domains this gateway holds mailboxes for (lower-case).
+    pub local_domains: HashSet<String>,
+    /// Largest message accepted, bytes ([`Message::size`]).
+    pub max_message_size: usize,
+    /// Most recipients of one message.
+    pub max_recipients: usize,
+}
+
+impl Policy {
+    /// Rules for the given local domains with default limits.
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(local_domains: I) -> Self {
+        Policy {
+            local_domains: local_domains
+                .into_iter()
+                .map(|d| d.as_ref().to_ascii_lowercase())
+                .collect(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_recipients: 100,
+        }
+    }
+
+    /// Is `domain` one of ours?
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.local_domains.contains(&domain.to_ascii_lowercase())
+    }
+}
+
+/// Who is submitting.
+#[derive(Debug, Clone)]
+pub enum Submitter {
+    /// A local account that authenticated on this connection.
+    Account(Account),
+    /// A peer that did not authenticate as a local account (a remote server, an anonymous
+    /// sender); it may deliver to local accounts only, after the protocol's anti-abuse check.
+    Peer(IpAddr),
+}
+
+/// Where a submission came from, for policy and metrics.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Front-end name (`mmtp`, `immp`, `xhmtp`).
+    pub protocol: &'static str,
+    /// Who submits.
+    pub submitter: Submitter,
+}
+
+/// Why a submission was refused. Every front-end maps these to its own error replies.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Larger than the limit.
+    #[error("message of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Message size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No recipients at all.
+    #[error("message has no recipients")]
+    NoRecipients,
+    /// More recipients than allowed.
+    #[error("message has {0} recipients; the limit is {1}")]
+    TooManyRecipients(usize, usize),
+    /// Remote recipient, but the submitter is not an authenticated local account.
+    #[error("relaying to {0} denied: only authenticated local users may send to other domains")]
+    RelayDenied(Address),
+    /// Local domain, no such account.
+    #[error("no such user here: {0}")]
+    UnknownRecipient(Address),
+    /// An authenticated account tried to send as someone else.
+    #[error("sender {0} does not match the authenticated account")]
+    SenderMismatch(Address),
+    /// The anti-spam stamp was used before.
+    #[error("anti-spam stamp already spent")]
+    StampSpent,
+    /// The store failed; nothing was accepted.
+    #[error("temporary storage failure: {0}")]
+    Store(StoreError),
+}
+
+impl SubmitError {
+    /// Short reason for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SubmitError::TooLarge { .. } => "too_large",
+            SubmitError::NoRecipients => "no_recipients",
+            SubmitError::TooManyRecipients(..) => "too_many_recipients",
+            SubmitError::RelayDenied(_) => "relay_denied",
+            SubmitError::UnknownRecipient(_) => "unknown_recipient",
+            SubmitError::SenderMismatch(_) => "sender_mismatch",
+            SubmitError::StampSpent => "stamp_replay",
+            SubmitError::Store(_) => "store_error",
+        }
+    }
+}
+
+impl From<StoreError> for SubmitError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::StampSpent => SubmitError::StampSpent,
+            other => SubmitError::Store(other),
+        }
+    }
+}
+
+/// Where each recipient of an accepted message went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// Local deliveries: recipient and folder.
+    pub local: Vec<(Address, String)>,
+    /// Remote recipients queued for relay.
+    pub queued: Vec<Address>,
+}
+
+/// Errors of account management.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The domain is not one of ours.
+    #[error("{0} is not a local domain")]
+    NotLocal(String),
+    /// Bad password.
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The handle every front-end holds: store, policy, metrics, shared anti-abuse state.
+pub struct Core {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// Routing rules.
+    pub policy: Policy,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Per-peer rate limiter for submissions and logins.
+    pub limiter: RateLimiter<IpAddr>,
+}
+
+impl Core {
+    /// Assemble the core.
+    pub fn new(store: Arc<dyn Store>, policy: Policy, metrics: Arc<Metrics>) -> Self {
+        Core {
+            store,
+            policy,
+            metrics,
+            limiter: RateLimiter::new(0.0, 1),
+        }
+    }
+
+    /// Replace the rate limiter (`rate` per second, `burst`; 0 disables).
+    pub fn with_rate_limit(mut self, rate: f64, burst: u32) -> Self {
+        self.limiter = RateLimiter::new(rate, burst);
+        self
+    }
+
+    /// Validate, route and durably store a message. Returns only after the commit is on disk.
+    pub async fn submit(
+        &self,
+        message: Message,
+        origin: &Origin,
+        stamp: Option<SpentStamp>,
+    ) -> Result<Receipt, SubmitError> {
+        let result = self.route_and_store(message, origin, stamp).await;
+        match &result {
+            Ok(_) => self.metrics.message_accepted(origin.protocol),
+            Err(e) => self.metrics.message_refused(origin.protocol, e.reason()),
+        }
+        result
+    }
+
+    async fn route_and_store(
+        &self,
+        message: Message,
+        origin: &Origin,
+        stamp: Option<SpentStamp>,
+    ) -> Result<Receipt, SubmitError> {
+        let size = message.size();
+        if size > self.policy.max_message_size {
+            return Err(SubmitError::TooLarge {
+                size,
+                max: self.policy.max_message_size,
+            });
+        }
+        if message.recipients.is_empty() {
+            return Err(SubmitError::NoRecipients);
+        }
+        if message.recipients.len() > self.policy.max_recipients {
+            return Err(SubmitError::TooManyRecipients(
+                message.recipients.len(),
+                self.policy.max_recipients,
+            ));
+        }
+        if let Submitter::Account(account) = &origin.submitter {
+            if !account.address.same_account(&message.sender) {
+                return Err(SubmitError::SenderMismatch(message.sender.clone()));
+            }
+        }
+        let mut receipt = Receipt::default();
+        let mut deliveries = Vec::new();
+        let mut relays = Vec::new();
+        for rcpt in &message.recipients {
+            if self.policy.is_local(&rcpt.domain) {
+                let account = self
+                    .store
+                    .account(rcpt)
+                    .await?
+                    .ok_or_else(|| SubmitError::UnknownRecipient(rcpt.clone()))?;
+                let folder = match &rcpt.folder {
+                    Some(f) => self
+                        .store
+                        .find_folder(account.id, f)
+                        .await?
+                        .unwrap_or_else(|| "INBOX".to_owned()),
+                    None => "INBOX".to_owned(),
+                };
+                receipt.local.push((rcpt.clone(), folder.clone()));
+                deliveries.push(LocalDelivery {
+                    account: account.id,
+                    folder,
+                });
+            } else {
+                if !matches!(origin.submitter, Submitter::Account(_)) {
+                    return Err(SubmitError::RelayDenied(rcpt.clone()));
+                }
+                receipt.queued.push(rcpt.clone());
+                relays.push(RelayRequest {
+                    recipient: rcpt.clone(),
+                    protocol: None,
+                });
+            }
+        }
+        self.store
+            .submit(Submission {
+                message,
+                deliveries,
+                relays,
+                stamp,
+            })
+            .await?;
+        Ok(receipt)
+    }
+
+    /// Check a local account's password (argon2 runs off the async threads).
+    /// `None` for unknown accounts and wrong passwords alike.
+    pub async fn authenticate(
+        &self,
+        address: &Address,
+        password: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        let Some(account) = self.store.account(address).await? else {
+            return Ok(None);
+        };
+        let password = password.to_owned();
+        let phc = account.password_hash.clone();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
+            .await
+            .unwrap_or(false);
+        Ok(ok.then_some(account))
+    }
+
+    /// Create a local account with a password.
+    pub async fn add_account(
+        &self,
+        address: &Address,
+        password: &str,
+    ) -> Result<Account, AccountError> {
+        if !self.policy.is_local(&address.domain) {
+            return Err(AccountError::NotLocal(address.domain.clone()));
+        }
+        let hash = hash_off_thread(password).await?;
+        Ok(self.store.create_account(address, &hash).await?)
+    }
+
+    /// Replace a local account's password.
+    pub async fn set_password(
+        &self,
+        address: &Address,
+        password: &str,
+    ) -> Result<(), AccountError> {
+        let hash = hash_off_thread(password).await?;
+        Ok(self.store.set_password_hash(address, &hash).await?)
+    }
+}
+
+async fn hash_off_thread(password: &str) -> Result<String, PasswordError> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| PasswordError::Hash(e.to_string()))?
+}

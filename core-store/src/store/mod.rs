@@ -1,0 +1,362 @@
+//! The durable store: an async [`Store`] trait and its SQLite back-end.
+//!
+//! The trait speaks only the model's types, so another back-end (PostgreSQL) can be added
+//! without touching the front-ends.
+
+mod schema;
+mod sqlite;
+mod writer;
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+use crate::address::Address;
+use crate::message::{Message, MessageId};
+use async_trait::async_trait;
+
+/// Row id of an account.
+pub type AccountId = i64;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// An account with that address exists already.
+    #[error("account {0} exists already")]
+    AccountExists(String),
+    /// No account with that address.
+    #[error("no account {0}")]
+    NoAccount(String),
+    /// The anti-spam stamp was spent before (replay).
+    #[error("stamp already spent")]
+    StampSpent,
+    /// The mailbox entry / folder / queue entry does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Stored data did not decode (corruption or a newer schema).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The transaction holding this write failed to commit; nothing of it was stored.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The store is shut down.
+    #[error("store is closed")]
+    Closed,
+    /// File-system error (backup, data directory).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Row id.
+    pub id: AccountId,
+    /// The account's address (no folder).
+    pub address: Address,
+    /// argon2 PHC string.
+    pub password_hash: String,
+    /// Creation time, Unix ms.
+    pub created_at: i64,
+}
+
+/// A public key in the key directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeyRecord {
+    /// Whose key (account key form).
+    pub address: Address,
+    /// Upper-case hex fingerprint.
+    pub fingerprint: String,
+    /// ASCII-armored key.
+    pub armored: String,
+}
+
+/// A message placed in a local account's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalDelivery {
+    /// Receiving account.
+    pub account: AccountId,
+    /// Folder path (`INBOX`, `INBOX/Receipts`).
+    pub folder: String,
+}
+
+/// A recipient that must be relayed to another domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayRequest {
+    /// The remote recipient.
+    pub recipient: Address,
+    /// Protocol chosen at submit time, if any (else the relay worker chooses).
+    pub protocol: Option<String>,
+}
+
+/// A spent anti-spam stamp, recorded in the same transaction as the message it paid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpentStamp {
+    /// The stamp text.
+    pub value: String,
+    /// When the record may be forgotten (the stamp is too old to be accepted by then), Unix ms.
+    pub expires_at: i64,
+}
+
+/// Everything `submit` writes in one durable transaction.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The message.
+    pub message: Message,
+    /// Local mailbox entries to create.
+    pub deliveries: Vec<LocalDelivery>,
+    /// Outbound queue entries to create.
+    pub relays: Vec<RelayRequest>,
+    /// Stamp to mark spent; the submit fails with [`StoreError::StampSpent`] on replay.
+    pub stamp: Option<SpentStamp>,
+}
+
+/// Per-entry flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// Read.
+    pub seen: bool,
+    /// Marked for deletion.
+    pub deleted: bool,
+}
+
+/// One message in one folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxEntry {
+    /// Entry row id (unique per folder placement).
+    pub id: i64,
+    /// Owning account.
+    pub account: AccountId,
+    /// Folder path.
+    pub folder: String,
+    /// The stored message.
+    pub message: MessageId,
+    /// Flags.
+    pub flags: Flags,
+    /// When placed, Unix ms.
+    pub added_at: i64,
+}
+
+/// A folder with its counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderInfo {
+    /// Path, e.g. `INBOX/Receipts`.
+    pub name: String,
+    /// Entries not deleted.
+    pub total: u64,
+    /// Entries neither seen nor deleted.
+    pub unseen: u64,
+}
+
+/// Which entries of a folder to list.
+#[derive(Debug, Clone, Default)]
+pub struct EntryQuery {
+    /// Only entries not yet seen.
+    pub unseen_only: bool,
+    /// Include entries flagged deleted.
+    pub include_deleted: bool,
+    /// At most this many, oldest first (`None`: all).
+    pub limit: Option<u32>,
+}
+
+/// State of an outbound queue entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Claimed by a relay worker (lease until `lease_until`).
+    InFlight,
+    /// Delivered.
+    Done,
+    /// Given up; a bounce was produced.
+    Failed,
+}
+
+impl QueueState {
+    fn from_code(c: i64) -> Self {
+        match c {
+            1 => QueueState::InFlight,
+            2 => QueueState::Done,
+            3 => QueueState::Failed,
+            _ => QueueState::Pending,
+        }
+    }
+    /// Lower-case name for listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Pending => "pending",
+            QueueState::InFlight => "in-flight",
+            QueueState::Done => "done",
+            QueueState::Failed => "failed",
+        }
+    }
+}
+
+/// One outbound queue entry: one message to one remote recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// Row id.
+    pub id: i64,
+    /// The message to relay.
+    pub message: MessageId,
+    /// The remote recipient.
+    pub recipient: Address,
+    /// Protocol chosen, if any.
+    pub protocol: Option<String>,
+    /// State.
+    pub state: QueueState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Next attempt, Unix ms.
+    pub next_attempt: i64,
+    /// Last error text.
+    pub last_error: Option<String>,
+    /// When queued, Unix ms.
+    pub created_at: i64,
+}
+
+/// How a relay attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// Delivered: the entry is done.
+    Delivered,
+    /// Temporary failure: try again at `next_attempt`.
+    Retry {
+        /// Unix ms.
+        next_attempt: i64,
+        /// What went wrong.
+        error: String,
+    },
+    /// Permanent failure: the entry failed.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Counts for metrics and `mailgate queue`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Stored messages.
+    pub messages: u64,
+    /// Accounts.
+    pub accounts: u64,
+    /// Queue entries pending or in flight.
+    pub queue_depth: u64,
+}
+
+/// The durable store behind every front-end.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Write message, mailbox entries, queue entries and spent stamp in one transaction;
+    /// returns only once the commit is durable.
+    async fn submit(&self, submission: Submission) -> Result<(), StoreError>;
+
+    /// Create an account; fails with [`StoreError::AccountExists`].
+    async fn create_account(
+        &self,
+        address: &Address,
+        password_hash: &str,
+    ) -> Result<Account, StoreError>;
+    /// Look an account up by address (case-insensitive, folder ignored).
+    async fn account(&self, address: &Address) -> Result<Option<Account>, StoreError>;
+    /// All accounts, ordered by address.
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// Replace an account's password hash.
+    async fn set_password_hash(&self, address: &Address, hash: &str) -> Result<(), StoreError>;
+    /// Remove an account with its mailbox entries and secrets; false when there was none.
+    async fn remove_account(&self, address: &Address) -> Result<bool, StoreError>;
+    /// Store a per-protocol secret of an account (e.g. IMMP's `h`).
+    async fn set_secret(
+        &self,
+        account: AccountId,
+        kind: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Read a per-protocol secret.
+    async fn secret(&self, account: AccountId, kind: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Register or replace a public key.
+    async fn put_key(&self, key: PublicKeyRecord) -> Result<(), StoreError>;
+    /// Look a public key up.
+    async fn key(&self, address: &Address) -> Result<Option<PublicKeyRecord>, StoreError>;
+
+    /// The folders of an account with counts (INBOX, SENT, DRAFTS, JUNK always exist).
+    async fn folders(&self, account: AccountId) -> Result<Vec<FolderInfo>, StoreError>;
+    /// Create a user folder (idempotent).
+    async fn create_folder(&self, account: AccountId, name: &str) -> Result<(), StoreError>;
+    /// Resolve a folder name case-insensitively, by full path or by last segment.
+    async fn find_folder(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// Entries of a folder, oldest first.
+    async fn entries(
+        &self,
+        account: AccountId,
+        folder: &str,
+        query: EntryQuery,
+    ) -> Result<Vec<MailboxEntry>, StoreError>;
+    /// Load a stored message.
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;
+    /// Change an entry's flags (the entry must belong to `account`).
+    async fn set_flags(
+        &self,
+        account: AccountId,
+        entry: i64,
+        flags: Flags,
+    ) -> Result<(), StoreError>;
+    /// Place an existing message in another folder of the same account (copy).
+    async fn add_entry(
+        &self,
+        account: AccountId,
+        folder: &str,
+        message: MessageId,
+    ) -> Result<i64, StoreError>;
+    /// Drop the entries flagged deleted in a folder; messages nobody references any more go too.
+    async fn expunge(&self, account: AccountId, folder: &str) -> Result<u64, StoreError>;
+
+    /// Claim up to `limit` due queue entries for `lease_ms` (entries whose lease ran out count
+    /// as due again, so a crashed worker never loses one).
+    async fn claim_due(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<QueueEntry>, StoreError>;
+    /// Record how an attempt ended.
+    async fn finish_relay(&self, id: i64, outcome: RelayOutcome) -> Result<(), StoreError>;
+    /// Queue entries not done, optionally for one domain.
+    async fn queue(&self, domain: Option<&str>) -> Result<Vec<QueueEntry>, StoreError>;
+    /// Make entries due now (`None`: all pending and failed ones); returns how many.
+    async fn retry_now(&self, id: Option<i64>, now: i64) -> Result<u64, StoreError>;
+    /// Delete a queue entry; false when there was none.
+    async fn drop_queued(&self, id: i64) -> Result<bool, StoreError>;
+
+    /// Store a single-use token (cookie, nonce, access code hash) until `expires_at`.
+    async fn put_token(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+    /// Take (read and delete) a token that has not expired.
+    async fn take_token(
+        &self,
+        kind: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Forget expired tokens and stamps; returns how many rows went.
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Counts for metrics.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+    /// Write a consistent copy of the whole store to `path` while it runs.
+    async fn backup(&self, path: &std::path::Path) -> Result<(), StoreError>;
+    /// Finish queued writes and stop the writer; later writes fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,913 @@
+//! SQLite back-end: WAL, `synchronous=FULL`, one group-commit writer, a pool of readers.
+
+use super::schema::migrate;
+use super::writer::Writer;
+use super::{
+    Account, AccountId, EntryQuery, Flags, FolderInfo, MailboxEntry, PublicKeyRecord, QueueEntry,
+    QueueState, RelayOutcome, Store, StoreError, StoreStats, Submission,
+};
+use crate::address::Address;
+use crate::message::{
+    now_ms, Importance, Message, MessageId, MessageKind, Part, Security, Tags, TraceHop, WireForm,
+};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// Folders every account has.
+pub const STANDARD_FOLDERS: [&str; 4] = ["INBOX", "SENT", "DRAFTS", "JUNK"];
+
+/// Options for opening the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Database file (created with its directory when missing).
+    pub path: PathBuf,
+    /// Fsync every commit (`synchronous=FULL`); only benchmarks turn this off.
+    pub fsync: bool,
+    /// Reader connections (concurrent reads).
+    pub readers: usize,
+}
+
+impl SqliteOptions {
+    /// Defaults for a database at `path`: fsync on, four readers.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteOptions {
+            path: path.into(),
+            fsync: true,
+            readers: 4,
+        }
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Arc<ReaderPool>,
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+fn open_conn(path: &Path, read_only: bool, fsync: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "OFF" })?;
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Open (creating and migrating) the database.
+    pub fn open(opts: SqliteOptions, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        if let Some(dir) = opts.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let mut conn = open_conn(&opts.path, false, opts.fsync)?;
+        migrate(&mut conn)?;
+        let writer = Writer::start(conn, metrics)?;
+        Ok(SqliteStore {
+            writer,
+            readers: Arc::new(ReaderPool {
+                path: opts.path,
+                idle: Mutex::new(Vec::new()),
+                permits: Semaphore::new(opts.readers.max(1)),
+            }),
+        })
+    }
+
+    /// Run a read on a pooled read-only connection, off the async threads.
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.idle.lock().ok().and_then(|mut v| v.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_conn(&pool.path, true, true)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The JSON column of a message: what has no column of its own.
+#[derive(Serialize, Deserialize)]
+struct MessageMeta {
+    recipients: Vec<String>,
+    #[serde(default)]
+    tags: Tags,
+    #[serde(default)]
+    security: Security,
+    #[serde(default)]
+    trace: Vec<TraceHop>,
+}
+
+fn parse_stored_address(s: &str) -> Result<Address, StoreError> {
+    Address::parse_imid(s).map_err(|e| StoreError::Corrupt(format!("address {s:?}: {e}")))
+}
+
+fn kind_code(k: MessageKind) -> i64 {
+    match k {
+        MessageKind::Mail => 0,
+        MessageKind::Push => 1,
+    }
+}
+
+fn insert_message(conn: &Connection, m: &Message) -> Result<(), StoreError> {
+    let meta = MessageMeta {
+        recipients: m.recipients.iter().map(ToString::to_string).collect(),
+        tags: m.tags.clone(),
+        security: m.security.clone(),
+        trace: m.trace.clone(),
+    };
+    let meta = serde_json::to_string(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let id = m.id.0.as_bytes();
+    conn.prepare_cached(
+        "INSERT INTO messages (id, sender, subject, kind, importance, received_at, size, meta,
+                               wire_protocol, wire) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+    )?
+    .execute(params![
+        &id[..],
+        m.sender.to_string(),
+        m.subject,
+        kind_code(m.kind),
+        m.importance.code(),
+        m.received_at,
+        m.size() as i64,
+        meta,
+        m.wire.as_ref().map(|w| w.protocol.as_str()),
+        m.wire.as_ref().map(|w| &w.bytes[..]),
+    ])?;
+    let mut part_stmt = conn.prepare_cached(
+        "INSERT INTO parts (message_id, idx, name, media_type, is_content, data)
+         VALUES (?1,?2,?3,?4,?5,?6)",
+    )?;
+    for (i, p) in m.parts.iter().enumerate() {
+        part_stmt.execute(params![
+            &id[..],
+            i as i64,
+            p.name,
+            p.media_type,
+            p.content,
+            &p.data[..]
+        ])?;
+    }
+    Ok(())
+}
+
+fn ensure_folder(conn: &Connection, account: AccountId, folder: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO folders (account_id, name) VALUES (?1, ?2)")?
+        .execute(params![account, folder])?;
+    Ok(())
+}
+
+fn insert_entry(
+    conn: &Connection,
+    account: AccountId,
+    folder: &str,
+    message: &MessageId,
+    now: i64,
+) -> Result<i64, StoreError> {
+    ensure_folder(conn, account, folder)?;
+    conn.prepare_cached(
+        "INSERT INTO entries (account_id, folder, message_id, added_at) VALUES (?1,?2,?3,?4)",
+    )?
+    .execute(params![account, folder, &message.0.as_bytes()[..], now])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn write_submission(conn: &Connection, s: &Submission) -> Result<(), StoreError> {
+    if let Some(stamp) = &s.stamp {
+        let inserted = conn
+            .prepare_cached("INSERT OR IGNORE INTO stamps (stamp, expires_at) VALUES (?1, ?2)")?
+            .execute(params![stamp.value, stamp.expires_at])?;
+        if inserted == 0 {
+            return Err(StoreError::StampSpent);
+        }
+    }
+    insert_message(conn, &s.message)?;
+    let now = s.message.received_at;
+    for d in &s.deliveries {
+        insert_entry(conn, d.account, &d.folder, &s.message.id, now)?;
+    }
+    if !s.relays.is_empty() {
+        let mut q = conn.prepare_cached(
+            "INSERT INTO queue (message_id, recipient, domain, protocol, next_attempt, created_at)
+             VALUES (?1,?2,?3,?4,?5,?5)",
+        )?;
+        for r in &s.relays {
+            q.execute(params![
+                &s.message.id.0.as_bytes()[..],
+                r.recipient.to_string(),
+                r.recipient.domain,
+                r.protocol,
+                now
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn account_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, String, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn to_account(row: (i64, String, String, i64)) -> Result<Account, StoreError> {
+    Ok(Account {
+        id: row.0,
+        address: parse_stored_address(&row.1)?,
+        password_hash: row.2,
+        created_at: row.3,
+    })
+}
+
+fn load_message(conn: &Connection, id: MessageId) -> Result<Option<Message>, StoreError> {
+    let idb = id.0.as_bytes().to_vec();
+    type Head = (
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        String,
+        Option<String>,
+        Option<Vec<u8>>,
+    );
+    let head: Option<Head> = conn
+        .prepare_cached(
+            "SELECT sender, subject, kind, importance, received_at, meta, wire_protocol, wire
+             FROM messages WHERE id = ?1",
+        )?
+        .query_row(params![idb], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })
+        .optional()?;
+    let Some((sender, subject, kind, importance, received_at, meta, wire_protocol, wire)) = head
+    else {
+        return Ok(None);
+    };
+    let meta: MessageMeta =
+        serde_json::from_str(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, media_type, is_content, data FROM parts WHERE message_id = ?1 ORDER BY idx",
+    )?;
+    let parts = stmt
+        .query_map(params![idb], |r| {
+            Ok(Part {
+                name: r.get(0)?,
+                media_type: r.get(1)?,
+                content: r.get(2)?,
+                data: bytes::Bytes::from(r.get::<_, Vec<u8>>(3)?),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let recipients = meta
+        .recipients
+        .iter()
+        .map(|r| parse_stored_address(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Message {
+        id,
+        sender: parse_stored_address(&sender)?,
+        recipients,
+        subject,
+        parts,
+        tags: meta.tags,
+        importance: Importance::from_code(importance),
+        kind: if kind == 1 {
+            MessageKind::Push
+        } else {
+            MessageKind::Mail
+        },
+        security: meta.security,
+        trace: meta.trace,
+        wire: match (wire_protocol, wire) {
+            (Some(protocol), Some(bytes)) => Some(WireForm {
+                protocol,
+                bytes: bytes.into(),
+            }),
+            _ => None,
+        },
+        received_at,
+    }))
+}
+
+fn message_id_from_blob(b: Vec<u8>) -> Result<MessageId, StoreError> {
+    Uuid::from_slice(&b)
+        .map(MessageId)
+        .map_err(|e| StoreError::Corrupt(format!("message id: {e}")))
+}
+
+const QUEUE_COLUMNS: &str =
+    "id, message_id, recipient, protocol, state, attempts, next_attempt, last_error, created_at";
+
+fn queue_from_row(r: &Row<'_>) -> rusqlite::Result<QueueRow> {
+    Ok(QueueRow {
+        id: r.get(0)?,
+        message: r.get(1)?,
+        recipient: r.get(2)?,
+        protocol: r.get(3)?,
+        state: r.get(4)?,
+        attempts: r.get(5)?,
+        next_attempt: r.get(6)?,
+        last_error: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+struct QueueRow {
+    id: i64,
+    message: Vec<u8>,
+    recipient: String,
+    protocol: Option<String>,
+    state: i64,
+    attempts: i64,
+    next_attempt: i64,
+    last_error: Option<String>,
+    created_at: i64,
+}
+
+impl QueueRow {
+    fn into_entry(self) -> Result<QueueEntry, StoreError> {
+        Ok(QueueEntry {
+            id: self.id,
+            message: message_id_from_blob(self.message)?,
+            recipient: parse_stored_address(&self.recipient)?,
+            protocol: self.protocol,
+            state: QueueState::from_code(self.state),
+            attempts: self.attempts.max(0) as u32,
+            next_attempt: self.next_attempt,
+            last_error: self.last_error,
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, submission: Submission) -> Result<(), StoreError> {
+        self.writer
+            .write(move |c| write_submission(c, &submission))
+            .await
+    }
+
+    async fn create_account(
+        &self,
+        address: &Address,
+        password_hash: &str,
+    ) -> Result<Account, StoreError> {
+        let address = address.account();
+        let hash = password_hash.to_owned();
+        self.writer
+            .write(move |c| {
+                let key = address.account_key();
+                let now = now_ms();
+                let n = c.execute(
+                    "INSERT OR IGNORE INTO accounts (address_key, address, password_hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![key, address.to_string(), hash, now],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::AccountExists(address.to_string()));
+                }
+                let id = c.last_insert_rowid();
+                for f in STANDARD_FOLDERS {
+                    ensure_folder(c, id, f)?;
+                }
+                Ok(Account {
+                    id,
+                    address,
+                    password_hash: hash,
+                    created_at: now,
+                })
+            })
+            .await
+    }
+
+    async fn account(&self, address: &Address) -> Result<Option<Account>, StoreError> {
+        let key = address.account_key();
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT id, address, password_hash, created_at FROM accounts
+                     WHERE address_key = ?1",
+                )?
+                .query_row(params![key], account_from_row)
+                .optional()?;
+            row.map(to_account).transpose()
+        })
+        .await
+    }
+
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, address, password_hash, created_at FROM accounts ORDER BY address_key",
+            )?;
+            let rows = stmt
+                .query_map([], account_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(to_account).collect()
+        })
+        .await
+    }
+
+    async fn set_password_hash(&self, address: &Address, hash: &str) -> Result<(), StoreError> {
+        let key = address.account_key();
+        let hash = hash.to_owned();
+        self.writer
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE accounts SET password_hash = ?2 WHERE address_key = ?1",
+                    params![key, hash],
+                )?;
+                if n == 0 {
+                    Err(StoreError::NoAccount(key))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    }
+
+    async fn remove_account(&self, address: &Address) -> Result<bool, StoreError> {
+        let key = address.account_key();
+        self.writer
+            .write(move |c| {
+                Ok(c.execute("DELETE FROM accounts WHERE address_key = ?1", params![key])? > 0)
+            })
+            .await
+    }
+
+    async fn set_secret(
+        &self,
+        account: AccountId,
+        kind: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let (kind, value) = (kind.to_owned(), value.to_vec());
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO account_secrets (account_id, kind, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (account_id, kind) DO UPDATE SET value = excluded.value",
+                    params![account, kind, value],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn secret(&self, account: AccountId, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let kind = kind.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT value FROM account_secrets WHERE account_id = ?1 AND kind = ?2",
+            )?
+            .query_row(params![account, kind], |r| r.get(0))
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn put_key(&self, key: PublicKeyRecord) -> Result<(), StoreError> {
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO public_keys (address_key, address, fingerprint, armored, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (address_key) DO UPDATE SET address = excluded.address,
+                       fingerprint = excluded.fingerprint, armored = excluded.armored,
+                       updated_at = excluded.updated_at",
+                    params![
+                        key.address.account_key(),
+                        key.address.account().to_string(),
+                        key.fingerprint,
+                        key.armored,
+                        now_ms()
+                    ],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn key(&self, address: &Address) -> Result<Option<PublicKeyRecord>, StoreError> {
+        let key = address.account_key();
+        self.read(move |c| {
+            let row: Option<(String, String, String)> = c
+                .prepare_cached(
+                    "SELECT address, fingerprint, armored FROM public_keys WHERE address_key = ?1",
+                )?
+                .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            row.map(|(a, fingerprint, armored)| {
+                Ok(PublicKeyRecord {
+                    address: parse_stored_address(&a)?,
+                    fingerprint,
+                    armored,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn folders(&self, account: AccountId) -> Result<Vec<FolderInfo>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT f.name,
+                        COUNT(e.id) FILTER (WHERE e.deleted = 0),
+                        COUNT(e.id) FILTER (WHERE e.deleted = 0 AND e.seen = 0)
+                 FROM folders f LEFT JOIN entries e
+                   ON e.account_id = f.account_id AND e.folder = f.name
+                 WHERE f.account_id = ?1 GROUP BY f.name ORDER BY f.name",
+            )?;
+            let rows = stmt
+                .query_map(params![account], |r| {
+                    Ok(FolderInfo {
+                        name: r.get(0)?,
+                        total: r.get::<_, i64>(1)? as u64,
+                        unseen: r.get::<_, i64>(2)? as u64,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn create_folder(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |c| ensure_folder(c, account, &name))
+            .await
+    }
+
+    async fn find_folder(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |c| {
+            let exact: Option<String> = c
+                .prepare_cached("SELECT name FROM folders WHERE account_id = ?1 AND name = ?2")?
+                .query_row(params![account, name], |r| r.get(0))
+                .optional()?;
+            if exact.is_some() {
+                return Ok(exact);
+            }
+            let suffix = format!("/{}", name.to_ascii_lowercase());
+            let mut stmt = c.prepare_cached(
+                "SELECT name FROM folders WHERE account_id = ?1 ORDER BY length(name), name",
+            )?;
+            let names = stmt
+                .query_map(params![account], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names
+                .into_iter()
+                .find(|n| n.to_ascii_lowercase().ends_with(&suffix)))
+        })
+        .await
+    }
+
+    async fn entries(
+        &self,
+        account: AccountId,
+        folder: &str,
+        query: EntryQuery,
+    ) -> Result<Vec<MailboxEntry>, StoreError> {
+        let folder = folder.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, folder, message_id, seen, deleted, added_at FROM entries
+                 WHERE account_id = ?1 AND folder = ?2
+                   AND (?3 = 0 OR seen = 0) AND (?4 = 1 OR deleted = 0)
+                 ORDER BY id LIMIT ?5",
+            )?;
+            let limit = query.limit.map_or(-1, i64::from);
+            let rows = stmt
+                .query_map(
+                    params![
+                        account,
+                        folder,
+                        query.unseen_only,
+                        query.include_deleted,
+                        limit
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, bool>(3)?,
+                            r.get::<_, bool>(4)?,
+                            r.get::<_, i64>(5)?,
+                        ))
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, folder, mid, seen, deleted, added_at)| {
+                    Ok(MailboxEntry {
+                        id,
+                        account,
+                        folder,
+                        message: message_id_from_blob(mid)?,
+                        flags: Flags { seen, deleted },
+                        added_at,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
+        self.read(move |c| load_message(c, id)).await
+    }
+
+    async fn set_flags(
+        &self,
+        account: AccountId,
+        entry: i64,
+        flags: Flags,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE entries SET seen = ?3, deleted = ?4 WHERE id = ?1 AND account_id = ?2",
+                    )?
+                    .execute(params![entry, account, flags.seen, flags.deleted])?;
+                if n == 0 {
+                    Err(StoreError::NotFound(format!("entry {entry}")))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    }
+
+    async fn add_entry(
+        &self,
+        account: AccountId,
+        folder: &str,
+        message: MessageId,
+    ) -> Result<i64, StoreError> {
+        let folder = folder.to_owned();
+        self.writer
+            .write(move |c| insert_entry(c, account, &folder, &message, now_ms()))
+            .await
+    }
+
+    async fn expunge(&self, account: AccountId, folder: &str) -> Result<u64, StoreError> {
+        let folder = folder.to_owned();
+        self.writer
+            .write(move |c| {
+                let n = c.execute(
+                    "DELETE FROM entries WHERE account_id = ?1 AND folder = ?2 AND deleted = 1",
+                    params![account, folder],
+                )?;
+                c.execute(
+                    "DELETE FROM messages WHERE NOT EXISTS
+                       (SELECT 1 FROM entries e WHERE e.message_id = messages.id)
+                     AND NOT EXISTS
+                       (SELECT 1 FROM queue q WHERE q.message_id = messages.id AND q.state < 2)",
+                    [],
+                )?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
+    async fn claim_due(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        self.writer
+            .write(move |c| {
+                let sql = format!(
+                    "UPDATE queue SET state = 1, lease_until = ?2
+                     WHERE id IN (SELECT id FROM queue
+                                  WHERE (state = 0 AND next_attempt <= ?1)
+                                     OR (state = 1 AND lease_until <= ?1)
+                                  ORDER BY next_attempt LIMIT ?3)
+                     RETURNING {QUEUE_COLUMNS}"
+                );
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt
+                    .query_map(params![now, now + lease_ms, limit], queue_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.into_iter().map(QueueRow::into_entry).collect()
+            })
+            .await
+    }
+
+    async fn finish_relay(&self, id: i64, outcome: RelayOutcome) -> Result<(), StoreError> {
+        self.writer
+            .write(move |c| {
+                let n = match outcome {
+                    RelayOutcome::Delivered => c.execute(
+                        "UPDATE queue SET state = 2, attempts = attempts + 1, last_error = NULL
+                         WHERE id = ?1",
+                        params![id],
+                    )?,
+                    RelayOutcome::Retry {
+                        next_attempt,
+                        error,
+                    } => c.execute(
+                        "UPDATE queue SET state = 0, attempts = attempts + 1, next_attempt = ?2,
+                                          last_error = ?3 WHERE id = ?1",
+                        params![id, next_attempt, error],
+                    )?,
+                    RelayOutcome::Failed { error } => c.execute(
+                        "UPDATE queue SET state = 3, attempts = attempts + 1, last_error = ?2
+                         WHERE id = ?1",
+                        params![id, error],
+                    )?,
+                };
+                if n == 0 {
+                    Err(StoreError::NotFound(format!("queue entry {id}")))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    }
+
+    async fn queue(&self, domain: Option<&str>) -> Result<Vec<QueueEntry>, StoreError> {
+        let domain = domain.map(str::to_ascii_lowercase);
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {QUEUE_COLUMNS} FROM queue WHERE state IN (0, 1, 3)
+                 AND (?1 IS NULL OR domain = ?1) ORDER BY id"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(params![domain], queue_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(QueueRow::into_entry).collect()
+        })
+        .await
+    }
+
+    async fn retry_now(&self, id: Option<i64>, now: i64) -> Result<u64, StoreError> {
+        self.writer
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE queue SET state = 0, next_attempt = ?2
+                     WHERE state IN (0, 3) AND (?1 IS NULL OR id = ?1)",
+                    params![id, now],
+                )?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
+    async fn drop_queued(&self, id: i64) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |c| Ok(c.execute("DELETE FROM queue WHERE id = ?1", params![id])? > 0))
+            .await
+    }
+
+    async fn put_token(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (kind, key, value) = (kind.to_owned(), key.to_owned(), value.to_vec());
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO tokens (kind, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value,
+                       expires_at = excluded.expires_at",
+                )?
+                .execute(params![kind, key, value, expires_at])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn take_token(
+        &self,
+        kind: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (kind, key) = (kind.to_owned(), key.to_owned());
+        self.writer
+            .write(move |c| {
+                let v: Option<(Vec<u8>, i64)> = c
+                    .prepare_cached(
+                        "DELETE FROM tokens WHERE kind = ?1 AND key = ?2
+                         RETURNING value, expires_at",
+                    )?
+                    .query_row(params![kind, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                Ok(v.filter(|(_, exp)| *exp > now).map(|(v, _)| v))
+            })
+            .await
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.writer
+            .write(move |c| {
+                let a = c.execute("DELETE FROM tokens WHERE expires_at <= ?1", params![now])?;
+                let b = c.execute("DELETE FROM stamps WHERE expires_at <= ?1", params![now])?;
+                Ok((a + b) as u64)
+            })
+            .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|c| {
+            let (messages, accounts, queue_depth): (i64, i64, i64) = c.query_row(
+                "SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM accounts),
+                        (SELECT COUNT(*) FROM queue WHERE state IN (0, 1))",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(StoreStats {
+                messages: messages as u64,
+                accounts: accounts as u64,
+                queue_depth: queue_depth as u64,
+            })
+        })
+        .await
+    }
+
+    async fn backup(&self, path: &Path) -> Result<(), StoreError> {
+        let dest = path.to_owned();
+        self.read(move |c| {
+            if dest.exists() {
+                return Err(StoreError::Io(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists already", dest.display()),
+                )));
+            }
+            let mut out = Connection::open(&dest)?;
+            let backup = rusqlite::backup::Backup::new(c, &mut out)?;
+            backup.run_to_completion(256, Duration::from_millis(5), None)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.writer.stop().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! The single writer thread: group commit.
+//!
+//! Every write is a job sent over a bounded channel to one thread that owns the write
+//! connection. The thread takes the first waiting job, then every job already queued behind it
+//! (up to a batch limit), runs them all inside one transaction — each under its own savepoint,
+//! so one failing job does not undo the others — and commits once. Only after the commit (and
+//! its fsync) returns does any job's caller get its answer. N concurrent submits therefore cost
+//! about one fsync, not N.
+
+use super::StoreError;
+use crate::metrics::Metrics;
+use rusqlite::Connection;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest number of jobs folded into one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// What a job hands back after running: called with the commit's result.
+type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+/// A write job: runs inside the batch transaction.
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+enum Cmd {
+    Job(Job),
+    Stop(oneshot::Sender<()>),
+}
+
+/// Handle to the writer thread.
+pub(crate) struct Writer {
+    cmds: mpsc::Sender<Cmd>,
+}
+
+impl Writer {
+    /// Start the writer thread that owns `conn`.
+    pub(crate) fn start(conn: Connection, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Cmd>(MAX_BATCH * 4);
+        std::thread::Builder::new()
+            .name("mailgate-store-writer".into())
+            .spawn(move || run(conn, rx, &metrics))?;
+        Ok(Writer { cmds: tx })
+    }
+
+    /// Run `f` in the next group transaction and answer once that transaction is durable.
+    pub(crate) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit: Result<(), &StoreError>| {
+                let answer = match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::CommitFailed(e.to_string())),
+                };
+                let _ = tx.send(answer);
+            })
+        });
+        self.cmds
+            .send(Cmd::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commit what is queued, checkpoint the WAL and stop the thread.
+    pub(crate) async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(r) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(r)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e)
+        }
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Cmd>, metrics: &Metrics) {
+    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
+    let mut stop: Option<oneshot::Sender<()>> = None;
+    while let Some(first) = rx.blocking_recv() {
+        let started = Instant::now();
+        let mut next = Some(first);
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the jobs answers their callers with an error; nothing was written.
+            tracing::error!(error = %e, "store: cannot begin transaction");
+            continue;
+        }
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Job(job) => completions.push(job(&conn)),
+                Cmd::Stop(done) => {
+                    stop = Some(done);
+                    break;
+                }
+            }
+            if completions.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "store: group commit failed; rolling back");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        metrics.observe_commit(started.elapsed(), completions.len());
+        let commit_ref = committed.as_ref().map(|_| ());
+        for done in completions.drain(..) {
+            done(commit_ref);
+        }
+        if let Some(done) = stop.take() {
+            rx.close();
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                tracing::warn!(error = %e, "store: final checkpoint failed");
+            }
+            let _ = done.send(());
+            break;
+        }
+    }
+    tracing::debug!("store writer stopped");
+}

@@ -1,0 +1,460 @@
+//! Store and router behaviour against a real SQLite database in a temp directory.
+
+use bytes::Bytes;
+use mailgate_core::message::now_ms;
+use mailgate_core::store::{
+    EntryQuery, Flags, LocalDelivery, QueueState, RelayOutcome, SpentStamp, Submission,
+};
+use mailgate_core::{
+    Address, Core, Importance, Message, Metrics, Origin, Part, Policy, SqliteOptions, SqliteStore,
+    Store, StoreError, SubmitError, Submitter,
+};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+fn open(dir: &std::path::Path) -> (Arc<SqliteStore>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let store =
+        SqliteStore::open(SqliteOptions::new(dir.join("mail.db")), metrics.clone()).unwrap();
+    (Arc::new(store), metrics)
+}
+
+fn addr(s: &str) -> Address {
+    Address::parse_any(s).unwrap()
+}
+
+fn core(store: Arc<SqliteStore>, metrics: Arc<Metrics>) -> Core {
+    Core::new(store, Policy::new(["a.test"]), metrics)
+}
+
+fn peer() -> Origin {
+    Origin {
+        protocol: "test",
+        submitter: Submitter::Peer(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    }
+}
+
+#[tokio::test]
+async fn message_round_trips_with_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let mut m = Message::new(
+        addr("(alice)%(b.test)"),
+        vec![addr("bob+work@a.test")],
+        "Hi",
+        "Hello",
+    );
+    m.parts.push(Part {
+        name: "logo.png".into(),
+        media_type: "image/png".into(),
+        data: Bytes::from_static(&[0, 1, 2, 255]),
+        content: false,
+    });
+    m.tags.priority.push("high".into());
+    m.tags.custom.push("x".into());
+    m.importance = Importance::High;
+    m.security.signature = Some("-----BEGIN PGP SIGNATURE-----".into());
+    m.security.signature_verified = Some(true);
+    m.trace.push(mailgate_core::TraceHop {
+        protocol: "mmtp".into(),
+        peer: "127.0.0.1".into(),
+        at: 5,
+    });
+    m.wire = Some(mailgate_core::message::WireForm {
+        protocol: "mmtp".into(),
+        bytes: Bytes::from_static(b"{\"a\":1}"),
+    });
+    store
+        .submit(Submission {
+            message: m.clone(),
+            deliveries: vec![LocalDelivery {
+                account: bob.id,
+                folder: "INBOX".into(),
+            }],
+            relays: vec![],
+            stamp: None,
+        })
+        .await
+        .unwrap();
+    let back = store.message(m.id).await.unwrap().unwrap();
+    assert_eq!(back, m);
+    let entries = store
+        .entries(bob.id, "inbox", EntryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].message, m.id);
+}
+
+#[tokio::test]
+async fn replayed_stamp_is_refused_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path());
+    store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let core = core(store.clone(), metrics);
+    let stamp = SpentStamp {
+        value: "1:4:1:a:b:1::7:".into(),
+        expires_at: now_ms() + 60_000,
+    };
+    let m1 = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "1", "1");
+    let m2 = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "2", "2");
+    core.submit(m1, &peer(), Some(stamp.clone())).await.unwrap();
+    let err = core.submit(m2.clone(), &peer(), Some(stamp)).await;
+    assert!(matches!(err, Err(SubmitError::StampSpent)), "{err:?}");
+    assert!(store.message(m2.id).await.unwrap().is_none());
+    assert_eq!(store.stats().await.unwrap().messages, 1);
+}
+
+#[tokio::test]
+async fn router_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path());
+    let core = core(store.clone(), metrics.clone());
+    let alice = core.add_account(&addr("alice@a.test"), "pw").await.unwrap();
+    core.add_account(&addr("bob@a.test"), "pw").await.unwrap();
+    store
+        .create_folder(alice.id, "INBOX/Receipts")
+        .await
+        .unwrap();
+    assert!(core
+        .add_account(&addr("eve@elsewhere.test"), "pw")
+        .await
+        .is_err());
+
+    // Open relay: a peer may not send to another domain.
+    let m = Message::new(addr("x@b.test"), vec![addr("carol@c.test")], "s", "b");
+    assert!(matches!(
+        core.submit(m, &peer(), None).await,
+        Err(SubmitError::RelayDenied(_))
+    ));
+    // Unknown local recipient refused at the door.
+    let m = Message::new(addr("x@b.test"), vec![addr("nobody@a.test")], "s", "b");
+    assert!(matches!(
+        core.submit(m, &peer(), None).await,
+        Err(SubmitError::UnknownRecipient(_))
+    ));
+    // +folder, case-insensitive, by last segment; unknown folder falls back to INBOX.
+    let m = Message::new(
+        addr("x@b.test"),
+        vec![addr("alice+receipts@A.TEST"), addr("bob+nosuch@a.test")],
+        "s",
+        "b",
+    );
+    let r = core.submit(m, &peer(), None).await.unwrap();
+    assert_eq!(r.local[0].1, "INBOX/Receipts");
+    assert_eq!(r.local[1].1, "INBOX");
+    // Authenticated local account may relay, but only as itself.
+    let who = Origin {
+        protocol: "test",
+        submitter: Submitter::Account(alice.clone()),
+    };
+    let m = Message::new(addr("bob@a.test"), vec![addr("carol@c.test")], "s", "b");
+    assert!(matches!(
+        core.submit(m, &who, None).await,
+        Err(SubmitError::SenderMismatch(_))
+    ));
+    let m = Message::new(
+        addr("(alice)%(a.test)"),
+        vec![addr("carol@c.test")],
+        "s",
+        "b",
+    );
+    let r = core.submit(m, &who, None).await.unwrap();
+    assert_eq!(r.queued, vec![addr("carol@c.test")]);
+    assert_eq!(store.queue(Some("C.test")).await.unwrap().len(), 1);
+    // Size limit.
+    let mut big = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "s", "");
+    big.parts[0].data = Bytes::from(vec![
+        b'x';
+        mailgate_core::router::DEFAULT_MAX_MESSAGE_SIZE + 1
+    ]);
+    assert!(matches!(
+        core.submit(big, &peer(), None).await,
+        Err(SubmitError::TooLarge { .. })
+    ));
+    let text = metrics.render();
+    assert!(
+        text.contains(
+            "mailgate_messages_refused_total{protocol=\"test\",reason=\"relay_denied\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailgate_messages_accepted_total{protocol=\"test\"} 2"),
+        "{text}"
+    );
+    // Authentication.
+    assert!(core
+        .authenticate(&addr("alice@a.test"), "pw")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(core
+        .authenticate(&addr("alice@a.test"), "nope")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(core
+        .authenticate(&addr("zed@a.test"), "pw")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn concurrent_submits_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path());
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let m = Message::new(
+                    addr("x@b.test"),
+                    vec![addr("bob@a.test")],
+                    format!("{t}-{i}"),
+                    "b",
+                );
+                store
+                    .submit(Submission {
+                        message: m,
+                        deliveries: vec![LocalDelivery {
+                            account: bob.id,
+                            folder: "INBOX".into(),
+                        }],
+                        relays: vec![],
+                        stamp: None,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.stats().await.unwrap().messages, 320);
+    let text = metrics.render();
+    let commits: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mailgate_store_commit_batch_size_count "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // One create_account commit plus the submits: batching means far fewer commits than writes.
+    assert!(
+        commits < 321,
+        "{commits} commits for 321 writes: no group commit"
+    );
+}
+
+#[tokio::test]
+async fn mailbox_flags_and_expunge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path());
+    let core = core(store.clone(), metrics);
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let m = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "s", "b");
+    let id = m.id;
+    core.submit(m, &peer(), None).await.unwrap();
+    let e = store
+        .entries(bob.id, "INBOX", EntryQuery::default())
+        .await
+        .unwrap();
+    store.add_entry(bob.id, "Archive", id).await.unwrap();
+    let folders = store.folders(bob.id).await.unwrap();
+    let inbox = folders.iter().find(|f| f.name == "INBOX").unwrap();
+    assert_eq!((inbox.total, inbox.unseen), (1, 1));
+    assert!(folders.iter().any(|f| f.name == "Archive" && f.total == 1));
+    store
+        .set_flags(
+            bob.id,
+            e[0].id,
+            Flags {
+                seen: true,
+                deleted: false,
+            },
+        )
+        .await
+        .unwrap();
+    let unseen = EntryQuery {
+        unseen_only: true,
+        ..Default::default()
+    };
+    assert!(store
+        .entries(bob.id, "INBOX", unseen)
+        .await
+        .unwrap()
+        .is_empty());
+    // Flags of someone else's entry cannot be changed.
+    assert!(matches!(
+        store.set_flags(bob.id + 1, e[0].id, Flags::default()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .set_flags(
+            bob.id,
+            e[0].id,
+            Flags {
+                seen: true,
+                deleted: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.expunge(bob.id, "INBOX").await.unwrap(), 1);
+    // Still referenced from Archive.
+    assert!(store.message(id).await.unwrap().is_some());
+    let a = store
+        .entries(bob.id, "archive", EntryQuery::default())
+        .await
+        .unwrap();
+    store
+        .set_flags(
+            bob.id,
+            a[0].id,
+            Flags {
+                seen: false,
+                deleted: true,
+            },
+        )
+        .await
+        .unwrap();
+    store.expunge(bob.id, "Archive").await.unwrap();
+    assert!(store.message(id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn queue_lifecycle_and_lease_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path());
+    let core = core(store.clone(), metrics);
+    let alice = core.add_account(&addr("alice@a.test"), "pw").await.unwrap();
+    let who = Origin {
+        protocol: "test",
+        submitter: Submitter::Account(alice),
+    };
+    let m = Message::new(
+        addr("alice@a.test"),
+        vec![addr("x@c.test"), addr("y@d.test")],
+        "s",
+        "b",
+    );
+    core.submit(m, &who, None).await.unwrap();
+    let now = now_ms();
+    let claimed = store.claim_due(now, 10, 1000).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(
+        store.claim_due(now, 10, 1000).await.unwrap().is_empty(),
+        "leased entries are not claimed twice"
+    );
+    // A worker that died: the lease runs out and the entry is due again.
+    assert_eq!(
+        store.claim_due(now + 1001, 10, 1000).await.unwrap().len(),
+        2
+    );
+    store
+        .finish_relay(claimed[0].id, RelayOutcome::Delivered)
+        .await
+        .unwrap();
+    store
+        .finish_relay(
+            claimed[1].id,
+            RelayOutcome::Retry {
+                next_attempt: now + 60_000,
+                error: "down".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let q = store.queue(None).await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].state, QueueState::Pending);
+    assert_eq!(q[0].attempts, 1);
+    assert_eq!(q[0].last_error.as_deref(), Some("down"));
+    assert!(store
+        .claim_due(now + 2000, 10, 1000)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.retry_now(Some(q[0].id), now + 2000).await.unwrap(), 1);
+    assert_eq!(
+        store.claim_due(now + 2000, 10, 1000).await.unwrap().len(),
+        1
+    );
+    assert!(store.drop_queued(q[0].id).await.unwrap());
+    assert_eq!(store.stats().await.unwrap().queue_depth, 0);
+}
+
+#[tokio::test]
+async fn tokens_are_single_use_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let now = now_ms();
+    store
+        .put_token("cookie", "k1", b"v", now + 1000)
+        .await
+        .unwrap();
+    store
+        .put_token("cookie", "k2", b"v", now - 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .take_token("cookie", "k1", now)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(store.take_token("cookie", "k1", now).await.unwrap(), None);
+    assert_eq!(store.take_token("cookie", "k2", now).await.unwrap(), None);
+    assert_eq!(store.take_token("nonce", "k1", now).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn data_survives_reopen_and_backup_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let (store, metrics) = open(dir.path());
+        let core = core(store.clone(), metrics);
+        core.add_account(&addr("bob@a.test"), "pw").await.unwrap();
+        let m = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "keep", "me");
+        id = m.id;
+        core.submit(m, &peer(), None).await.unwrap();
+        store.backup(&dir.path().join("copy.db")).await.unwrap();
+        assert!(
+            store.backup(&dir.path().join("copy.db")).await.is_err(),
+            "backup never overwrites"
+        );
+        store.close().await.unwrap();
+        let m = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "late", "");
+        assert!(
+            core.submit(m, &peer(), None).await.is_err(),
+            "closed store refuses writes"
+        );
+    }
+    let (store, _) = open(dir.path());
+    assert_eq!(store.message(id).await.unwrap().unwrap().subject, "keep");
+    let metrics = Arc::new(Metrics::new());
+    let copy = SqliteStore::open(SqliteOptions::new(dir.path().join("copy.db")), metrics).unwrap();
+    assert_eq!(copy.message(id).await.unwrap().unwrap().subject, "keep");
+    assert_eq!(copy.accounts().await.unwrap().len(), 1);
+}
