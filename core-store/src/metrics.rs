@@ -51,15 +51,11 @@ impl Metrics {
         let accepted = Family::<ProtocolLabel, Counter>::default();
         let refused = Family::<RefusalLabels, Counter>::default();
         let queue_depth = Gauge::default();
-        let commit_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]
-            .into_iter(),
-        );
-        let commit_batch = Histogram::new(
-            [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0].into_iter(),
-        );
+        let commit_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ]);
+        let commit_batch =
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]);
         registry.register(
             "connections",
             "Connections accepted per front-end",

@@ -1,0 +1,23 @@
+//! IMMP listener settings (`[immp]` in mailgate.toml).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// `[immp]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImmpConfig {
+    /// Run the IMMP front-end.
+    pub enabled: bool,
+    /// TCP listener (TLS is negotiated in-band with `UPGRADE`).
+    pub listen: SocketAddr,
+}
+
+impl Default for ImmpConfig {
+    fn default() -> Self {
+        ImmpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1025)),
+        }
+    }
+}

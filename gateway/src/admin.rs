@@ -1,0 +1,69 @@
+//! The admin HTTP endpoint: `GET /healthz` and `GET /metrics`; and the HTTP serving glue that
+//! runs an axum router on connections from the shared accept loop.
+
+use crate::listener::Accepted;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use mailgate_core::Core;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The admin router.
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(core)
+}
+
+async fn healthz(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    match core.store.stats().await {
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store unreadable");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+        }
+    }
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    if let Ok(stats) = core.store.stats().await {
+        core.metrics.set_queue_depth(stats.queue_depth);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        core.metrics.render(),
+    )
+}
+
+/// Serve HTTP/1.1 with `app` on one accepted connection; on shutdown, finish the request in
+/// flight and close.
+pub async fn serve_http(app: Router, conn: Accepted, header_timeout: Duration) {
+    let service = TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024);
+    let http = builder.serve_connection(TokioIo::new(conn.stream), service);
+    tokio::pin!(http);
+    tokio::select! {
+        r = http.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection error");
+            }
+        }
+        _ = conn.shutdown.cancelled() => {
+            http.as_mut().graceful_shutdown();
+            let _ = http.await;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Operator commands that work on the store directly (safe while the gateway runs: SQLite
+//! serialises writers across processes) or talk to the admin endpoint.
+
+use crate::config::Config;
+use crate::serve::open_core;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use mailgate_core::Address;
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+
+/// `mailgate user …`
+#[derive(Subcommand)]
+pub enum UserAction {
+    /// Create an account (any address family: alice@d, (alice)%(d), helpdesk/alice@d).
+    Add {
+        /// The account's address.
+        address: String,
+        /// Read the password from the first line of standard input instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List accounts.
+    List,
+    /// Change an account's password.
+    Passwd {
+        /// The account's address.
+        address: String,
+        /// Read the password from the first line of standard input instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove an account and its mailbox entries.
+    Remove {
+        /// The account's address.
+        address: String,
+    },
+}
+
+fn parse_address(s: &str) -> anyhow::Result<Address> {
+    let a = Address::parse_any(s).with_context(|| format!("{s:?} is not a valid address"))?;
+    if a.folder.is_some() {
+        bail!("{s:?}: an account address has no +folder");
+    }
+    Ok(a)
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let pw = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        if !std::io::stdin().is_terminal() {
+            bail!("no terminal for a password prompt: use --password-stdin");
+        }
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Repeat password: ")?;
+        if first != again {
+            bail!("passwords do not match");
+        }
+        first
+    };
+    if pw.is_empty() {
+        bail!("empty password");
+    }
+    Ok(pw)
+}
+
+/// Run a `user` action.
+pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
+    let core = open_core(config)?;
+    let result = match action {
+        UserAction::Add {
+            address,
+            password_stdin,
+        } => {
+            let a = parse_address(&address)?;
+            let pw = read_password(password_stdin)?;
+            let acct = core.add_account(&a, &pw).await?;
+            println!("created {}", acct.address);
+            Ok(())
+        }
+        UserAction::List => {
+            for a in core.store.accounts().await? {
+                let mmtp = a.address.to_mmtp().unwrap_or_else(|_| "-".into());
+                println!("{}\t{}", a.address, mmtp);
+            }
+            Ok(())
+        }
+        UserAction::Passwd {
+            address,
+            password_stdin,
+        } => {
+            let a = parse_address(&address)?;
+            let pw = read_password(password_stdin)?;
+            core.set_password(&a, &pw).await?;
+            println!("password changed for {a}");
+            Ok(())
+        }
+        UserAction::Remove { address } => {
+            let a = parse_address(&address)?;
+            if core.store.remove_account(&a).await? {
+                println!("removed {a}");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("no account {a}"))
+            }
+        }
+    };
+    core.store.close().await?;
+    result
+}
+
+/// `mailgate backup PATH`.
+pub async fn backup(config: &Config, path: &Path) -> anyhow::Result<()> {
+    let core = open_core(config)?;
+    core.store
+        .backup(path)
+        .await
+        .with_context(|| format!("backup to {} failed", path.display()))?;
+    core.store.close().await?;
+    println!("backup written to {}", path.display());
+    Ok(())
+}
+
+/// `mailgate health`: GET /healthz on the admin endpoint.
+pub async fn health(
+    config: &Config,
+    url: Option<String>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let addr = match url {
+        Some(u) => u
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
+        None => {
+            let mut a = config.admin.listen;
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            a.to_string()
+        }
+    };
+    let (status, body) = crate::conformance::http::get(&addr, "/healthz").await?;
+    print!("{body}");
+    Ok(if status == 200 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}

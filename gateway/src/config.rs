@@ -1,0 +1,292 @@
+//! `mailgate.toml`: serde structs with defaults that run locally, validated at start-up.
+
+use anyhow::{bail, Context};
+use mailgate_core::Address;
+use mailgate_immp::ImmpConfig;
+use mailgate_mmtp::MmtpConfig;
+use mailgate_xhmtp::XhmtpConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database and generated TLS material live.
+    pub data_dir: PathBuf,
+    /// Domains this gateway holds mailboxes for; the first is its own name in greetings.
+    pub domains: Vec<String>,
+    /// Largest message accepted, bytes.
+    pub max_message_size: usize,
+    /// Most recipients of one message.
+    pub max_recipients: usize,
+    /// TLS certificate for every TLS listener.
+    pub tls: TlsConfig,
+    /// Connection limits and timeouts shared by the front-ends.
+    pub limits: LimitsConfig,
+    /// Admin HTTP listener (`/healthz`, `/metrics`).
+    pub admin: AdminConfig,
+    /// Relay workers.
+    pub relay: RelayConfig,
+    /// MMTP front-end.
+    pub mmtp: MmtpConfig,
+    /// IMMP front-end.
+    pub immp: ImmpConfig,
+    /// XHMTP front-end.
+    pub xhmtp: XhmtpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            domains: vec!["localhost".into()],
+            max_message_size: mailgate_core::router::DEFAULT_MAX_MESSAGE_SIZE,
+            max_recipients: 100,
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            admin: AdminConfig::default(),
+            relay: RelayConfig::default(),
+            mmtp: MmtpConfig::default(),
+            immp: ImmpConfig::default(),
+            xhmtp: XhmtpConfig::default(),
+        }
+    }
+}
+
+/// `[tls]`: certificate and key in PEM. Both empty: a self-signed pair is generated into
+/// `<data_dir>/tls/` at first start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open connections per listener; more are closed at once.
+    pub max_connections: usize,
+    /// Idle time before a connection is closed, seconds.
+    pub read_timeout_secs: u64,
+    /// Time allowed for a TLS handshake, seconds.
+    pub handshake_timeout_secs: u64,
+    /// Submissions and logins per second per peer IP (0: unlimited).
+    pub rate_per_sec: f64,
+    /// Burst allowance of the rate limiter.
+    pub rate_burst: u32,
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 1024,
+            read_timeout_secs: 300,
+            handshake_timeout_secs: 10,
+            rate_per_sec: 0.0,
+            rate_burst: 100,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Read timeout as a duration.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_secs)
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listener for `/healthz` and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9025)),
+        }
+    }
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Concurrent deliveries.
+    pub workers: usize,
+    /// How often the queue is polled, milliseconds.
+    pub poll_interval_ms: u64,
+    /// First retry delay, seconds (doubles per attempt, with jitter).
+    pub retry_base_secs: u64,
+    /// Longest retry delay, seconds.
+    pub retry_max_secs: u64,
+    /// Age after which an undelivered entry fails, seconds (default 5 days).
+    pub max_age_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            workers: 4,
+            poll_interval_ms: 1000,
+            retry_base_secs: 60,
+            retry_max_secs: 4 * 3600,
+            max_age_secs: 5 * 24 * 3600,
+        }
+    }
+}
+
+impl Config {
+    /// Read `path`, or the defaults when `None`; then validate.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?;
+                Config::parse(&text).with_context(|| format!("in config file {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse TOML text (unknown keys are errors that name the key).
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Check every value; the message names the bad key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.domains.is_empty() {
+            bail!("domains: at least one local domain is required");
+        }
+        for d in &self.domains {
+            Address::new("postmaster", d).with_context(|| format!("domains: {d:?}"))?;
+        }
+        if self.max_message_size == 0 {
+            bail!("max_message_size must be greater than 0");
+        }
+        if self.max_recipients == 0 {
+            bail!("max_recipients must be greater than 0");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("tls.cert and tls.key go together: set both or neither");
+        }
+        if self.limits.max_connections == 0 {
+            bail!("limits.max_connections must be greater than 0");
+        }
+        if self.limits.read_timeout_secs == 0 {
+            bail!("limits.read_timeout_secs must be greater than 0");
+        }
+        if !(self.limits.rate_per_sec >= 0.0 && self.limits.rate_per_sec.is_finite()) {
+            bail!("limits.rate_per_sec must be 0 (unlimited) or a positive number");
+        }
+        if self.relay.workers == 0 {
+            bail!("relay.workers must be greater than 0");
+        }
+        if self.relay.retry_base_secs == 0 || self.relay.retry_max_secs < self.relay.retry_base_secs
+        {
+            bail!("relay.retry_base_secs must be > 0 and <= relay.retry_max_secs");
+        }
+        self.mmtp.validate().map_err(anyhow::Error::msg)?;
+        self.xhmtp.validate().map_err(anyhow::Error::msg)?;
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        for (addr, key) in self.listeners() {
+            if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr && addr.port() != 0) {
+                bail!("{key} = {addr} is also used by {other}");
+            }
+            seen.push((addr, key));
+        }
+        Ok(())
+    }
+
+    /// Every enabled listener with the key that configures it.
+    pub fn listeners(&self) -> Vec<(SocketAddr, &'static str)> {
+        let mut v = vec![(self.admin.listen, "admin.listen")];
+        if self.mmtp.enabled {
+            v.push((self.mmtp.listen, "mmtp.listen"));
+            if let Some(t) = self.mmtp.tls_listen {
+                v.push((t, "mmtp.tls_listen"));
+            }
+        }
+        if self.immp.enabled {
+            v.push((self.immp.listen, "immp.listen"));
+        }
+        if self.xhmtp.enabled {
+            v.push((self.xhmtp.listen, "xhmtp.listen"));
+        }
+        v
+    }
+
+    /// The gateway's own name: the first local domain.
+    pub fn primary_domain(&self) -> &str {
+        self.domains.first().map_or("localhost", String::as_str)
+    }
+
+    /// The database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("mailgate.db")
+    }
+
+    /// Render the effective configuration as TOML.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_match_the_shipped_file() {
+        Config::default().validate().unwrap();
+        let shipped = include_str!("../../config/mailgate.toml");
+        let parsed = Config::parse(shipped).unwrap();
+        assert_eq!(
+            parsed.to_toml().unwrap(),
+            Config::default().to_toml().unwrap(),
+            "config/mailgate.toml must document exactly the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::parse("[mmtp]\nlisten_port = 1\n").unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+        let e = Config::parse("domains = []")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("domains"), "{e}");
+        let e = Config::parse("[mmtp]\nhashcash_difficulty = 9\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("mmtp.hashcash_difficulty"), "{e}");
+        let e = Config::parse("[immp]\nlisten = \"127.0.0.1:8025\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("immp.listen"), "{e}");
+        let e = Config::parse("[tls]\ncert = \"/x.pem\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("tls.key"), "{e}");
+    }
+}

@@ -1,0 +1,97 @@
+//! The conformance case format: TOML files under `tests/conformance/<protocol>/`, each holding
+//! `[[case]]` tables — a scripted dialogue of steps (what to send, what to expect, what to
+//! capture). See `tests/conformance/README.md` for the full description.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A file of cases.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    /// The cases, run in order, each on a fresh connection.
+    #[serde(rename = "case")]
+    pub cases: Vec<Case>,
+}
+
+/// How a case talks to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP; requests are raw text, each reply is one `\n`-terminated JSON object (MMTP).
+    Json,
+    /// TCP; requests and replies are `\n`-terminated lines (IMMP).
+    Line,
+    /// HTTP/1.1; each step is one request on a fresh connection (XHMTP).
+    Http,
+}
+
+/// One scripted dialogue.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// What the case shows, one line.
+    pub name: String,
+    /// Override of the protocol's default transport.
+    pub transport: Option<Transport>,
+    /// How many `--account` entries the case needs (`${account0}`, `${password0}`, …).
+    #[serde(default)]
+    pub accounts: usize,
+    /// The dialogue.
+    pub steps: Vec<Step>,
+}
+
+/// An HTTP request (http transport).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequest {
+    /// Method, e.g. `GET`.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Request body.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// One step. Exactly one action: `send`, `send_raw`, `request`, `expect*` or `expect_closed`
+/// (an http `request` step carries its own expectations).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Send this text (line transport: a `\n` is appended).
+    pub send: Option<String>,
+    /// Send these bytes exactly (nothing appended).
+    pub send_raw: Option<String>,
+    /// Read the next reply and check it. Line: an anchored regex over the whole line. Json /
+    /// http: a JSON value the reply must contain (objects match by subset, arrays and scalars
+    /// exactly).
+    pub expect: Option<toml::Value>,
+    /// Read the next reply (or the http body) and match JSON pointers against regexes.
+    pub matches: Option<BTreeMap<String, String>>,
+    /// Save parts of the reply as variables: json/http `name = "/json/pointer"`, line
+    /// `name = "regex with one (group)"`.
+    pub capture: Option<BTreeMap<String, String>>,
+    /// The server closes the connection next (no more reply lines).
+    #[serde(default)]
+    pub expect_closed: bool,
+    /// http: the request to send.
+    pub request: Option<HttpRequest>,
+    /// http: the expected status code.
+    pub status: Option<u16>,
+    /// http: response headers that must match these regexes (names lower-case).
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// A suite's description (`suite.toml`): what the server under test must provide.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteInfo {
+    /// Default transport of the suite.
+    pub transport: Transport,
+    /// One paragraph: accounts and settings the server under test needs.
+    pub requires: String,
+}

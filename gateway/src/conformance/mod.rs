@@ -1,0 +1,583 @@
+//! `mailgate conformance`: run a protocol's suite (embedded from `tests/conformance/<protocol>/`)
+//! against any server and print one line per case and a final `N passed, M failed` line.
+
+pub mod case;
+pub mod http;
+
+use anyhow::{bail, Context};
+use case::{Case, CaseFile, HttpRequest, Step, SuiteInfo, Transport};
+use clap::Args;
+use include_dir::{include_dir, Dir};
+use regex::Regex;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::listener::Conn;
+
+static SUITES: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/../tests/conformance");
+
+/// Time allowed for one reply.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for one whole case.
+const CASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest reply line read.
+const MAX_REPLY: u64 = 16 * 1024 * 1024;
+
+/// `mailgate conformance` options.
+#[derive(Args)]
+#[command(after_help = "\
+What each suite expects of the server under test (also in tests/conformance/<protocol>/suite.toml):
+  mmtp   MMTP on the target port; --account entries for local accounts; hashcash difficulty <= 5.
+  immp   IMMP on the target port (plain TCP, TLS by UPGRADE); --account entries for local accounts.
+  xhmtp  XHMTP over HTTP on the target port with the default prefix 'xhmtp'.
+Run `mailgate conformance --protocol P --describe` to print a suite's requirements.")]
+pub struct ConformanceArgs {
+    /// Protocol suite: mmtp, immp or xhmtp.
+    #[arg(long)]
+    protocol: String,
+    /// Server under test, HOST:PORT.
+    #[arg(long, required_unless_present = "describe")]
+    target: Option<String>,
+    /// Connect with TLS (needs --ca to trust the server's certificate).
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA (or self-signed certificate) to trust with --tls.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// TLS server name (default: the target's host).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// An account on the server under test, ADDRESS:PASSWORD (repeatable).
+    #[arg(long = "account")]
+    accounts: Vec<String>,
+    /// The server's local domain (`${domain}` in cases).
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Run only cases whose name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Print the suite's requirements and case names, and exit.
+    #[arg(long)]
+    describe: bool,
+}
+
+/// How a case ended.
+enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(String),
+}
+
+/// Run the suite; exit status 1 on any failure.
+pub async fn run(args: ConformanceArgs) -> anyhow::Result<std::process::ExitCode> {
+    let suite = SUITES.get_dir(&args.protocol).with_context(|| {
+        let known: Vec<_> = SUITES
+            .dirs()
+            .map(|d| d.path().display().to_string())
+            .collect();
+        format!(
+            "no suite for protocol {:?}; known: {}",
+            args.protocol,
+            known.join(", ")
+        )
+    })?;
+    let info: SuiteInfo = toml::from_str(
+        suite
+            .get_file(suite.path().join("suite.toml"))
+            .and_then(|f| f.contents_utf8())
+            .context("suite.toml missing")?,
+    )
+    .context("suite.toml")?;
+    let mut files: Vec<_> = suite
+        .files()
+        .filter(|f| {
+            f.path().extension().is_some_and(|e| e == "toml")
+                && f.path().file_name().is_some_and(|n| n != "suite.toml")
+        })
+        .collect();
+    files.sort_by_key(|f| f.path().to_owned());
+
+    if args.describe {
+        println!("{} suite: {}", args.protocol, info.requires);
+    }
+    let runner = if args.describe {
+        None
+    } else {
+        Some(Runner::new(&args)?)
+    };
+    let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
+    for file in files {
+        let label = file.path().display().to_string();
+        let parsed: Result<CaseFile, _> = toml::from_str(file.contents_utf8().unwrap_or_default());
+        let cases = match parsed {
+            Ok(f) => f.cases,
+            Err(e) => {
+                println!("FAILED {label}: cannot parse: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        for case in cases {
+            if args
+                .filter
+                .as_ref()
+                .is_some_and(|f| !case.name.contains(f.as_str()))
+            {
+                continue;
+            }
+            let Some(runner) = &runner else {
+                println!("{label}: {}", case.name);
+                continue;
+            };
+            let transport = case.transport.unwrap_or(info.transport);
+            let outcome = runner.run_case(&case, transport).await;
+            match outcome {
+                Outcome::Passed => {
+                    passed += 1;
+                    println!("ok      {label}: {}", case.name);
+                }
+                Outcome::Failed(why) => {
+                    failed += 1;
+                    println!("FAILED  {label}: {}: {why}", case.name);
+                }
+                Outcome::Skipped(why) => {
+                    skipped += 1;
+                    println!("skipped {label}: {}: {why}", case.name);
+                }
+            }
+        }
+    }
+    if runner.is_none() {
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if skipped > 0 {
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// An account given with `--account`.
+struct TestAccount {
+    address: String,
+    password: String,
+}
+
+struct Runner {
+    target: String,
+    host: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    accounts: Vec<TestAccount>,
+    domain: String,
+}
+
+impl Runner {
+    fn new(args: &ConformanceArgs) -> anyhow::Result<Self> {
+        let target = args.target.clone().context("--target is required")?;
+        let host = target
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+            .context("--target must be HOST:PORT")?;
+        let tls = if args.tls {
+            let ca = args.ca.as_ref().context("--tls needs --ca PEM-FILE")?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("--ca {}", ca.display()))?
+            {
+                roots.add(cert?)?;
+            }
+            let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = args.server_name.clone().unwrap_or_else(|| host.clone());
+            let name = ServerName::try_from(name).context("--server-name")?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let mut accounts = Vec::new();
+        for a in &args.accounts {
+            let (address, password) = a
+                .split_once(':')
+                .with_context(|| format!("--account {a:?}: expected ADDRESS:PASSWORD"))?;
+            accounts.push(TestAccount {
+                address: address.to_owned(),
+                password: password.to_owned(),
+            });
+        }
+        Ok(Runner {
+            target,
+            host,
+            tls,
+            accounts,
+            domain: args.domain.clone(),
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<Conn> {
+        let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(&self.target))
+            .await
+            .context("connect timed out")?
+            .with_context(|| format!("cannot connect to {}", self.target))?;
+        Ok(match &self.tls {
+            None => Box::new(tcp),
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .context("TLS handshake")?,
+            ),
+        })
+    }
+
+    fn variables(&self) -> HashMap<String, String> {
+        let mut v = HashMap::new();
+        v.insert("domain".into(), self.domain.clone());
+        v.insert("host".into(), self.host.clone());
+        v.insert("uniq".into(), format!("{:016x}", rand::random::<u64>()));
+        v.insert(
+            "now_ms".into(),
+            mailgate_core::message::now_ms().to_string(),
+        );
+        for (i, a) in self.accounts.iter().enumerate() {
+            v.insert(format!("account{i}"), a.address.clone());
+            v.insert(format!("password{i}"), a.password.clone());
+            if let Ok(addr) = mailgate_core::Address::parse_any(&a.address) {
+                v.insert(format!("account{i}_local"), addr.local.clone());
+                v.insert(format!("account{i}_domain"), addr.domain.clone());
+                if let Ok(m) = addr.to_mmtp() {
+                    v.insert(format!("account{i}_mmtp"), m);
+                }
+            }
+        }
+        v
+    }
+
+    async fn run_case(&self, case: &Case, transport: Transport) -> Outcome {
+        if case.accounts > self.accounts.len() {
+            return Outcome::Skipped(format!(
+                "needs {} --account entries, {} given",
+                case.accounts,
+                self.accounts.len()
+            ));
+        }
+        let mut vars = self.variables();
+        match tokio::time::timeout(CASE_TIMEOUT, self.script(case, transport, &mut vars)).await {
+            Ok(Ok(())) => Outcome::Passed,
+            Ok(Err(e)) => Outcome::Failed(format!("{e:#}")),
+            Err(_) => Outcome::Failed(format!("case took longer than {CASE_TIMEOUT:?}")),
+        }
+    }
+
+    async fn script(
+        &self,
+        case: &Case,
+        transport: Transport,
+        vars: &mut HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let mut conn = match transport {
+            Transport::Http => None,
+            _ => Some(BufReader::new(self.connect().await?)),
+        };
+        for (i, step) in case.steps.iter().enumerate() {
+            let r = match (&mut conn, &step.request) {
+                (None, Some(req)) => self.http_step(step, req, vars).await,
+                (None, None) => Err(anyhow::anyhow!("http steps need a request")),
+                (Some(c), _) => stream_step(c, transport, step, vars).await,
+            };
+            r.with_context(|| format!("step {}", i + 1))?;
+        }
+        Ok(())
+    }
+
+    async fn http_step(
+        &self,
+        step: &Step,
+        req: &HttpRequest,
+        vars: &mut HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let io = self.connect().await?;
+        let mut headers = BTreeMap::new();
+        for (k, v) in &req.headers {
+            headers.insert(k.clone(), subst(v, vars, false)?);
+        }
+        let path = subst(&req.path, vars, false)?;
+        let body = subst(&req.body, vars, false)?.into_bytes();
+        let resp = tokio::time::timeout(
+            STEP_TIMEOUT,
+            http::send(io, &self.target, &req.method, &path, &headers, body),
+        )
+        .await
+        .context("no response in time")??;
+        if let Some(want) = step.status {
+            if resp.status != want {
+                bail!(
+                    "status {} (expected {want}); body: {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                );
+            }
+        }
+        for (name, pattern) in step.headers.iter().flatten() {
+            let re = anchored(&subst(pattern, vars, true)?)?;
+            match resp.headers.get(&name.to_ascii_lowercase()) {
+                Some(v) if re.is_match(v) => {}
+                Some(v) => bail!("header {name}: {v:?} does not match {pattern:?}"),
+                None => bail!("header {name} missing"),
+            }
+        }
+        if step.expect.is_some() || step.matches.is_some() || step.capture.is_some() {
+            let json: Value = serde_json::from_slice(&resp.body).with_context(|| {
+                format!("body is not JSON: {}", String::from_utf8_lossy(&resp.body))
+            })?;
+            check_json(&json, step, vars)?;
+        }
+        Ok(())
+    }
+}
+
+async fn stream_step(
+    conn: &mut BufReader<Conn>,
+    transport: Transport,
+    step: &Step,
+    vars: &mut HashMap<String, String>,
+) -> anyhow::Result<()> {
+    let acts = step.send.is_some()
+        || step.send_raw.is_some()
+        || step.expect.is_some()
+        || step.matches.is_some()
+        || step.capture.is_some()
+        || step.expect_closed;
+    if !acts || step.request.is_some() {
+        bail!("a {transport:?} step needs send, send_raw, expect, matches, capture or expect_closed (and no request)");
+    }
+    if let Some(text) = &step.send {
+        let mut out = subst(text, vars, false)?;
+        if transport == Transport::Line {
+            out.push('\n');
+        }
+        conn.get_mut().write_all(out.as_bytes()).await?;
+    }
+    if let Some(raw) = &step.send_raw {
+        conn.get_mut()
+            .write_all(subst(raw, vars, false)?.as_bytes())
+            .await?;
+    }
+    if step.expect_closed {
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(
+            STEP_TIMEOUT,
+            (&mut *conn).take(MAX_REPLY).read_to_end(&mut rest),
+        )
+        .await
+        .context("connection still open")?;
+        // A reset after the last reply counts as closed too.
+        if n.is_ok() && !rest.is_empty() {
+            bail!(
+                "expected the connection to close, got {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+        }
+        return Ok(());
+    }
+    let wants_reply = step.expect.is_some() || step.matches.is_some() || step.capture.is_some();
+    if !wants_reply {
+        return Ok(());
+    }
+    let mut line = String::new();
+    let n = tokio::time::timeout(
+        STEP_TIMEOUT,
+        (&mut *conn).take(MAX_REPLY).read_line(&mut line),
+    )
+    .await
+    .context("no reply in time")??;
+    if n == 0 {
+        bail!("connection closed while waiting for a reply");
+    }
+    let line = line.trim_end_matches(['\r', '\n']);
+    match transport {
+        Transport::Line => {
+            if let Some(expect) = &step.expect {
+                let pattern = expect
+                    .as_str()
+                    .context("line transport: expect must be a regex string")?;
+                let re = anchored(&subst(pattern, vars, true)?)?;
+                if !re.is_match(line) {
+                    bail!("reply {line:?} does not match {pattern:?}");
+                }
+            }
+            for (name, pattern) in step.capture.iter().flatten() {
+                let re = Regex::new(&subst(pattern, vars, true)?)?;
+                let value = re
+                    .captures(line)
+                    .and_then(|c| c.get(1))
+                    .with_context(|| format!("capture {name}: {pattern:?} not in {line:?}"))?;
+                vars.insert(name.clone(), value.as_str().to_owned());
+            }
+            Ok(())
+        }
+        _ => {
+            let json: Value = serde_json::from_str(line)
+                .with_context(|| format!("reply is not one JSON object: {line:?}"))?;
+            check_json(&json, step, vars)
+        }
+    }
+}
+
+fn check_json(json: &Value, step: &Step, vars: &mut HashMap<String, String>) -> anyhow::Result<()> {
+    if let Some(expect) = &step.expect {
+        let want = subst_json(serde_json::to_value(expect)?, vars)?;
+        if !contains(json, &want) {
+            bail!("reply {json} does not contain {want}");
+        }
+    }
+    for (pointer, pattern) in step.matches.iter().flatten() {
+        let re = Regex::new(&subst(pattern, vars, true)?)?;
+        let got = json
+            .pointer(pointer)
+            .with_context(|| format!("{pointer} missing in {json}"))?;
+        let text = got.as_str().map_or_else(|| got.to_string(), str::to_owned);
+        if !re.is_match(&text) {
+            bail!("{pointer} = {text:?} does not match {pattern:?}");
+        }
+    }
+    for (name, pointer) in step.capture.iter().flatten() {
+        let got = json
+            .pointer(pointer)
+            .with_context(|| format!("capture {name}: {pointer} missing in {json}"))?;
+        let text = got.as_str().map_or_else(|| got.to_string(), str::to_owned);
+        vars.insert(name.clone(), text);
+    }
+    Ok(())
+}
+
+/// Does `actual` contain `want`? Objects by subset (recursively), everything else exactly.
+fn contains(actual: &Value, want: &Value) -> bool {
+    match (actual, want) {
+        (Value::Object(a), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| a.get(k).is_some_and(|av| contains(av, wv))),
+        (Value::Array(a), Value::Array(w)) => {
+            a.len() == w.len() && a.iter().zip(w).all(|(x, y)| contains(x, y))
+        }
+        _ => actual == want,
+    }
+}
+
+fn anchored(pattern: &str) -> anyhow::Result<Regex> {
+    Regex::new(&format!("^(?:{pattern})$")).with_context(|| format!("bad regex {pattern:?}"))
+}
+
+/// Replace `${name}` with variables; `escape` quotes values for use inside a regex.
+fn subst(text: &str, vars: &HashMap<String, String>, escape: bool) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .with_context(|| format!("unclosed ${{ in {text:?}"))?;
+        let name = &after[..end];
+        let value = match name
+            .strip_prefix("repeat:")
+            .and_then(|r| r.rsplit_once(':'))
+        {
+            Some((piece, count)) => {
+                let count: usize = count
+                    .parse()
+                    .ok()
+                    .filter(|c| c * piece.len().max(1) <= MAX_REPLY as usize)
+                    .with_context(|| format!("bad repeat count in ${{{name}}}"))?;
+                piece.repeat(count)
+            }
+            None => vars
+                .get(name)
+                .with_context(|| format!("unknown variable ${{{name}}}"))?
+                .clone(),
+        };
+        if escape {
+            out.push_str(&regex::escape(&value));
+        } else {
+            out.push_str(&value);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn subst_json(v: Value, vars: &HashMap<String, String>) -> anyhow::Result<Value> {
+    Ok(match v {
+        Value::String(s) => Value::String(subst(&s, vars, false)?),
+        Value::Array(a) => Value::Array(
+            a.into_iter()
+                .map(|x| subst_json(x, vars))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, x)| Ok((k, subst_json(x, vars)?)))
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        other => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subset_matching() {
+        let a = json!({"status":"OK","features":{"tls":true,"pgp":false},"n":[1,2]});
+        assert!(contains(&a, &json!({"status":"OK"})));
+        assert!(contains(&a, &json!({"features":{"tls":true}})));
+        assert!(!contains(&a, &json!({"features":{"tls":false}})));
+        assert!(!contains(&a, &json!({"n":[1]})));
+        assert!(!contains(&a, &json!({"missing":1})));
+    }
+
+    #[test]
+    fn variables() {
+        let mut v = HashMap::new();
+        v.insert("a".to_string(), "x.y".to_string());
+        assert_eq!(subst("<${a}>", &v, false).unwrap(), "<x.y>");
+        assert_eq!(subst("<${a}>", &v, true).unwrap(), "<x\\.y>");
+        assert!(subst("${b}", &v, false).is_err());
+        assert!(subst("${a", &v, false).is_err());
+        assert_eq!(subst("${repeat:ab:3}", &v, false).unwrap(), "ababab");
+        assert!(subst("${repeat:ab:x}", &v, false).is_err());
+    }
+
+    #[test]
+    fn every_embedded_suite_parses() {
+        for dir in SUITES.dirs() {
+            let suite = dir.get_file(dir.path().join("suite.toml")).unwrap();
+            let _: SuiteInfo = toml::from_str(suite.contents_utf8().unwrap()).unwrap();
+            for f in dir.files() {
+                let name = f.path().file_name().unwrap();
+                if f.path().extension().is_some_and(|e| e == "toml") && name != "suite.toml" {
+                    let cf: CaseFile = toml::from_str(f.contents_utf8().unwrap())
+                        .unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
+                    assert!(!cf.cases.is_empty());
+                }
+            }
+        }
+    }
+}

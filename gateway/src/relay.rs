@@ -1,0 +1,116 @@
+//! Relay workers: claim due outbound queue entries and hand them to the transport of their
+//! protocol; record delivered / retry with backoff / failed. Also the store's housekeeping
+//! (expired tokens and stamps).
+//!
+//! The transports (MMTP, IMMP, XHMTP clients) and route discovery are added by the bridging
+//! issue; until a transport is registered, entries wait and are retried with backoff, and fail
+//! once they are older than `relay.max_age_secs`.
+
+use crate::config::RelayConfig;
+use mailgate_core::message::now_ms;
+use mailgate_core::relay::{Backoff, Transport, TransportError};
+use mailgate_core::store::{QueueEntry, RelayOutcome};
+use mailgate_core::Core;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a claimed entry stays leased to a worker before another may take it.
+const LEASE_MS: i64 = 10 * 60 * 1000;
+
+/// The relay worker pool.
+pub struct Relay {
+    core: Arc<Core>,
+    transports: Vec<Arc<dyn Transport>>,
+    config: RelayConfig,
+    backoff: Backoff,
+}
+
+impl Relay {
+    /// A pool over `core` with the given transports (in preference order).
+    pub fn new(core: Arc<Core>, transports: Vec<Arc<dyn Transport>>, config: RelayConfig) -> Self {
+        let backoff = Backoff {
+            base_ms: (config.retry_base_secs * 1000) as i64,
+            max_ms: (config.retry_max_secs * 1000) as i64,
+        };
+        Relay {
+            core,
+            transports,
+            config,
+            backoff,
+        }
+    }
+
+    /// Poll the queue until `shutdown` fires.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let interval = Duration::from_millis(self.config.poll_interval_ms.max(10));
+        let mut last_purge = 0i64;
+        loop {
+            let now = now_ms();
+            if now - last_purge > 60_000 {
+                last_purge = now;
+                if let Err(e) = self.core.store.purge_expired(now).await {
+                    tracing::warn!(error = %e, "purging expired tokens failed");
+                }
+            }
+            match self
+                .core
+                .store
+                .claim_due(now, self.config.workers as u32, LEASE_MS)
+                .await
+            {
+                Ok(entries) => {
+                    let attempts = entries.into_iter().map(|e| {
+                        let this = self.clone();
+                        async move { this.attempt(e).await }
+                    });
+                    futures_util::future::join_all(attempts).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming queue entries failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    fn transport_for(&self, entry: &QueueEntry) -> Option<&Arc<dyn Transport>> {
+        match &entry.protocol {
+            Some(p) => self.transports.iter().find(|t| t.protocol() == p),
+            None => self.transports.first(),
+        }
+    }
+
+    async fn attempt(&self, entry: QueueEntry) {
+        let now = now_ms();
+        let result = match (
+            self.transport_for(&entry),
+            self.core.store.message(entry.message).await,
+        ) {
+            (_, Err(e)) => Err(TransportError::Temporary(format!("store: {e}"))),
+            (_, Ok(None)) => Err(TransportError::Permanent("message no longer stored".into())),
+            (None, Ok(Some(_))) => Err(TransportError::Temporary(format!(
+                "no outbound transport available for {}",
+                entry.recipient.domain
+            ))),
+            (Some(t), Ok(Some(message))) => t.deliver(&entry, &message).await,
+        };
+        let too_old = now - entry.created_at > (self.config.max_age_secs * 1000) as i64;
+        let outcome = match result {
+            Ok(()) => RelayOutcome::Delivered,
+            Err(TransportError::Permanent(error)) => RelayOutcome::Failed { error },
+            Err(TransportError::Temporary(error)) if too_old => RelayOutcome::Failed {
+                error: format!("gave up after {} attempts: {error}", entry.attempts + 1),
+            },
+            Err(TransportError::Temporary(error)) => RelayOutcome::Retry {
+                next_attempt: now + self.backoff.delay_ms(entry.attempts),
+                error,
+            },
+        };
+        tracing::info!(queue_id = entry.id, recipient = %entry.recipient, outcome = ?outcome, "relay attempt");
+        if let Err(e) = self.core.store.finish_relay(entry.id, outcome).await {
+            tracing::warn!(queue_id = entry.id, error = %e, "recording relay outcome failed");
+        }
+    }
+}

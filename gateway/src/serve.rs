@@ -1,0 +1,156 @@
+//! `mailgate serve`: open the store, bind every listener, run until SIGINT/SIGTERM, then stop
+//! accepting, let in-flight requests finish (bounded), flush the store and exit.
+
+use crate::admin;
+use crate::config::Config;
+use crate::listener::{self, ListenerContext};
+use crate::relay::Relay;
+use crate::tls;
+use anyhow::Context;
+use mailgate_core::{Core, Metrics, Policy, SqliteOptions, SqliteStore};
+use mailgate_immp::ImmpServer;
+use mailgate_mmtp::MmtpServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Open the store and build the core for `config`.
+pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
+    let metrics = Arc::new(Metrics::new());
+    let path = config.database_path();
+    let store = SqliteStore::open(SqliteOptions::new(&path), metrics.clone())
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+    let mut policy = Policy::new(&config.domains);
+    policy.max_message_size = config.max_message_size;
+    policy.max_recipients = config.max_recipients;
+    let core = Core::new(Arc::new(store), policy, metrics)
+        .with_rate_limit(config.limits.rate_per_sec, config.limits.rate_burst);
+    Ok(Arc::new(core))
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key} = {addr}: cannot listen"))?;
+    let local = l.local_addr()?;
+    // A fixed, parseable line per listener: operators and tests read the bound port here.
+    println!("mailgate: {key} listening on {local}");
+    tracing::info!(%local, key, "listening");
+    Ok(l)
+}
+
+/// Run the gateway until a stop signal.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let core = open_core(&config)?;
+    let acceptor = TlsAcceptor::from(tls::server_config(&config)?);
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let ctx = ListenerContext {
+        metrics: core.metrics.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        max_connections: config.limits.max_connections,
+        handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_secs),
+    };
+    let read_timeout = config.limits.read_timeout();
+    let mut servers = tokio::task::JoinSet::new();
+
+    let admin_app = admin::router(core.clone());
+    let l = bind(config.admin.listen, "admin.listen").await?;
+    servers.spawn(listener::serve("admin", l, None, ctx.clone(), move |c| {
+        admin::serve_http(admin_app.clone(), c, read_timeout)
+    }));
+
+    if config.mmtp.enabled {
+        let mmtp = Arc::new(MmtpServer::new(
+            core.clone(),
+            config.mmtp.clone(),
+            read_timeout,
+        ));
+        let l = bind(config.mmtp.listen, "mmtp.listen").await?;
+        let m = mmtp.clone();
+        servers.spawn(listener::serve("mmtp", l, None, ctx.clone(), move |c| {
+            let m = m.clone();
+            async move { m.handle(c.stream, c.peer, c.tls, c.shutdown).await }
+        }));
+        if let Some(addr) = config.mmtp.tls_listen {
+            let l = bind(addr, "mmtp.tls_listen").await?;
+            servers.spawn(listener::serve(
+                "mmtp",
+                l,
+                Some(acceptor.clone()),
+                ctx.clone(),
+                move |c| {
+                    let m = mmtp.clone();
+                    async move { m.handle(c.stream, c.peer, c.tls, c.shutdown).await }
+                },
+            ));
+        }
+    }
+
+    if config.immp.enabled {
+        let immp = Arc::new(ImmpServer::new(
+            config.primary_domain().to_owned(),
+            acceptor.clone(),
+            read_timeout,
+        ));
+        let l = bind(config.immp.listen, "immp.listen").await?;
+        servers.spawn(listener::serve("immp", l, None, ctx.clone(), move |c| {
+            let i = immp.clone();
+            async move { i.handle(c.stream, c.peer, c.shutdown).await }
+        }));
+    }
+
+    if config.xhmtp.enabled {
+        let app = mailgate_xhmtp::router(core.clone(), &config.xhmtp);
+        let l = bind(config.xhmtp.listen, "xhmtp.listen").await?;
+        servers.spawn(listener::serve("xhmtp", l, None, ctx.clone(), move |c| {
+            admin::serve_http(app.clone(), c, read_timeout)
+        }));
+    }
+
+    let relay = Arc::new(Relay::new(core.clone(), Vec::new(), config.relay.clone()));
+    tracker.spawn(relay.run(shutdown.clone()));
+
+    println!("mailgate: ready");
+    tracing::info!(domains = ?config.domains, "mailgate ready");
+    stop_signal().await;
+    tracing::info!("stopping: no new connections; finishing requests in flight");
+    shutdown.cancel();
+    while servers.join_next().await.is_some() {}
+    tracker.close();
+    let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("some connections did not finish within {grace:?}; closing anyway");
+    }
+    core.store.close().await?;
+    println!("mailgate: stopped");
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

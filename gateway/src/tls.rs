@@ -1,0 +1,93 @@
+//! TLS material: the configured PEM pair, or a self-signed pair generated with rcgen into
+//! `<data_dir>/tls/` at first start.
+
+use crate::config::Config;
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The crypto provider every rustls config in mailgate uses (pure Rust + ring, no C libraries
+/// beyond ring's own).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Paths of the certificate and key in use (generated ones when none are configured).
+pub fn cert_paths(config: &Config) -> (PathBuf, PathBuf) {
+    match (&config.tls.cert, &config.tls.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let dir = config.data_dir.join("tls");
+            (dir.join("cert.pem"), dir.join("key.pem"))
+        }
+    }
+}
+
+/// Generate a self-signed certificate for `names` unless one is there already.
+fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> anyhow::Result<()> {
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = cert.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let generated = rcgen::generate_simple_self_signed(names)?;
+    std::fs::write(cert, generated.cert.pem())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    write_private(key, generated.key_pair.serialize_pem().as_bytes())?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The server-side TLS configuration for every TLS listener.
+pub fn server_config(config: &Config) -> anyhow::Result<Arc<ServerConfig>> {
+    let (cert, key) = cert_paths(config);
+    if config.tls.cert.is_none() {
+        let mut names: Vec<String> = config.domains.clone();
+        if !names.iter().any(|n| n == "localhost") {
+            names.push("localhost".into());
+        }
+        ensure_self_signed(&cert, &key, names)?;
+    }
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .with_context(|| format!("tls.cert: cannot read {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "tls.cert: {} is not a PEM certificate chain",
+                cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!("tls.cert: {} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&key).with_context(|| {
+        format!(
+            "tls.key: cannot read a PEM private key from {}",
+            key.display()
+        )
+    })?;
+    let server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls: certificate and key do not match")?;
+    Ok(Arc::new(server))
+}
