@@ -1,0 +1,113 @@
+//! mailgate: one binary for the MMTP, IMMP and XHMTP front-ends over one durable store.
+//!
+//! The binary is `src/main.rs`; everything lives in this library so end-to-end tests can build
+//! the same program under another name.
+
+mod admin;
+mod bench;
+mod commands;
+mod config;
+mod conformance;
+mod listener;
+mod relay;
+mod serve;
+mod tls;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mailgate",
+    version,
+    about = "A multi-protocol mail gateway (MMTP, IMMP, XHMTP)"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without one, the built-in defaults run locally.
+    #[arg(long, global = true, env = "MAILGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: every enabled front-end, the relay workers and the admin endpoint.
+    Serve,
+    /// Validate the configuration and print the effective settings.
+    CheckConfig,
+    /// Manage local accounts.
+    User {
+        #[command(subcommand)]
+        action: commands::UserAction,
+    },
+    /// Write a consistent copy of the store to PATH (safe while the gateway runs).
+    Backup {
+        /// Destination file; must not exist.
+        path: PathBuf,
+    },
+    /// Ask the admin endpoint whether the gateway is healthy (exit 0 when it is).
+    Health {
+        /// Admin base URL (default: from the config's admin.listen).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Bounded load generators that print throughput and latency percentiles.
+    Bench {
+        #[command(subcommand)]
+        target: bench::BenchTarget,
+    },
+    /// Run a protocol's conformance suite against any server.
+    Conformance(conformance::ConformanceArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Parse the command line and run `mailgate`; the whole program behind `main`.
+pub fn main_entry() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mailgate: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mailgate: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
+    let load = || config::Config::load(cli.config.as_deref());
+    match cli.command {
+        Command::Serve => serve::run(load()?).await.map(|()| ok),
+        Command::CheckConfig => {
+            let c = load()?;
+            print!("{}", c.to_toml()?);
+            eprintln!("mailgate: configuration is valid");
+            Ok(ok)
+        }
+        Command::User { action } => commands::user(&load()?, action).await.map(|()| ok),
+        Command::Backup { path } => commands::backup(&load()?, &path).await.map(|()| ok),
+        Command::Health { url } => commands::health(&load()?, url).await,
+        Command::Bench { target } => bench::run(target).await.map(|()| ok),
+        Command::Conformance(args) => conformance::run(args).await,
+    }
+}

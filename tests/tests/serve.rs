@@ -1,0 +1,208 @@
+//! The `mailgate` program end to end: serve opens every listener, the admin endpoint answers,
+//! each front-end greets, the operator commands work while it runs, SIGTERM stops it cleanly.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use support::{config_text, run, Gateway};
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+fn first_line(addr: &str) -> String {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn serve_opens_every_listener_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), Some(&config_text(dir.path(), "e2e.test")));
+    for key in [
+        "admin.listen",
+        "mmtp.listen",
+        "mmtp.tls_listen",
+        "immp.listen",
+        "xhmtp.listen",
+    ] {
+        assert!(
+            gw.addrs.contains_key(key),
+            "{key} not listening: {:?}",
+            gw.addrs
+        );
+    }
+
+    let (status, body) = http_get(gw.addr("admin.listen"), "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let welcome: serde_json::Value =
+        serde_json::from_str(&first_line(gw.addr("mmtp.listen"))).unwrap();
+    assert_eq!(welcome["status"], "OK");
+    assert!(welcome["message"]
+        .as_str()
+        .unwrap()
+        .contains("MMTP Server Ready"));
+    assert_eq!(
+        first_line(gw.addr("immp.listen")),
+        "100- IMMP/1.0 Server at e2e.test.\n"
+    );
+    let (status, body) = http_get(gw.addr("xhmtp.listen"), "/xhmtp");
+    assert_eq!(status, 200, "{body}");
+
+    let (_, metrics) = http_get(gw.addr("admin.listen"), "/metrics");
+    assert!(
+        metrics.contains("mailgate_connections_total{protocol=\"mmtp\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mailgate_store_commit_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mailgate_queue_depth 0"), "{metrics}");
+
+    // Operator commands against the same data directory while serve runs.
+    let cfg = gw.config.to_str().unwrap().to_owned();
+    let out = run(
+        &[
+            "user",
+            "add",
+            "alice@e2e.test",
+            "--password-stdin",
+            "--config",
+            &cfg,
+        ],
+        Some("s3cret\n"),
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["user", "list", "--config", &cfg], None, dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice@e2e.test\t(alice)%(e2e.test)\n"
+    );
+    let backup = dir.path().join("backup.db");
+    let out = run(
+        &["backup", backup.to_str().unwrap(), "--config", &cfg],
+        None,
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(backup.exists());
+    let health_url = format!("http://{}", gw.addr("admin.listen"));
+    let out = run(&["health", "--url", &health_url], None, dir.path());
+    assert!(out.status.success());
+
+    // The conformance runner against this server, every suite, TLS included.
+    let ca = dir.path().join("data/tls/cert.pem");
+    for (protocol, key, tls) in [
+        ("mmtp", "mmtp.listen", false),
+        ("mmtp", "mmtp.tls_listen", true),
+        ("immp", "immp.listen", false),
+        ("xhmtp", "xhmtp.listen", false),
+    ] {
+        let port = gw.addr(key).rsplit_once(':').unwrap().1.to_owned();
+        let target = format!("localhost:{port}");
+        let mut args = vec![
+            "conformance",
+            "--protocol",
+            protocol,
+            "--target",
+            &target,
+            "--domain",
+            "e2e.test",
+            "--account",
+            "alice@e2e.test:s3cret",
+        ];
+        if tls {
+            args.extend(["--tls", "--ca", ca.to_str().unwrap()]);
+        }
+        let out = run(&args, None, dir.path());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{protocol} suite failed:\n{text}");
+        assert!(
+            text.lines().last().unwrap().ends_with(" 0 failed"),
+            "{text}"
+        );
+    }
+
+    let (status, rest) = gw.stop();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(rest.last().map(String::as_str), Some("mailgate: stopped"));
+}
+
+#[test]
+fn serve_runs_with_embedded_defaults_and_no_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), None);
+    let expected = [
+        ("admin.listen", "127.0.0.1:9025"),
+        ("mmtp.listen", "127.0.0.1:8025"),
+        ("mmtp.tls_listen", "127.0.0.1:8026"),
+        ("immp.listen", "127.0.0.1:1025"),
+        ("xhmtp.listen", "127.0.0.1:8080"),
+    ];
+    for (key, addr) in expected {
+        assert_eq!(gw.addr(key), addr);
+    }
+    assert_eq!(http_get("127.0.0.1:9025", "/healthz").0, 200);
+    assert!(dir.path().join("data/mailgate.db").exists());
+    assert!(dir.path().join("data/tls/cert.pem").exists());
+    let (status, _) = gw.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn check_config_validates_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/mailgate.toml");
+    let out = run(&["check-config", "--config", shipped], None, dir.path());
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("listen = \"127.0.0.1:8025\""));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[immp]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
+    let out = run(
+        &["check-config", "--config", bad.to_str().unwrap()],
+        None,
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_addr"));
+
+    // MAILGATE_CONFIG names a config file too.
+    let out = std::process::Command::new(support::mailgate())
+        .arg("check-config")
+        .env("MAILGATE_CONFIG", &bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1,0 +1,147 @@
+//! Start and stop `mailgate serve` (as `mailgate-e2e`) for end-to-end tests.
+#![allow(dead_code)] // each test binary uses part of this module
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Path of the program under test.
+pub fn mailgate() -> &'static str {
+    env!("CARGO_BIN_EXE_mailgate-e2e")
+}
+
+/// Run a `mailgate` command to completion.
+pub fn run(args: &[&str], stdin: Option<&str>, cwd: &Path) -> Output {
+    let mut child = Command::new(mailgate())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("MAILGATE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mailgate");
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub child: Child,
+    /// Listener key (`mmtp.listen`, …) → bound address.
+    pub addrs: HashMap<String, String>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    lines: mpsc::Receiver<String>,
+}
+
+/// A config with every listener on 127.0.0.1 port 0.
+pub fn config_text(dir: &Path, domain: &str) -> String {
+    format!(
+        r#"data_dir = "{}"
+domains = ["{domain}"]
+[admin]
+listen = "127.0.0.1:0"
+[mmtp]
+listen = "127.0.0.1:0"
+tls_listen = "127.0.0.1:0"
+[immp]
+listen = "127.0.0.1:0"
+[xhmtp]
+listen = "127.0.0.1:0"
+"#,
+        dir.join("data").display()
+    )
+}
+
+impl Gateway {
+    /// Start `mailgate serve` with `config` (written to `dir/mailgate.toml`; `None`: no config
+    /// file at all) and wait until it says it is ready.
+    pub fn start(dir: &Path, config: Option<&str>) -> Gateway {
+        let path = dir.join("mailgate.toml");
+        let mut cmd = Command::new(mailgate());
+        cmd.current_dir(dir)
+            .env_remove("MAILGATE_CONFIG")
+            .arg("serve");
+        if let Some(text) = config {
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(&path);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mailgate serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = HashMap::new();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("mailgate serve did not become ready");
+            if line == "mailgate: ready" {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("mailgate: ") {
+                if let Some((key, addr)) = rest.split_once(" listening on ") {
+                    addrs.insert(key.to_owned(), addr.to_owned());
+                }
+            }
+        }
+        Gateway {
+            child,
+            addrs,
+            dir: dir.to_owned(),
+            config: path,
+            lines: rx,
+        }
+    }
+
+    /// The bound address of a listener.
+    pub fn addr(&self, key: &str) -> &str {
+        self.addrs
+            .get(key)
+            .unwrap_or_else(|| panic!("no listener {key}"))
+    }
+
+    /// SIGTERM, then wait for the exit; returns the exit status and remaining stdout lines.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        let mut rest = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            rest.push(l);
+        }
+        (status, rest)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
