@@ -265,6 +265,14 @@ mod tests {
     }
 
     #[test]
+    fn container_config_validates_and_listens_everywhere() {
+        let c = Config::parse(include_str!("../../config/container.toml")).unwrap();
+        c.validate().unwrap();
+        assert!(c.listeners().iter().all(|(a, _)| a.ip().is_unspecified()));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/mailgate"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let e = Config::parse("[mmtp]\nlisten_port = 1\n").unwrap_err();
         assert!(e.to_string().contains("listen_port"), "{e}");

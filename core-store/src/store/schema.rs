@@ -26,8 +26,10 @@ const MIGRATIONS: &[&str] = &[
         armored     TEXT NOT NULL,
         updated_at  INTEGER NOT NULL
     ) WITHOUT ROWID;
+    -- Rows with large blobs live in rowid tables (WITHOUT ROWID suits small rows only).
     CREATE TABLE messages (
-        id            BLOB PRIMARY KEY,
+        rowid         INTEGER PRIMARY KEY,
+        id            BLOB NOT NULL UNIQUE,
         sender        TEXT NOT NULL,
         subject       TEXT NOT NULL,
         kind          INTEGER NOT NULL,
@@ -37,16 +39,17 @@ const MIGRATIONS: &[&str] = &[
         meta          TEXT NOT NULL,
         wire_protocol TEXT,
         wire          BLOB
-    ) WITHOUT ROWID;
+    );
     CREATE TABLE parts (
+        rowid      INTEGER PRIMARY KEY,
         message_id BLOB NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
         idx        INTEGER NOT NULL,
         name       TEXT NOT NULL,
         media_type TEXT NOT NULL,
         is_content INTEGER NOT NULL,
         data       BLOB NOT NULL,
-        PRIMARY KEY (message_id, idx)
-    ) WITHOUT ROWID;
+        UNIQUE (message_id, idx)
+    );
     CREATE TABLE folders (
         account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
         name       TEXT NOT NULL COLLATE NOCASE,

@@ -86,7 +86,11 @@ impl SqliteStore {
         }
         let mut conn = open_conn(&opts.path, false, opts.fsync)?;
         migrate(&mut conn)?;
-        let writer = Writer::start(conn, metrics)?;
+        // Checkpoints run on their own thread and connection, so the writer's commits never
+        // wait for the WAL to be copied back into the database file.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open_conn(&opts.path, false, opts.fsync)?;
+        let writer = Writer::start(conn, checkpointer, metrics)?;
         Ok(SqliteStore {
             writer,
             readers: Arc::new(ReaderPool {
@@ -205,7 +209,13 @@ fn insert_entry(
     message: &MessageId,
     now: i64,
 ) -> Result<i64, StoreError> {
-    ensure_folder(conn, account, folder)?;
+    if !STANDARD_FOLDERS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(folder))
+    {
+        // Standard folders exist from account creation on; user folders may be new.
+        ensure_folder(conn, account, folder)?;
+    }
     conn.prepare_cached(
         "INSERT INTO entries (account_id, folder, message_id, added_at) VALUES (?1,?2,?3,?4)",
     )?

@@ -11,11 +11,13 @@ use super::StoreError;
 use crate::metrics::Metrics;
 use rusqlite::Connection;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest number of jobs folded into one transaction.
 const MAX_BATCH: usize = 1024;
+/// How often the checkpoint thread copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// What a job hands back after running: called with the commit's result.
 type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
@@ -33,12 +35,24 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Start the writer thread that owns `conn`.
-    pub(crate) fn start(conn: Connection, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    /// Start the writer thread that owns `conn`, and the checkpoint thread that owns
+    /// `checkpointer` (both on the same database; the writer's auto-checkpoint is off).
+    pub(crate) fn start(
+        conn: Connection,
+        checkpointer: Connection,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Cmd>(MAX_BATCH * 4);
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("mailgate-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop_rx))?;
         std::thread::Builder::new()
             .name("mailgate-store-writer".into())
-            .spawn(move || run(conn, rx, &metrics))?;
+            .spawn(move || {
+                run(conn, rx, &metrics);
+                drop(stop_tx);
+            })?;
         Ok(Writer { cmds: tx })
     }
 
@@ -79,14 +93,15 @@ fn in_savepoint<R>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     match f(conn) {
         Ok(r) => {
-            conn.execute_batch("RELEASE job")?;
+            conn.prepare_cached("RELEASE job")?.execute([])?;
             Ok(r)
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+            conn.prepare_cached("RELEASE job")?.execute([])?;
             Err(e)
         }
     }
@@ -135,4 +150,15 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Cmd>, metrics: &Metrics) {
         }
     }
     tracing::debug!("store writer stopped");
+}
+
+/// Copy committed WAL frames into the database file (PASSIVE: never blocks the writer or
+/// readers) until the writer stops.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "store: passive checkpoint failed");
+        }
+    }
 }
