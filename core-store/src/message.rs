@@ -172,6 +172,9 @@ pub struct WireForm {
 pub struct Message {
     /// Store id.
     pub id: MessageId,
+    /// The id the originating client or server gave the message (MMTP `meta.messageId`,
+    /// IMMP message-id), kept for replies and de-duplication.
+    pub origin_id: Option<String>,
     /// Sender.
     pub sender: Address,
     /// All recipients, as addressed (with folders).
@@ -206,6 +209,7 @@ impl Message {
     ) -> Self {
         Message {
             id: MessageId::new(),
+            origin_id: None,
             sender,
             recipients,
             subject: subject.into(),

@@ -138,6 +138,27 @@ pub struct MailboxEntry {
     pub added_at: i64,
 }
 
+/// A message without its parts: what listings, filters and counts need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSummary {
+    /// Store id.
+    pub id: MessageId,
+    /// Sender.
+    pub sender: Address,
+    /// Subject.
+    pub subject: String,
+    /// Tags.
+    pub tags: crate::message::Tags,
+    /// Importance.
+    pub importance: crate::message::Importance,
+    /// Mail or push.
+    pub kind: crate::message::MessageKind,
+    /// Size ([`Message::size`]).
+    pub size: u64,
+    /// When accepted, Unix ms.
+    pub received_at: i64,
+}
+
 /// A folder with its counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FolderInfo {
@@ -301,6 +322,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<MailboxEntry>, StoreError>;
     /// Load a stored message.
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;
+    /// Load summaries (no parts) of several messages, in the order asked; unknown ids are
+    /// left out.
+    async fn summaries(&self, ids: &[MessageId]) -> Result<Vec<MessageSummary>, StoreError>;
     /// Change an entry's flags (the entry must belong to `account`).
     async fn set_flags(
         &self,
@@ -315,6 +339,9 @@ pub trait Store: Send + Sync + 'static {
         folder: &str,
         message: MessageId,
     ) -> Result<i64, StoreError>;
+    /// Delete these entries of `account` (others' ids are ignored); messages nobody references
+    /// any more go too. Returns how many entries went.
+    async fn remove_entries(&self, account: AccountId, entries: &[i64]) -> Result<u64, StoreError>;
     /// Drop the entries flagged deleted in a folder; messages nobody references any more go too.
     async fn expunge(&self, account: AccountId, folder: &str) -> Result<u64, StoreError>;
 

@@ -3,7 +3,8 @@
 use super::schema::migrate;
 use super::writer::Writer;
 use super::{
-    Account, AccountId, EntryQuery, Flags, FolderInfo, MailboxEntry, PublicKeyRecord, QueueEntry,
+    Account, AccountId, EntryQuery, Flags, FolderInfo, MailboxEntry, MessageSummary,
+    PublicKeyRecord, QueueEntry,
     QueueState, RelayOutcome, Store, StoreError, StoreStats, Submission,
 };
 use crate::address::Address;
@@ -135,6 +136,8 @@ impl SqliteStore {
 #[derive(Serialize, Deserialize)]
 struct MessageMeta {
     recipients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin_id: Option<String>,
     #[serde(default)]
     tags: Tags,
     #[serde(default)]
@@ -154,9 +157,18 @@ fn kind_code(k: MessageKind) -> i64 {
     }
 }
 
+fn kind_from_code(c: i64) -> MessageKind {
+    if c == 1 {
+        MessageKind::Push
+    } else {
+        MessageKind::Mail
+    }
+}
+
 fn insert_message(conn: &Connection, m: &Message) -> Result<(), StoreError> {
     let meta = MessageMeta {
         recipients: m.recipients.iter().map(ToString::to_string).collect(),
+        origin_id: m.origin_id.clone(),
         tags: m.tags.clone(),
         security: m.security.clone(),
         trace: m.trace.clone(),
@@ -255,6 +267,32 @@ fn write_submission(conn: &Connection, s: &Submission) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Delete entries chosen by `select` (a query returning `id, message_id`), then those of their
+/// messages that no mailbox entry and no pending queue entry refers to any more.
+fn delete_entries(
+    conn: &Connection,
+    select: &str,
+    args: impl rusqlite::Params,
+) -> Result<u64, StoreError> {
+    let victims: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(select)?
+        .query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut del = conn.prepare_cached("DELETE FROM entries WHERE id = ?1")?;
+    for (id, _) in &victims {
+        del.execute(params![id])?;
+    }
+    let mut gc = conn.prepare_cached(
+        "DELETE FROM messages WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.message_id = ?1)
+         AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.message_id = ?1 AND q.state < 2)",
+    )?;
+    for (_, message) in &victims {
+        gc.execute(params![message])?;
+    }
+    Ok(victims.len() as u64)
+}
+
 fn account_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, String, String, i64)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
@@ -324,17 +362,14 @@ fn load_message(conn: &Connection, id: MessageId) -> Result<Option<Message>, Sto
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(Message {
         id,
+        origin_id: meta.origin_id,
         sender: parse_stored_address(&sender)?,
         recipients,
         subject,
         parts,
         tags: meta.tags,
         importance: Importance::from_code(importance),
-        kind: if kind == 1 {
-            MessageKind::Push
-        } else {
-            MessageKind::Mail
-        },
+        kind: kind_from_code(kind),
         security: meta.security,
         trace: meta.trace,
         wire: match (wire_protocol, wire) {
@@ -684,6 +719,49 @@ impl Store for SqliteStore {
         self.read(move |c| load_message(c, id)).await
     }
 
+    async fn summaries(&self, ids: &[MessageId]) -> Result<Vec<MessageSummary>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT sender, subject, kind, importance, received_at, size, meta
+                 FROM messages WHERE id = ?1",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = stmt
+                    .query_row(params![&id.0.as_bytes()[..]], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, String>(6)?,
+                        ))
+                    })
+                    .optional()?;
+                let Some((sender, subject, kind, importance, received_at, size, meta)) = row else {
+                    continue;
+                };
+                let meta: MessageMeta = serde_json::from_str(&meta)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                out.push(MessageSummary {
+                    id,
+                    sender: parse_stored_address(&sender)?,
+                    subject,
+                    tags: meta.tags,
+                    importance: Importance::from_code(importance),
+                    kind: kind_from_code(kind),
+                    size: size.max(0) as u64,
+                    received_at,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn set_flags(
         &self,
         account: AccountId,
@@ -718,22 +796,33 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn remove_entries(&self, account: AccountId, entries: &[i64]) -> Result<u64, StoreError> {
+        let ids = entries.to_vec();
+        self.writer
+            .write(move |c| {
+                let mut n = 0;
+                for id in &ids {
+                    n += delete_entries(
+                        c,
+                        "SELECT id, message_id FROM entries WHERE id = ?1 AND account_id = ?2",
+                        params![id, account],
+                    )?;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
     async fn expunge(&self, account: AccountId, folder: &str) -> Result<u64, StoreError> {
         let folder = folder.to_owned();
         self.writer
             .write(move |c| {
-                let n = c.execute(
-                    "DELETE FROM entries WHERE account_id = ?1 AND folder = ?2 AND deleted = 1",
+                delete_entries(
+                    c,
+                    "SELECT id, message_id FROM entries
+                     WHERE account_id = ?1 AND folder = ?2 AND deleted = 1",
                     params![account, folder],
-                )?;
-                c.execute(
-                    "DELETE FROM messages WHERE NOT EXISTS
-                       (SELECT 1 FROM entries e WHERE e.message_id = messages.id)
-                     AND NOT EXISTS
-                       (SELECT 1 FROM queue q WHERE q.message_id = messages.id AND q.state < 2)",
-                    [],
-                )?;
-                Ok(n as u64)
+                )
             })
             .await
     }

@@ -15,6 +15,19 @@ pub struct MmtpConfig {
     pub tls_listen: Option<SocketAddr>,
     /// Required HashCash difficulty in leading hex zeros (the original client mints at 5).
     pub hashcash_difficulty: u32,
+    /// A stamp's timestamp may be this many seconds in the past or the future.
+    pub hashcash_window_secs: u64,
+    /// Allow the AUTH extension over plain TCP (passwords in clear text).
+    pub allow_plain_auth: bool,
+    /// INSECURE: let unauthenticated connections RECEIVE / CHECK any mailbox, as the original
+    /// server does (for original clients, which have no AUTH).
+    pub legacy_open_mailboxes: bool,
+    /// Requests per second per peer IP (0: unlimited).
+    pub requests_per_sec: f64,
+    /// Burst allowance of the request limiter.
+    pub request_burst: u32,
+    /// Most messages one RECEIVE returns when the request sets no `limit`.
+    pub max_receive: u32,
 }
 
 impl Default for MmtpConfig {
@@ -24,6 +37,12 @@ impl Default for MmtpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
             tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8026))),
             hashcash_difficulty: 4,
+            hashcash_window_secs: 2 * 24 * 3600,
+            allow_plain_auth: false,
+            legacy_open_mailboxes: false,
+            requests_per_sec: 100.0,
+            request_burst: 200,
+            max_receive: 1000,
         }
     }
 }
@@ -37,6 +56,15 @@ impl MmtpConfig {
                  the server's difficulty, so anything above 5 refuses it",
                 self.hashcash_difficulty
             ));
+        }
+        if self.hashcash_window_secs == 0 {
+            return Err("mmtp.hashcash_window_secs must be greater than 0".into());
+        }
+        if self.max_receive == 0 {
+            return Err("mmtp.max_receive must be greater than 0".into());
+        }
+        if !(self.requests_per_sec >= 0.0 && self.requests_per_sec.is_finite()) {
+            return Err("mmtp.requests_per_sec must be 0 (unlimited) or a positive number".into());
         }
         Ok(())
     }

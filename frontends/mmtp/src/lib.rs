@@ -1,11 +1,14 @@
-//! mailgate-mmtp: the MMTP front-end (JSON over TCP).
+//! mailgate-mmtp: the MMTP front-end (JSON over TCP, HashCash, SHA-256 integrity, OpenPGP).
 //!
-//! This foundation holds the configuration, the stream codec (concatenated JSON values, as the
-//! original client sends them) and the session skeleton: welcome object, framing, per-request
-//! error replies. The actions of spec §6 arrive with the MMTP issue.
+//! `codec` cuts the request stream into JSON values; `packet` validates SEND packets and renders
+//! stored messages; `jsjson` serialises as JavaScript's `JSON.stringify`; `pgp` checks keys and
+//! signatures with sequoia; `session` runs one connection; `client` speaks MMTP to any server.
 
 pub mod codec;
 pub mod config;
+pub mod jsjson;
+pub mod packet;
+pub mod pgp;
 pub mod session;
 
 pub use config::MmtpConfig;

@@ -1,10 +1,18 @@
-//! One MMTP connection: welcome, then one reply per request, in order.
+//! One MMTP connection: welcome, then exactly one reply per request, in order.
 
-use crate::codec::{encode_reply, CodecError, FrameReader};
+use crate::codec::{CodecError, FrameReader};
 use crate::config::MmtpConfig;
-use mailgate_core::Core;
-use serde_json::{json, Value};
-use std::net::SocketAddr;
+use crate::packet::{self, PacketError, CATEGORY, PRIORITY, STATUS};
+use crate::pgp;
+use mailgate_core::hashcash::HashcashPolicy;
+use mailgate_core::message::now_ms;
+use mailgate_core::ratelimit::RateLimiter;
+use mailgate_core::store::{Account, EntryQuery, MessageSummary, PublicKeyRecord};
+use mailgate_core::{Address, Core, Origin, SubmitError, Submitter};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -12,18 +20,61 @@ use tokio_util::sync::CancellationToken;
 
 /// Room for the JSON envelope around a message of the maximum size.
 const ENVELOPE_OVERHEAD: usize = 64 * 1024;
+/// Protocol name in metrics, traces and wire forms.
+pub const PROTOCOL: &str = "mmtp";
 
 /// The MMTP front-end: shared by every connection.
 pub struct MmtpServer {
     core: Arc<Core>,
     config: MmtpConfig,
     read_timeout: Duration,
+    limiter: RateLimiter<IpAddr>,
+    hashcash: HashcashPolicy,
+}
+
+/// A reply, and what to do once it has been written.
+struct Outcome {
+    reply: String,
+    /// RECEIVE: entries to remove after the reply reached the socket.
+    remove: Option<(i64, Vec<i64>)>,
+}
+
+impl From<String> for Outcome {
+    fn from(reply: String) -> Self {
+        Outcome {
+            reply,
+            remove: None,
+        }
+    }
+}
+
+fn error(message: impl std::fmt::Display) -> String {
+    json!({ "status": "ERROR", "message": message.to_string() }).to_string()
+}
+
+fn ok(v: Value) -> String {
+    v.to_string()
+}
+
+/// Per-connection state.
+struct Session<'a> {
+    server: &'a MmtpServer,
+    peer: SocketAddr,
+    tls: bool,
+    account: Option<Account>,
 }
 
 impl MmtpServer {
     /// A front-end over `core`.
     pub fn new(core: Arc<Core>, config: MmtpConfig, read_timeout: Duration) -> Self {
+        let window = (config.hashcash_window_secs as i64).saturating_mul(1000);
         MmtpServer {
+            limiter: RateLimiter::new(config.requests_per_sec, config.request_burst),
+            hashcash: HashcashPolicy {
+                difficulty: config.hashcash_difficulty,
+                max_age_ms: window,
+                max_skew_ms: window,
+            },
             core,
             config,
             read_timeout,
@@ -37,9 +88,9 @@ impl MmtpServer {
             "message": "MMTP Server Ready (mailgate)",
             "features": {
                 "tls": tls || self.config.tls_listen.is_some(),
-                "pgp": false,
+                "pgp": true,
                 "hashcash": { "difficulty": self.config.hashcash_difficulty },
-                "auth": [],
+                "auth": ["password"],
             }
         })
     }
@@ -57,53 +108,442 @@ impl MmtpServer {
         let (rd, mut wr) = tokio::io::split(stream);
         let max_frame = self.core.policy.max_message_size + ENVELOPE_OVERHEAD;
         let mut frames = FrameReader::new(rd, max_frame);
-        if wr
-            .write_all(&encode_reply(&self.welcome(tls)))
-            .await
-            .is_err()
-        {
+        let mut welcome = self.welcome(tls).to_string();
+        welcome.push('\n');
+        if wr.write_all(welcome.as_bytes()).await.is_err() {
             return;
         }
+        let mut session = Session {
+            server: self,
+            peer,
+            tls,
+            account: None,
+        };
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = tokio::time::timeout(self.read_timeout, frames.next_frame()) => r,
             };
-            let (reply, close) = match next {
+            let (outcome, close) = match next {
                 // Nothing unprompted: the original client hands every reply to its oldest
                 // pending request, and an idle connection has none.
                 Err(_) => {
-                    tracing::debug!(%peer, "mmtp read timeout");
+                    tracing::debug!("mmtp read timeout");
                     break;
                 }
-                Ok(Ok(frame)) => (self.dispatch(frame.get()), false),
+                Ok(Ok(frame)) => (session.dispatch(frame.get()).await, false),
                 Ok(Err(CodecError::Closed)) => break,
                 Ok(Err(e @ (CodecError::Truncated | CodecError::Io(_)))) => {
-                    tracing::debug!(%peer, error = %e, "mmtp connection ended");
+                    tracing::debug!(error = %e, "mmtp connection ended");
                     break;
                 }
-                Ok(Err(e @ CodecError::TooLarge(_))) => (error(&e.to_string()), true),
-                Ok(Err(e @ CodecError::Malformed(_))) => (error(&e.to_string()), false),
+                Ok(Err(e @ CodecError::TooLarge(_))) => (error(e).into(), true),
+                Ok(Err(e @ CodecError::Malformed(_))) => (error(e).into(), false),
             };
-            if wr.write_all(&encode_reply(&reply)).await.is_err() || close {
+            let mut reply = outcome.reply;
+            reply.push('\n');
+            if wr.write_all(reply.as_bytes()).await.is_err() {
+                break;
+            }
+            if let Some((account, entries)) = outcome.remove {
+                // Only what was handed out goes, and only once the reply is on its way.
+                if let Err(e) = self.core.store.remove_entries(account, &entries).await {
+                    tracing::warn!(error = %e, "mmtp: removing received messages failed");
+                }
+            }
+            if close {
                 break;
             }
         }
         let _ = wr.shutdown().await;
     }
-
-    fn dispatch(&self, frame: &str) -> Value {
-        let request: Value = match serde_json::from_str(frame) {
-            Ok(v) => v,
-            Err(e) => return error(&format!("malformed JSON: {e}")),
-        };
-        match request.get("action").and_then(Value::as_str) {
-            None => error("request has no \"action\""),
-            Some(action) => error(&format!("unsupported action: {action}")),
-        }
-    }
 }
 
-fn error(message: &str) -> Value {
-    json!({ "status": "ERROR", "message": message })
+#[derive(serde::Deserialize)]
+struct Request<'a> {
+    action: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct SendData<'a> {
+    #[serde(borrow)]
+    packet: Option<&'a RawValue>,
+}
+
+impl Session<'_> {
+    async fn dispatch(&mut self, frame: &str) -> Outcome {
+        if !self.server.limiter.check(&self.peer.ip()) {
+            return error("rate limit exceeded; slow down").into();
+        }
+        let request: Request<'_> = match serde_json::from_str(frame) {
+            Ok(r) => r,
+            Err(e) => return error(format!("invalid request: {e}")).into(),
+        };
+        let action = match request.action {
+            Some(Value::String(a)) => a,
+            _ => return error("request has no \"action\"").into(),
+        };
+        let data_raw = request.data.map(RawValue::get).unwrap_or("{}");
+        if action == "SEND" {
+            return self.send(data_raw).await.into();
+        }
+        let data: Map<String, Value> = match serde_json::from_str(data_raw) {
+            Ok(d) => d,
+            Err(_) => return error("\"data\" must be an object").into(),
+        };
+        match action.as_str() {
+            "RECEIVE" => self.receive(&data, false).await,
+            "RECEIVE_FILTERED" => self.receive(&data, true).await,
+            "CHECK" => self.check(&data).await.into(),
+            "REGISTER_KEY" => self.register_key(&data).await.into(),
+            "REQUEST_PUBLIC_KEY" => self.request_key(&data).await.into(),
+            "GET_TAG_CATEGORIES" => ok(json!({
+                "status": "OK",
+                "tagCategories": {
+                    "priority": PRIORITY, "category": CATEGORY, "status": STATUS, "custom": [],
+                }
+            }))
+            .into(),
+            "AUTH" => self.auth(&data).await.into(),
+            other => error(format!("unknown action: {other}")).into(),
+        }
+    }
+
+    fn email(data: &Map<String, Value>) -> Result<Address, String> {
+        match data.get("email") {
+            Some(Value::String(s)) => {
+                Address::parse_mmtp(s).map_err(|e| error(format!("invalid email {s:?}: {e}")))
+            }
+            _ => Err(error("data.email is missing")),
+        }
+    }
+
+    /// The account of a mailbox this connection may read.
+    async fn mailbox(&self, email: &Address) -> Result<Account, String> {
+        let authorised = self.server.config.legacy_open_mailboxes
+            || self
+                .account
+                .as_ref()
+                .is_some_and(|a| a.address.same_account(email));
+        if !authorised {
+            return Err(error(format!(
+                "authentication required: send AUTH as {} first",
+                email.to_mmtp().unwrap_or_default()
+            )));
+        }
+        match self.server.core.store.account(email).await {
+            Ok(Some(a)) => Ok(a),
+            Ok(None) => Err(error(format!(
+                "no such mailbox: {}",
+                email.to_mmtp().unwrap_or_default()
+            ))),
+            Err(e) => Err(error(format!("temporary failure: {e}"))),
+        }
+    }
+
+    async fn send(&mut self, data: &str) -> String {
+        let packet = match serde_json::from_str::<SendData<'_>>(data) {
+            Ok(SendData {
+                packet: Some(p), ..
+            }) => p.get(),
+            _ => return error("data.packet is missing"),
+        };
+        let peer = self.peer.ip().to_string();
+        let parsed = if packet.len() > 64 * 1024 {
+            let (raw, peer) = (packet.to_owned(), peer.clone());
+            tokio::task::spawn_blocking(move || packet::parse_send(&raw, &peer))
+                .await
+                .unwrap_or_else(|_| Err(PacketError::Invalid("internal error".into())))
+        } else {
+            packet::parse_send(packet, &peer)
+        };
+        let mut p = match parsed {
+            Ok(p) => p,
+            Err(e) => return self.refuse(e.to_string(), "invalid_packet"),
+        };
+        let spent = match self.server.hashcash.verify(
+            &p.stamp.token,
+            p.stamp.counter,
+            &p.sender_text,
+            &p.recipient_text,
+            now_ms(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.refuse(format!("hashcash verification failed: {e}"), "hashcash")
+            }
+        };
+        p.message.security.signature_verified = match (&p.signature, &p.signed_text) {
+            (Some(sig), Some(text)) => Some(self.verify_signature(&p.message.sender, sig, text).await),
+            _ => None,
+        };
+        let origin = Origin {
+            protocol: PROTOCOL,
+            submitter: match &self.account {
+                Some(a) => Submitter::Account(a.clone()),
+                None => Submitter::Peer(self.peer.ip()),
+            },
+        };
+        let signed = p.signature.is_some();
+        match self.server.core.submit(p.message, &origin, Some(spent)).await {
+            Ok(_) => ok(json!({
+                "status": "OK",
+                "message": "Message delivered successfully",
+                "messageId": p.client_id,
+                "encrypted": p.encrypted,
+                "signed": signed,
+            })),
+            Err(SubmitError::StampSpent) => {
+                error("hashcash stamp already spent: replayed packets are refused")
+            }
+            Err(e) => error(e),
+        }
+    }
+
+    fn refuse(&self, message: String, reason: &str) -> String {
+        self.server.core.metrics.message_refused(PROTOCOL, reason);
+        error(message)
+    }
+
+    async fn verify_signature(&self, sender: &Address, signature: &str, text: &str) -> bool {
+        let key = match self.server.core.store.key(sender).await {
+            Ok(Some(k)) => k.armored,
+            _ => return false,
+        };
+        let (sig, text) = (signature.to_owned(), text.to_owned());
+        tokio::task::spawn_blocking(move || pgp::verify_detached(&key, &sig, text.as_bytes()))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn inbox(&self, account: &Account) -> Result<Vec<(i64, MessageSummary)>, String> {
+        let store = &self.server.core.store;
+        let entries = store
+            .entries(account.id, "INBOX", EntryQuery::default())
+            .await
+            .map_err(|e| error(format!("temporary failure: {e}")))?;
+        let ids: Vec<_> = entries.iter().map(|e| e.message).collect();
+        let summaries = store
+            .summaries(&ids)
+            .await
+            .map_err(|e| error(format!("temporary failure: {e}")))?;
+        let mut by_id: std::collections::HashMap<_, _> =
+            summaries.into_iter().map(|s| (s.id, s)).collect();
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| by_id.remove(&e.message).map(|s| (e.id, s)))
+            .collect())
+    }
+
+    async fn receive(&self, data: &Map<String, Value>, filtered: bool) -> Outcome {
+        let result = async {
+            let email = Self::email(data)?;
+            let filter = if filtered {
+                packet::parse_filter(data.get("tagFilters")).map_err(error)?
+            } else {
+                Default::default()
+            };
+            let limit = match data.get("limit") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| error("data.limit must be a positive whole number"))?,
+                ),
+            };
+            let cap = limit
+                .unwrap_or(u64::MAX)
+                .min(u64::from(self.server.config.max_receive)) as usize;
+            let account = self.mailbox(&email).await?;
+            let matching: Vec<(i64, MessageSummary)> = self
+                .inbox(&account)
+                .await?
+                .into_iter()
+                .filter(|(_, s)| packet::matches_filter(&s.tags, &filter))
+                .collect();
+            let remaining = matching.len().saturating_sub(cap);
+            let mut packets: Vec<Box<RawValue>> = Vec::new();
+            let mut taken = Vec::new();
+            for (entry, summary) in matching.into_iter().take(cap) {
+                let message = self
+                    .server
+                    .core
+                    .store
+                    .message(summary.id)
+                    .await
+                    .map_err(|e| error(format!("temporary failure: {e}")))?;
+                if let Some(m) = message {
+                    if let Ok(raw) = RawValue::from_string(packet::render(&m)) {
+                        packets.push(raw);
+                        taken.push(entry);
+                    }
+                }
+            }
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Reply<'a> {
+                status: &'static str,
+                messages: &'a [Box<RawValue>],
+                count: usize,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                tag_filters: Option<&'a Value>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                remaining: Option<usize>,
+            }
+            let reply = Reply {
+                status: "OK",
+                messages: &packets,
+                count: packets.len(),
+                tag_filters: filtered.then(|| data.get("tagFilters")).flatten(),
+                remaining: (limit.is_some() || remaining > 0).then_some(remaining),
+            };
+            let text = serde_json::to_string(&reply).map_err(error)?;
+            Ok::<_, String>(Outcome {
+                reply: text,
+                remove: (!taken.is_empty()).then_some((account.id, taken)),
+            })
+        }
+        .await;
+        result.unwrap_or_else(Outcome::from)
+    }
+
+    async fn check(&self, data: &Map<String, Value>) -> String {
+        let result = async {
+            let email = Self::email(data)?;
+            let filter = packet::parse_filter(data.get("tagFilters")).map_err(error)?;
+            let account = self.mailbox(&email).await?;
+            let inbox = self.inbox(&account).await?;
+            let mut tag_counts: Map<String, Value> = Map::new();
+            for cat in ["priority", "category", "status", "custom"] {
+                tag_counts.insert(cat.into(), Value::Object(Map::new()));
+            }
+            let mut count = 0;
+            for (_, s) in &inbox {
+                if packet::matches_filter(&s.tags, &filter) {
+                    count += 1;
+                }
+                for (cat, values) in [
+                    ("priority", &s.tags.priority),
+                    ("category", &s.tags.category),
+                    ("status", &s.tags.status),
+                    ("custom", &s.tags.custom),
+                ] {
+                    if let Some(Value::Object(m)) = tag_counts.get_mut(cat) {
+                        for v in values.iter().filter(|v| !v.starts_with("mmtp-type:")) {
+                            let n = m.get(v).and_then(Value::as_u64).unwrap_or(0);
+                            m.insert(v.clone(), json!(n + 1));
+                        }
+                    }
+                }
+            }
+            Ok::<_, String>(ok(json!({
+                "status": "OK",
+                "count": count,
+                "totalCount": inbox.len(),
+                "tagCounts": tag_counts,
+            })))
+        }
+        .await;
+        result.unwrap_or_else(|e| e)
+    }
+
+    async fn register_key(&self, data: &Map<String, Value>) -> String {
+        let result = async {
+            let email = Self::email(data)?;
+            let Some(Value::String(armored)) = data.get("publicKey") else {
+                return Err(error("data.publicKey is missing"));
+            };
+            let store = &self.server.core.store;
+            if self.server.core.policy.is_local(&email.domain)
+                && !matches!(store.account(&email).await, Ok(Some(_)))
+            {
+                return Err(error(format!(
+                    "no such account: {}",
+                    email.to_mmtp().unwrap_or_default()
+                )));
+            }
+            let (text, who) = (armored.clone(), email.clone());
+            let checked = tokio::task::spawn_blocking(move || pgp::check_public_key(&text, &who))
+                .await
+                .map_err(error)?
+                .map_err(error)?;
+            let existing = store
+                .key(&email)
+                .await
+                .map_err(|e| error(format!("temporary failure: {e}")))?;
+            if let Some(old) = existing {
+                let owner = self
+                    .account
+                    .as_ref()
+                    .is_some_and(|a| a.address.same_account(&email));
+                if old.fingerprint != checked.fingerprint && !owner {
+                    return Err(error(format!(
+                        "a different key is registered for {} already; AUTH as that account to replace it",
+                        email.to_mmtp().unwrap_or_default()
+                    )));
+                }
+            }
+            store
+                .put_key(PublicKeyRecord {
+                    address: email.account(),
+                    fingerprint: checked.fingerprint,
+                    armored: armored.clone(),
+                })
+                .await
+                .map_err(|e| error(format!("temporary failure: {e}")))?;
+            Ok(ok(json!({ "status": "OK", "message": "Public key registered successfully" })))
+        }
+        .await;
+        result.unwrap_or_else(|e| e)
+    }
+
+    async fn request_key(&self, data: &Map<String, Value>) -> String {
+        let email = match Self::email(data) {
+            Ok(e) => e,
+            Err(e) => return e,
+        };
+        match self.server.core.store.key(&email).await {
+            Ok(Some(k)) => ok(json!({
+                "status": "OK",
+                "email": data.get("email"),
+                "publicKey": k.armored,
+            })),
+            Ok(None) => error(format!(
+                "no public key registered for {}",
+                email.to_mmtp().unwrap_or_default()
+            )),
+            Err(e) => error(format!("temporary failure: {e}")),
+        }
+    }
+
+    async fn auth(&mut self, data: &Map<String, Value>) -> String {
+        if !self.tls && !self.server.config.allow_plain_auth {
+            return error("AUTH needs a TLS connection (the TLS port)");
+        }
+        let email = match Self::email(data) {
+            Ok(e) => e,
+            Err(e) => return e,
+        };
+        let Some(Value::String(password)) = data.get("password") else {
+            return error("data.password is missing");
+        };
+        if !self.server.core.limiter.check(&self.peer.ip()) {
+            return error("too many attempts; slow down");
+        }
+        match self.server.core.authenticate(&email, password).await {
+            Ok(Some(account)) => {
+                let name = account.address.to_mmtp().unwrap_or_default();
+                tracing::info!(account = %name, "mmtp authenticated");
+                self.account = Some(account);
+                ok(json!({ "status": "OK", "message": format!("Authenticated as {name}") }))
+            }
+            Ok(None) => {
+                self.account = None;
+                error("authentication failed")
+            }
+            Err(e) => error(format!("temporary failure: {e}")),
+        }
+    }
 }

@@ -1,0 +1,565 @@
+//! MMTP packets: parse and validate a SEND packet into the model, and render stored messages
+//! back into packets for RECEIVE.
+//!
+//! The packet's bytes are kept exactly as they arrived (the wire form), so a packet that came
+//! in over MMTP goes out again unchanged — only `meta.signatureVerified` is set by the server.
+
+use crate::jsjson;
+use base64::Engine;
+use bytes::Bytes;
+use indexmap::IndexMap;
+use mailgate_core::message::{now_ms, WireForm};
+use mailgate_core::{Address, Importance, Message, Part, Tags};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Predefined values of the `priority` category (spec §8.2).
+pub const PRIORITY: &[&str] = &["high", "medium", "low"];
+/// Predefined values of the `category` category.
+pub const CATEGORY: &[&str] = &[
+    "personal",
+    "work",
+    "finance",
+    "social",
+    "promotion",
+    "coupon",
+    "shop",
+    "notification",
+];
+/// Predefined values of the `status` category.
+pub const STATUS: &[&str] = &["urgent", "important", "information", "action_required"];
+/// Most custom tags kept per message.
+pub const MAX_CUSTOM_TAGS: usize = 32;
+/// Longest custom tag kept.
+pub const MAX_TAG_LEN: usize = 64;
+/// Message types of spec §4.2.
+pub const MESSAGE_TYPES: &[&str] = &["SEND", "REPLY", "FORWARD"];
+
+/// Why a SEND packet was refused; each text is the `message` of the ERROR reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// Structure is wrong (missing or mistyped field).
+    #[error("invalid packet: {0}")]
+    Invalid(String),
+    /// Sender or recipient is not an MMTP address.
+    #[error("invalid {field} address {value:?}: {reason}")]
+    Address {
+        /// `sender` or `recipient`.
+        field: &'static str,
+        /// The text.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// `meta.type` is not SEND, REPLY or FORWARD.
+    #[error("unknown message type {0:?}: use SEND, REPLY or FORWARD")]
+    Type(String),
+    /// The content hash does not match.
+    #[error("message integrity check failed: messageHash does not match the content")]
+    Integrity,
+    /// No HashCash token.
+    #[error("hashcash token missing (meta.hashcashToken)")]
+    NoStamp,
+}
+
+/// The HashCash stamp of a packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketStamp {
+    /// Token text.
+    pub token: String,
+    /// `counter`, when it is a whole number.
+    pub counter: Option<u64>,
+}
+
+/// A validated SEND packet.
+#[derive(Debug, Clone)]
+pub struct SendPacket {
+    /// The model message (fresh id, received now, wire form = the packet's exact bytes).
+    pub message: Message,
+    /// The client's `meta.messageId`, echoed in the reply.
+    pub client_id: String,
+    /// Sender and recipient exactly as written (the stamp names them so).
+    pub sender_text: String,
+    /// See `sender_text`.
+    pub recipient_text: String,
+    /// The stamp.
+    pub stamp: PacketStamp,
+    /// Whether the content is encrypted.
+    pub encrypted: bool,
+    /// The detached signature, when the packet is signed.
+    pub signature: Option<String>,
+    /// The bytes a signature covers: `JSON.stringify(content)` (for plaintext content).
+    pub signed_text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WirePacket<'a> {
+    #[serde(borrow)]
+    meta: Option<&'a RawValue>,
+    sender: Option<Value>,
+    recipient: Option<Value>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    verification: Option<Value>,
+}
+
+fn invalid(s: impl Into<String>) -> PacketError {
+    PacketError::Invalid(s.into())
+}
+
+fn address(field: &'static str, v: Option<Value>) -> Result<(Address, String), PacketError> {
+    let text = match v {
+        Some(Value::String(s)) => s,
+        _ => return Err(invalid(format!("{field} must be a string"))),
+    };
+    let a = Address::parse_mmtp(&text).map_err(|e| PacketError::Address {
+        field,
+        value: text.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((a, text))
+}
+
+/// Keep the predefined values of each category (case-insensitive, stored lower-case) and up to
+/// [`MAX_CUSTOM_TAGS`] custom strings; drop everything else.
+pub fn normalise_tags(v: Option<&Value>) -> Tags {
+    let mut tags = Tags::default();
+    let Some(Value::Object(map)) = v else {
+        return tags;
+    };
+    let known = |cat: &str, allowed: &[&str]| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(Value::Array(items)) = map.get(cat) {
+            for item in items.iter().filter_map(Value::as_str) {
+                let lower = item.to_ascii_lowercase();
+                if allowed.contains(&lower.as_str()) && !out.contains(&lower) {
+                    out.push(lower);
+                }
+            }
+        }
+        out
+    };
+    tags.priority = known("priority", PRIORITY);
+    tags.category = known("category", CATEGORY);
+    tags.status = known("status", STATUS);
+    if let Some(Value::Array(items)) = map.get("custom") {
+        for item in items.iter().filter_map(Value::as_str) {
+            if !item.is_empty()
+                && item.len() <= MAX_TAG_LEN
+                && !tags.custom.iter().any(|c| c == item)
+                && tags.custom.len() < MAX_CUSTOM_TAGS
+            {
+                tags.custom.push(item.to_owned());
+            }
+        }
+    }
+    tags
+}
+
+/// Check the content hash: first over the bytes as they arrived, then over JavaScript's
+/// serialisation of the parsed value. Returns the text that matched (what a signature covers).
+fn matching_text(raw: &str, parsed: &Value, expected: &str) -> Option<String> {
+    let hex_of = |s: &str| hex::encode(Sha256::digest(s.as_bytes()));
+    let expected = expected.to_ascii_lowercase();
+    if hex_of(raw) == expected {
+        return Some(raw.to_owned());
+    }
+    let js = jsjson::stringify(parsed);
+    (hex_of(&js) == expected).then_some(js)
+}
+
+/// Parse and validate the `data.packet` of a SEND request (`raw` is its exact text).
+/// `peer` is recorded in the trace.
+pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
+    let wire: WirePacket<'_> =
+        serde_json::from_str(raw).map_err(|e| invalid(format!("packet is not an object: {e}")))?;
+    let meta: Map<String, Value> = match wire.meta {
+        Some(m) => serde_json::from_str(m.get()).map_err(|_| invalid("meta must be an object"))?,
+        None => return Err(invalid("meta is missing")),
+    };
+    let (sender, sender_text) = address("sender", wire.sender)?;
+    let (recipient, recipient_text) = address("recipient", wire.recipient)?;
+    let kind = match meta.get("type") {
+        None => "SEND".to_owned(),
+        Some(Value::String(t)) if MESSAGE_TYPES.contains(&t.as_str()) => t.clone(),
+        Some(Value::String(t)) => return Err(PacketError::Type(t.clone())),
+        Some(_) => return Err(invalid("meta.type must be a string")),
+    };
+    let client_id = match meta.get("messageId") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        None => return Err(invalid("meta.messageId is missing")),
+        Some(_) => return Err(invalid("meta.messageId must be a string of 1-256 characters")),
+    };
+    let stamp = match meta.get("hashcashToken") {
+        Some(Value::Object(t)) => PacketStamp {
+            token: t
+                .get("token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("meta.hashcashToken.token must be a string"))?
+                .to_owned(),
+            counter: t.get("counter").and_then(Value::as_u64),
+        },
+        None | Some(Value::Null) => return Err(PacketError::NoStamp),
+        Some(_) => return Err(invalid("meta.hashcashToken must be {token, counter}")),
+    };
+    let content_raw = wire.content.ok_or_else(|| invalid("content is missing"))?;
+    let content: Map<String, Value> = serde_json::from_str(content_raw.get())
+        .map_err(|_| invalid("content must be an object"))?;
+    let encrypted = match content.get("encrypted") {
+        Some(Value::String(_)) => true,
+        Some(_) => return Err(invalid("content.encrypted must be a string")),
+        None => false,
+    };
+    if meta.get("encrypted").and_then(Value::as_bool) == Some(true) && !encrypted {
+        return Err(invalid("meta.encrypted is true but content.encrypted is missing"));
+    }
+    let verification = match wire.verification {
+        Some(Value::Object(v)) => v,
+        None => return Err(invalid("verification is missing")),
+        Some(_) => return Err(invalid("verification must be an object")),
+    };
+    let message_hash = verification.get("messageHash").and_then(Value::as_str);
+    let signature = match verification.get("signature") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(_)) | Some(Value::Null) | None => None,
+        Some(_) => return Err(invalid("verification.signature must be a string")),
+    };
+    // Encrypted content: the hash covers the plaintext, which the server never sees.
+    let signed_text = if encrypted {
+        None
+    } else {
+        let hash = message_hash.ok_or_else(|| invalid("verification.messageHash is missing"))?;
+        let content_value = Value::Object(content.clone());
+        Some(matching_text(content_raw.get(), &content_value, hash).ok_or(PacketError::Integrity)?)
+    };
+    let tags = normalise_tags(meta.get("tags"));
+    let importance = if tags.priority.iter().any(|p| p == "high") {
+        Importance::High
+    } else if tags.priority.iter().any(|p| p == "low") {
+        Importance::Low
+    } else {
+        Importance::Normal
+    };
+    let mut message = Message::new(sender, vec![recipient], "", "");
+    message.parts.clear();
+    message.origin_id = Some(client_id.clone());
+    message.tags = tags;
+    message.importance = importance;
+    message.security.content_hash = message_hash.map(str::to_ascii_lowercase);
+    message.security.signature = signature.clone();
+    if encrypted {
+        message.security.encrypted = content
+            .get("encrypted")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+    } else {
+        message.subject = match content.get("subject") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) => String::new(),
+            Some(_) => return Err(invalid("content.subject must be a string")),
+        };
+        let body = match content.get("body") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) => String::new(),
+            Some(_) => return Err(invalid("content.body must be a string")),
+        };
+        message.parts.push(Part::text_body(body));
+        message.parts.extend(parse_attachments(content.get("attachments"))?);
+    }
+    if kind != "SEND" {
+        message.tags.custom.retain(|c| !c.starts_with("mmtp-type:"));
+        message.tags.custom.push(format!("mmtp-type:{kind}"));
+    }
+    message.trace.push(mailgate_core::TraceHop {
+        protocol: "mmtp".into(),
+        peer: peer.to_owned(),
+        at: now_ms(),
+    });
+    message.wire = Some(WireForm {
+        protocol: "mmtp".into(),
+        bytes: Bytes::copy_from_slice(raw.as_bytes()),
+    });
+    Ok(SendPacket {
+        message,
+        client_id,
+        sender_text,
+        recipient_text,
+        stamp,
+        encrypted,
+        signature,
+        signed_text,
+    })
+}
+
+/// The `attachments` extension: `[{name, type, data (base64)}]` inside `content`, so the content
+/// hash and signature cover it.
+fn parse_attachments(v: Option<&Value>) -> Result<Vec<Part>, PacketError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(invalid("content.attachments must be an array")),
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = |k: &str| item.get(k).and_then(Value::as_str);
+            let data = field("data")
+                .ok_or_else(|| invalid(format!("content.attachments[{i}].data is missing")))?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| invalid(format!("content.attachments[{i}].data: bad base64: {e}")))?;
+            Ok(Part {
+                name: field("name").unwrap_or("attachment").to_owned(),
+                media_type: field("type")
+                    .unwrap_or("application/octet-stream")
+                    .to_owned(),
+                data: Bytes::from(data),
+                content: false,
+            })
+        })
+        .collect()
+}
+
+/// Render a stored message as a packet, as text.
+///
+/// A message that arrived over MMTP goes out as the bytes it arrived as, with only
+/// `meta.signatureVerified` set; others are built from the model.
+pub fn render(message: &Message) -> String {
+    if let Some(wire) = message.wire.as_ref().filter(|w| w.protocol == "mmtp") {
+        if let Some(text) = splice_verified(&wire.bytes, message.security.signature_verified) {
+            return text;
+        }
+    }
+    build_packet(message)
+}
+
+fn splice_verified(bytes: &[u8], verified: Option<bool>) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut packet: IndexMap<String, Box<RawValue>> = serde_json::from_str(text).ok()?;
+    let mut meta: Map<String, Value> = serde_json::from_str(packet.get("meta")?.get()).ok()?;
+    meta.insert(
+        "signatureVerified".into(),
+        Value::Bool(verified.unwrap_or(false)),
+    );
+    let meta = RawValue::from_string(serde_json::to_string(&meta).ok()?).ok()?;
+    packet.insert("meta".into(), meta);
+    serde_json::to_string(&packet).ok()
+}
+
+fn mmtp_or_imid(a: &Address) -> String {
+    a.account().to_mmtp().unwrap_or_else(|_| a.to_string())
+}
+
+fn build_packet(m: &Message) -> String {
+    let mut content = Map::new();
+    if let Some(enc) = &m.security.encrypted {
+        content.insert("encrypted".into(), Value::String(enc.clone()));
+    } else {
+        content.insert("subject".into(), Value::String(m.subject.clone()));
+        let body = m
+            .content_part()
+            .map(|p| String::from_utf8_lossy(&p.data).into_owned())
+            .unwrap_or_default();
+        content.insert("body".into(), Value::String(body));
+        let attachments: Vec<Value> = m
+            .parts
+            .iter()
+            .filter(|p| !p.content)
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "type": p.media_type,
+                    "data": base64::engine::general_purpose::STANDARD.encode(&p.data),
+                })
+            })
+            .collect();
+        if !attachments.is_empty() {
+            content.insert("attachments".into(), Value::Array(attachments));
+        }
+    }
+    let content = Value::Object(content);
+    let hash = hex::encode(Sha256::digest(jsjson::stringify(&content).as_bytes()));
+    let mut verification = json!({ "messageHash": m.security.content_hash.clone().unwrap_or(hash) });
+    if let Some(sig) = &m.security.signature {
+        verification["signature"] = Value::String(sig.clone());
+    }
+    let kind = m
+        .tags
+        .custom
+        .iter()
+        .find_map(|c| c.strip_prefix("mmtp-type:"))
+        .unwrap_or("SEND");
+    let mut tags = m.tags.clone();
+    tags.custom.retain(|c| !c.starts_with("mmtp-type:"));
+    let packet = json!({
+        "meta": {
+            "type": kind,
+            "messageId": m.origin_id.clone().unwrap_or_else(|| m.id.to_string()),
+            "timestamp": m.received_at,
+            "hashcashToken": Value::Null,
+            "encrypted": m.security.encrypted.is_some(),
+            "signed": m.security.signature.is_some(),
+            "signatureVerified": m.security.signature_verified.unwrap_or(false),
+            "tags": tags,
+        },
+        "sender": mmtp_or_imid(&m.sender),
+        "recipient": m.recipients.first().map(mmtp_or_imid).unwrap_or_default(),
+        "content": content,
+        "verification": verification,
+    });
+    jsjson::stringify(&packet)
+}
+
+/// Does a message match a tag filter (spec §8.3: any value within a category, every category)?
+pub fn matches_filter(tags: &Tags, filter: &IndexMap<String, Vec<String>>) -> bool {
+    filter.iter().all(|(cat, wanted)| {
+        let have: &[String] = match cat.as_str() {
+            "priority" => &tags.priority,
+            "category" => &tags.category,
+            "status" => &tags.status,
+            "custom" => &tags.custom,
+            _ => &[],
+        };
+        wanted.is_empty() || wanted.iter().any(|w| have.iter().any(|h| h == w))
+    })
+}
+
+/// Parse `tagFilters`: an object of category → array of strings.
+pub fn parse_filter(v: Option<&Value>) -> Result<IndexMap<String, Vec<String>>, PacketError> {
+    let mut out = IndexMap::new();
+    match v {
+        None | Some(Value::Null) => Ok(out),
+        Some(Value::Object(map)) => {
+            for (cat, values) in map {
+                let Value::Array(items) = values else {
+                    return Err(invalid(format!("tagFilters.{cat} must be an array of strings")));
+                };
+                let mut vals = Vec::new();
+                for item in items {
+                    let s = item.as_str().ok_or_else(|| {
+                        invalid(format!("tagFilters.{cat} must be an array of strings"))
+                    })?;
+                    vals.push(if cat == "custom" {
+                        s.to_owned()
+                    } else {
+                        s.to_ascii_lowercase()
+                    });
+                }
+                out.insert(cat.clone(), vals);
+            }
+            Ok(out)
+        }
+        Some(_) => Err(invalid("tagFilters must be an object")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/../../tests/fixtures/mmtp/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn packet_of(frame: &str) -> String {
+        let v: IndexMap<String, Box<RawValue>> = serde_json::from_str(frame).unwrap();
+        let data: IndexMap<String, Box<RawValue>> =
+            serde_json::from_str(v["data"].get()).unwrap();
+        data["packet"].get().to_owned()
+    }
+
+    #[test]
+    fn original_client_frames_parse() {
+        for name in ["send-plain.json", "send-signed.json", "send-encrypted.json"] {
+            let raw = packet_of(&fixture(name));
+            let p = parse_send(&raw, "127.0.0.1").unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(p.sender_text, "(alice)%(a.test)");
+            assert_eq!(p.message.wire.as_ref().unwrap().bytes, raw.as_bytes());
+        }
+        let signed = parse_send(&packet_of(&fixture("send-signed.json")), "x").unwrap();
+        assert_eq!(signed.message.importance, Importance::High);
+        assert_eq!(signed.message.tags.custom, vec!["fixtures".to_string()]);
+        assert!(signed.signature.is_some());
+        let enc = parse_send(&packet_of(&fixture("send-encrypted.json")), "x").unwrap();
+        assert!(enc.encrypted && enc.signed_text.is_none());
+    }
+
+    #[test]
+    fn rendering_an_mmtp_message_returns_its_bytes() {
+        let raw = packet_of(&fixture("send-signed.json"));
+        let mut p = parse_send(&raw, "x").unwrap();
+        p.message.security.signature_verified = Some(true);
+        let out = render(&p.message);
+        let back: Value = serde_json::from_str(&out).unwrap();
+        let orig: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(back["meta"]["signatureVerified"], true);
+        assert_eq!(back["content"], orig["content"]);
+        // The content bytes are untouched.
+        let content_raw: IndexMap<String, Box<RawValue>> = serde_json::from_str(&out).unwrap();
+        let orig_raw: IndexMap<String, Box<RawValue>> = serde_json::from_str(&raw).unwrap();
+        assert_eq!(content_raw["content"].get(), orig_raw["content"].get());
+        assert_eq!(
+            content_raw.keys().collect::<Vec<_>>(),
+            orig_raw.keys().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_the_reason() {
+        let raw = packet_of(&fixture("send-plain.json"));
+        let tamper = raw.replace("Hello Bob", "Hello Eve");
+        assert_eq!(parse_send(&tamper, "x").unwrap_err(), PacketError::Integrity);
+        let bad = raw.replace("\"sender\":\"(alice)%(a.test)\"", "\"sender\":\"alice@a.test\"");
+        assert!(matches!(parse_send(&bad, "x"), Err(PacketError::Address { field: "sender", .. })));
+        let bad = raw.replace("\"type\":\"SEND\"", "\"type\":\"SPAM\"");
+        assert_eq!(parse_send(&bad, "x").unwrap_err(), PacketError::Type("SPAM".into()));
+        assert!(parse_send("[]", "x").is_err());
+        assert!(parse_send("{\"meta\":{}}", "x").is_err());
+    }
+
+    #[test]
+    fn messages_from_other_protocols_render_with_a_valid_hash() {
+        let mut m = Message::new(
+            Address::parse_imid("carol@x.test").unwrap(),
+            vec![Address::parse_imid("bob@a.test").unwrap()],
+            "Hi",
+            "Body",
+        );
+        m.tags.category.push("work".into());
+        let text = render(&m);
+        let p = parse_send(
+            &text.replace("\"hashcashToken\":null", "\"hashcashToken\":{\"token\":\"t\",\"counter\":0}"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(p.message.subject, "Hi");
+        assert_eq!(p.message.tags.category, vec!["work".to_string()]);
+    }
+
+    #[test]
+    fn tags_and_filters() {
+        let tags = normalise_tags(Some(&json!({
+            "priority": ["HIGH", "bogus"], "category": ["promotion", "coupon", "x"],
+            "status": [1, "urgent"], "custom": ["a", "a", ""], "other": ["z"]
+        })));
+        assert_eq!(tags.priority, vec!["high"]);
+        assert_eq!(tags.category, vec!["promotion", "coupon"]);
+        assert_eq!(tags.status, vec!["urgent"]);
+        assert_eq!(tags.custom, vec!["a"]);
+        let f = parse_filter(Some(&json!({"category": ["coupon", "shop"], "priority": ["high"]})))
+            .unwrap();
+        assert!(matches_filter(&tags, &f));
+        let f = parse_filter(Some(&json!({"category": ["shop"]}))).unwrap();
+        assert!(!matches_filter(&tags, &f));
+        assert!(parse_filter(Some(&json!({"category": "shop"}))).is_err());
+        assert!(parse_filter(Some(&json!([1]))).is_err());
+    }
+}
