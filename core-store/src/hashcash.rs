@@ -62,19 +62,84 @@ pub fn leading_hex_zeros(text: &str) -> u32 {
     zeros
 }
 
-fn token_text(difficulty: u32, ts: i64, sender: &str, recipient: &str, counter: u64) -> String {
-    format!("1:{difficulty}:{ts}:{sender}:{recipient}:{ts}::{counter}:")
+/// Does this digest start with `zeros` `0` hex digits?
+fn has_leading_zeros(digest: &[u8], zeros: u32) -> bool {
+    let full = (zeros / 2) as usize;
+    if digest.len() < full + usize::from(zeros % 2 == 1) {
+        return false;
+    }
+    digest[..full].iter().all(|b| *b == 0) && (zeros % 2 == 0 || digest[full] >> 4 == 0)
 }
 
-/// Mint a stamp by trying counters from 0 up (CPU-bound: call off the async threads).
+/// Mint a stamp on every core (CPU-bound: call off the async threads).
 pub fn mint(difficulty: u32, ts_ms: i64, sender: &str, recipient: &str) -> Stamp {
-    let mut counter = 0u64;
-    loop {
-        let token = token_text(difficulty, ts_ms, sender, recipient, counter);
-        if leading_hex_zeros(&token) >= difficulty {
-            return Stamp { token, counter };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    mint_parallel(difficulty, ts_ms, sender, recipient, threads).0
+}
+
+/// Mint a stamp with `threads` threads; returns it with the number of hashes tried.
+/// Each thread tries every `threads`-th counter; the fixed prefix is hashed once.
+pub fn mint_parallel(
+    difficulty: u32,
+    ts_ms: i64,
+    sender: &str,
+    recipient: &str,
+    threads: usize,
+) -> (Stamp, u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let prefix = format!("1:{difficulty}:{ts_ms}:{sender}:{recipient}:{ts_ms}::");
+    let base = Sha256::new_with_prefix(prefix.as_bytes());
+    let threads = threads.max(1) as u64;
+    let found = AtomicBool::new(false);
+    let winner = AtomicU64::new(u64::MAX);
+    let tried = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for start in 0..threads {
+            let (base, found, winner, tried) = (&base, &found, &winner, &tried);
+            scope.spawn(move || {
+                let mut counter = start;
+                let mut n = 0u64;
+                let mut digits = [0u8; 20];
+                while !found.load(Ordering::Relaxed) {
+                    // Check the flag only every 1024 hashes.
+                    for _ in 0..1024 {
+                        let text = decimal(counter, &mut digits);
+                        let mut h = base.clone();
+                        h.update(text);
+                        h.update(b":");
+                        n += 1;
+                        if has_leading_zeros(&h.finalize(), difficulty) {
+                            winner.fetch_min(counter, Ordering::Relaxed);
+                            found.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        counter += threads;
+                    }
+                }
+                tried.fetch_add(n, Ordering::Relaxed);
+            });
         }
-        counter += 1;
+    });
+    let counter = winner.load(Ordering::Relaxed);
+    (
+        Stamp {
+            token: format!("{prefix}{counter}:"),
+            counter,
+        },
+        tried.load(Ordering::Relaxed),
+    )
+}
+
+/// Decimal digits of `n` in `buf`, without allocating.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -193,6 +258,19 @@ mod tests {
                 required: 4
             })
         ));
+    }
+
+    #[test]
+    fn parallel_mint_produces_valid_stamps() {
+        for threads in [1, 3] {
+            let (stamp, tried) = mint_parallel(3, 1_700_000_000_000, S, R, threads);
+            assert!(leading_hex_zeros(&stamp.token) >= 3, "{}", stamp.token);
+            assert!(stamp.token.ends_with(&format!("::{}:", stamp.counter)));
+            assert!(tried >= 1);
+        }
+        let mut buf = [0u8; 20];
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(u64::MAX, &mut buf), u64::MAX.to_string().as_bytes());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod hashcash;
+pub mod io;
 pub mod message;
 pub mod metrics;
 pub mod password;

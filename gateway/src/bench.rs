@@ -15,6 +15,38 @@ use std::time::{Duration, Instant};
 pub enum BenchTarget {
     /// Durable submits straight into the store from concurrent tasks (shows group commit).
     Store(StoreBench),
+    /// MMTP SENDs over concurrent connections to a running server, stamps minted beforehand.
+    /// The server needs an account for --to and `mmtp.requests_per_sec = 0` (or high enough).
+    Mmtp(MmtpBench),
+}
+
+/// `mailgate bench mmtp` options.
+#[derive(Args)]
+pub struct MmtpBench {
+    /// MMTP server, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:8025")]
+    target: String,
+    /// Recipient: a local account of the server.
+    #[arg(long)]
+    to: String,
+    /// Sender address.
+    #[arg(long, default_value = "(load)%(bench.test)")]
+    from: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Total SENDs (stops at this count or after --seconds).
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Body size, bytes.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// Upper bound on the sending phase, seconds.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `mailgate bench store` options.
@@ -75,6 +107,7 @@ fn ms(d: Duration) -> f64 {
 pub async fn run(target: BenchTarget) -> anyhow::Result<()> {
     match target {
         BenchTarget::Store(opts) => store(opts).await,
+        BenchTarget::Mmtp(opts) => mmtp(opts).await,
     }
 }
 
@@ -146,21 +179,129 @@ async fn store(opts: StoreBench) -> anyhow::Result<()> {
     let s = summarise(lat, started.elapsed());
     bar.finish_and_clear();
     store.close().await?;
-    let rate = s.ops as f64 / s.elapsed.as_secs_f64();
-    if opts.json {
-        println!(
-            "{}",
-            json!({
-                "bench": "store", "tasks": opts.tasks, "ops": s.ops, "size": opts.size,
-                "fsync": true, "seconds": s.elapsed.as_secs_f64(), "ops_per_sec": rate,
-                "p50_ms": ms(s.p50), "p99_ms": ms(s.p99), "max_ms": ms(s.max),
-            })
-        );
+    report(
+        &s,
+        opts.json,
+        json!({"bench": "store", "tasks": opts.tasks, "size": opts.size, "fsync": true}),
+        &format!("store: {} tasks, durable submits of {} B", opts.tasks, opts.size),
+    );
+    Ok(())
+}
+
+/// Print a run's summary as text or as one JSON object (`extra` adds fields).
+fn report(s: &Summary, as_json: bool, mut extra: serde_json::Value, label: &str) {
+    let rate = s.ops as f64 / s.elapsed.as_secs_f64().max(1e-9);
+    if as_json {
+        extra["ops"] = json!(s.ops);
+        extra["seconds"] = json!(s.elapsed.as_secs_f64());
+        extra["ops_per_sec"] = json!(rate);
+        extra["p50_ms"] = json!(ms(s.p50));
+        extra["p99_ms"] = json!(ms(s.p99));
+        extra["max_ms"] = json!(ms(s.max));
+        println!("{extra}");
     } else {
         println!(
-            "store: {} tasks, {} durable submits of {} B in {:.2} s: {:.0} submits/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            opts.tasks, s.ops, opts.size, s.elapsed.as_secs_f64(), rate, ms(s.p50), ms(s.p99), ms(s.max)
+            "{label}: {} in {:.2} s: {rate:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            s.ops,
+            s.elapsed.as_secs_f64(),
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max)
         );
     }
+}
+
+async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
+    use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
+    let from = Address::parse_any(&opts.from)?;
+    let to = Address::parse_any(&opts.to)?;
+    let difficulty = MmtpClient::connect(&opts.target, None).await?.difficulty();
+    // Mint every stamp first, on every core, so the run measures the server.
+    let body = "x".repeat(opts.size);
+    let builder = PacketBuilder::new(from, to, "bench", &body);
+    let count = opts.messages as usize;
+    let started = Instant::now();
+    let (packets, hashes) = tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let results: Vec<anyhow::Result<(Vec<String>, u64)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let builder = &builder;
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        let mut hashes = 0;
+                        for _ in (t..count).step_by(threads) {
+                            let p = builder.build_with(difficulty, 1)?;
+                            hashes += p.hashes;
+                            out.push(p.text);
+                        }
+                        Ok((out, hashes))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("minting thread failed"))))
+                .collect()
+        });
+        let mut packets = Vec::with_capacity(count);
+        let mut hashes = 0;
+        for r in results {
+            let (p, h) = r?;
+            packets.extend(p);
+            hashes += h;
+        }
+        Ok::<_, anyhow::Error>((packets, hashes))
+    })
+    .await??;
+    let mint_secs = started.elapsed().as_secs_f64();
+    let mint_rate = hashes as f64 / mint_secs.max(1e-9);
+    if !opts.json {
+        println!(
+            "minted {} difficulty-{difficulty} stamps in {mint_secs:.2} s: {:.1} M hashes/s on all cores",
+            packets.len(),
+            mint_rate / 1e6
+        );
+    }
+    let queue = Arc::new(std::sync::Mutex::new(packets));
+    let deadline = Instant::now() + Duration::from_secs(opts.seconds);
+    let bar = if opts.json { ProgressBar::hidden() } else { ProgressBar::new(opts.messages) };
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..opts.connections.max(1) {
+        let (queue, target, bar) = (queue.clone(), opts.target.clone(), bar.clone());
+        tasks.spawn(async move {
+            let mut client = MmtpClient::connect(&target, None).await?;
+            let mut lat = Vec::new();
+            loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop());
+                let Some(packet) = next else { break };
+                if Instant::now() > deadline {
+                    break;
+                }
+                let t = Instant::now();
+                client.send(&packet).await?;
+                lat.push(t.elapsed());
+                bar.inc(1);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        lat.extend(r??);
+    }
+    bar.finish_and_clear();
+    let s = summarise(lat, started.elapsed());
+    report(
+        &s,
+        opts.json,
+        json!({"bench": "mmtp", "connections": opts.connections, "size": opts.size,
+               "difficulty": difficulty, "mint_hashes_per_sec": mint_rate}),
+        &format!(
+            "mmtp: {} connections, SENDs of {} B bodies (acknowledged = durably stored)",
+            opts.connections, opts.size
+        ),
+    );
     Ok(())
 }

@@ -73,6 +73,8 @@ pub struct TlsConfig {
 pub struct LimitsConfig {
     /// Open connections per listener; more are closed at once.
     pub max_connections: usize,
+    /// Open connections per peer IP address per listener; more are closed at once.
+    pub max_connections_per_ip: usize,
     /// Idle time before a connection is closed, seconds.
     pub read_timeout_secs: u64,
     /// Time allowed for a TLS handshake, seconds.
@@ -89,6 +91,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 1024,
+            max_connections_per_ip: 64,
             read_timeout_secs: 300,
             handshake_timeout_secs: 10,
             rate_per_sec: 0.0,
@@ -188,6 +191,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             bail!("limits.max_connections must be greater than 0");
+        }
+        if self.limits.max_connections_per_ip == 0 {
+            bail!("limits.max_connections_per_ip must be greater than 0");
         }
         if self.limits.read_timeout_secs == 0 {
             bail!("limits.read_timeout_secs must be greater than 0");

@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod client_cmd;
 mod commands;
 mod config;
 mod conformance;
@@ -57,6 +58,10 @@ enum Command {
         #[command(subcommand)]
         target: bench::BenchTarget,
     },
+    /// Send one message with a protocol's client.
+    Send(client_cmd::SendArgs),
+    /// Fetch messages with a protocol's client.
+    Receive(client_cmd::ReceiveArgs),
     /// Run a protocol's conformance suite against any server.
     Conformance(conformance::ConformanceArgs),
 }
@@ -109,5 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Health { url } => commands::health(&load()?, url).await,
         Command::Bench { target } => bench::run(target).await.map(|()| ok),
         Command::Conformance(args) => conformance::run(args).await,
+        Command::Send(args) => client_cmd::send(args).await.map(|()| ok),
+        Command::Receive(args) => client_cmd::receive(args).await.map(|()| ok),
     }
 }

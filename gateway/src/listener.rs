@@ -3,11 +3,12 @@
 
 use mailgate_core::Metrics;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -15,12 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// A connection's byte stream, plain or TLS.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A boxed connection stream handed to a front-end.
-pub type Conn = Box<dyn Io>;
+pub use mailgate_core::io::BoxedIo as Conn;
 
 /// One accepted connection as a front-end sees it.
 pub struct Accepted {
@@ -45,11 +41,44 @@ pub struct ListenerContext {
     pub tracker: TaskTracker,
     /// Open connections allowed per listener.
     pub max_connections: usize,
+    /// Open connections allowed per peer IP per listener.
+    pub max_per_ip: usize,
     /// TLS handshake time limit.
     pub handshake_timeout: Duration,
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Open connections per peer IP; a slot is released when its guard drops (connection closed).
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+struct IpSlot(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut map = self.0.lock().ok()?;
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.0 .0.lock() {
+            if let Some(n) = map.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.1);
+                }
+            }
+        }
+    }
+}
 
 /// Accept connections on `listener` until shutdown, running `handler` for each.
 pub async fn serve<F, Fut>(
@@ -64,6 +93,7 @@ pub async fn serve<F, Fut>(
 {
     let handler = Arc::new(handler);
     let slots = Arc::new(Semaphore::new(ctx.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     loop {
         let (tcp, peer) = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
@@ -82,6 +112,11 @@ pub async fn serve<F, Fut>(
             drop(tcp);
             continue;
         };
+        let Some(ip_slot) = per_ip.acquire(peer.ip(), ctx.max_per_ip) else {
+            tracing::warn!(protocol, %peer, "per-address connection limit reached; closing connection");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("conn", protocol, %peer, session);
@@ -89,7 +124,7 @@ pub async fn serve<F, Fut>(
         let is_tls = tls.is_some();
         ctx.tracker.spawn(
             async move {
-                let _permit = permit;
+                let _permit = (permit, ip_slot);
                 let _open = ctx2.metrics.connection_opened(protocol);
                 tracing::debug!("connected");
                 let stream: Conn = match tls {

@@ -54,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         max_connections: config.limits.max_connections,
+        max_per_ip: config.limits.max_connections_per_ip,
         handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_secs),
     };
     let read_timeout = config.limits.read_timeout();

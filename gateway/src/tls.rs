@@ -91,3 +91,32 @@ pub fn server_config(config: &Config) -> anyhow::Result<Arc<ServerConfig>> {
         .context("tls: certificate and key do not match")?;
     Ok(Arc::new(server))
 }
+
+/// A client-side TLS configuration trusting only the certificates in the PEM file `ca` (a CA,
+/// or a self-signed server certificate).
+pub fn client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("cannot read CA file {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("{} is not a PEM certificate", ca.display()))?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A connector and server name for `host`, trusting `ca`.
+pub fn connector(
+    ca: &Path,
+    host: &str,
+) -> anyhow::Result<(
+    tokio_rustls::TlsConnector,
+    rustls::pki_types::ServerName<'static>,
+)> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+    Ok((tokio_rustls::TlsConnector::from(client_config(ca)?), name))
+}

@@ -1,5 +1,6 @@
 //! One IMMP connection: greeting, then one command line at a time.
 
+use mailgate_core::io::Io;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -15,10 +16,6 @@ pub struct ImmpServer {
     tls: TlsAcceptor,
     read_timeout: Duration,
 }
-
-/// A stream the session can run over, before or after the upgrade.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 enum Line {
     Text(String),

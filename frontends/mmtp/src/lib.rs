@@ -4,6 +4,7 @@
 //! stored messages; `jsjson` serialises as JavaScript's `JSON.stringify`; `pgp` checks keys and
 //! signatures with sequoia; `session` runs one connection; `client` speaks MMTP to any server.
 
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod jsjson;

@@ -185,6 +185,21 @@ pub fn encrypt_to(public_key: &str, data: &[u8]) -> Result<String, PgpError> {
     String::from_utf8(sink).map_err(op)
 }
 
+/// A fresh key pair (Ed25519/Cv25519) whose user id carries `address`'s `local@domain`, as
+/// the original client's keys do: returns (armored secret key, armored public key).
+pub fn generate_key(address: &Address) -> Result<(String, String), PgpError> {
+    let email = format!("<{}@{}>", address.local, address.domain);
+    let (cert, _) = openpgp::cert::CertBuilder::general_purpose(Some(email))
+        .generate()
+        .map_err(op)?;
+    let secret = cert.as_tsk().armored().to_vec().map_err(op)?;
+    let public = cert.armored().to_vec().map_err(op)?;
+    Ok((
+        String::from_utf8(secret).map_err(op)?,
+        String::from_utf8(public).map_err(op)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +235,10 @@ mod tests {
         assert!(!verify_detached(&pubkey, &sig, b"{\"a\":2}"));
         assert!(!verify_detached(&fixture("(bob)%(a.test).pub.asc"), &sig, b"{\"a\":1}"));
         assert!(!verify_detached(&pubkey, "garbage", b"{\"a\":1}"));
+        let (secret, public) = generate_key(&bob).unwrap();
+        check_public_key(&public, &bob).unwrap();
+        let sig = sign_detached_text(&secret, b"x").unwrap();
+        assert!(verify_detached(&public, &sig, b"x"));
         let enc = encrypt_to(&fixture("(bob)%(a.test).pub.asc"), b"secret").unwrap();
         assert!(enc.starts_with("-----BEGIN PGP MESSAGE-----"));
     }

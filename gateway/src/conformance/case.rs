@@ -37,8 +37,59 @@ pub struct Case {
     /// How many `--account` entries the case needs (`${account0}`, `${password0}`, …).
     #[serde(default)]
     pub accounts: usize,
+    /// Run only on a TLS connection (`tls`) or only on a plain one (`plain`).
+    pub when: Option<When>,
     /// The dialogue.
     pub steps: Vec<Step>,
+}
+
+/// A connection condition of a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum When {
+    /// Only with `--tls`.
+    Tls,
+    /// Only without `--tls`.
+    Plain,
+}
+
+/// An MMTP SEND packet built by the runner as the original client builds it (json transport).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacketSpec {
+    /// Sender address.
+    pub from: String,
+    /// Recipient address.
+    pub to: String,
+    /// Subject.
+    #[serde(default)]
+    pub subject: String,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+    /// `meta.type` (default SEND).
+    pub kind: Option<String>,
+    /// Tags, category → values.
+    #[serde(default)]
+    pub tags: BTreeMap<String, Vec<String>>,
+    /// Stamp difficulty (default: the `${difficulty}` variable, else 5).
+    pub difficulty: Option<u32>,
+    /// Shift the packet's and stamp's timestamp by this many seconds.
+    #[serde(default)]
+    pub timestamp_offset_secs: i64,
+    /// Attachments: `{ name, type, text }` (sent base64-encoded).
+    #[serde(default)]
+    pub attachments: Vec<BTreeMap<String, String>>,
+    /// Sign with the runner's generated key of `--account` N (register it with
+    /// `${accountN_key_json}`).
+    pub sign_as: Option<usize>,
+    /// Text replacements applied to the built packet, `[from, to]` pairs (to break it on purpose).
+    #[serde(default)]
+    pub edit: Vec<[String; 2]>,
+    /// Keep the packet text in this variable (e.g. to replay it).
+    pub save_as: Option<String>,
+    /// Send it as a SEND request now (default true).
+    pub send: Option<bool>,
 }
 
 /// An HTTP request (http transport).
@@ -66,6 +117,10 @@ pub struct Step {
     pub send: Option<String>,
     /// Send these bytes exactly (nothing appended).
     pub send_raw: Option<String>,
+    /// Write `send`/`send_raw` in pieces of this many bytes, pausing briefly between them.
+    pub chunk: Option<usize>,
+    /// json transport: build an MMTP SEND packet and send it.
+    pub send_packet: Option<PacketSpec>,
     /// Read the next reply and check it. Line: an anchored regex over the whole line. Json /
     /// http: a JSON value the reply must contain (objects match by subset, arrays and scalars
     /// exactly).

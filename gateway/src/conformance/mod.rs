@@ -5,16 +5,14 @@ pub mod case;
 pub mod http;
 
 use anyhow::{bail, Context};
-use case::{Case, CaseFile, HttpRequest, Step, SuiteInfo, Transport};
+use case::{Case, CaseFile, HttpRequest, PacketSpec, Step, SuiteInfo, Transport, When};
 use clap::Args;
 use include_dir::{include_dir, Dir};
 use regex::Regex;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -174,6 +172,8 @@ pub async fn run(args: ConformanceArgs) -> anyhow::Result<std::process::ExitCode
 struct TestAccount {
     address: String,
     password: String,
+    /// A generated OpenPGP key pair for the address: (secret, public), armored.
+    key: Option<(String, String)>,
 }
 
 struct Runner {
@@ -193,19 +193,8 @@ impl Runner {
             .context("--target must be HOST:PORT")?;
         let tls = if args.tls {
             let ca = args.ca.as_ref().context("--tls needs --ca PEM-FILE")?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("--ca {}", ca.display()))?
-            {
-                roots.add(cert?)?;
-            }
-            let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
             let name = args.server_name.clone().unwrap_or_else(|| host.clone());
-            let name = ServerName::try_from(name).context("--server-name")?;
-            Some((TlsConnector::from(Arc::new(config)), name))
+            Some(crate::tls::connector(ca, &name)?)
         } else {
             None
         };
@@ -214,9 +203,13 @@ impl Runner {
             let (address, password) = a
                 .split_once(':')
                 .with_context(|| format!("--account {a:?}: expected ADDRESS:PASSWORD"))?;
+            let key = mailgate_core::Address::parse_any(address)
+                .ok()
+                .and_then(|a| mailgate_mmtp::pgp::generate_key(&a).ok());
             accounts.push(TestAccount {
                 address: address.to_owned(),
                 password: password.to_owned(),
+                key,
             });
         }
         Ok(Runner {
@@ -263,6 +256,9 @@ impl Runner {
                     v.insert(format!("account{i}_mmtp"), m);
                 }
             }
+            if let Some((_, public)) = &a.key {
+                v.insert(format!("account{i}_key_json"), Value::String(public.clone()).to_string());
+            }
         }
         v
     }
@@ -274,6 +270,11 @@ impl Runner {
                 case.accounts,
                 self.accounts.len()
             ));
+        }
+        match (case.when, self.tls.is_some()) {
+            (Some(When::Tls), false) => return Outcome::Skipped("runs only with --tls".into()),
+            (Some(When::Plain), true) => return Outcome::Skipped("runs only without --tls".into()),
+            _ => {}
         }
         let mut vars = self.variables();
         match tokio::time::timeout(CASE_TIMEOUT, self.script(case, transport, &mut vars)).await {
@@ -297,9 +298,86 @@ impl Runner {
             let r = match (&mut conn, &step.request) {
                 (None, Some(req)) => self.http_step(step, req, vars).await,
                 (None, None) => Err(anyhow::anyhow!("http steps need a request")),
-                (Some(c), _) => stream_step(c, transport, step, vars).await,
+                (Some(c), _) => {
+                    if let Some(spec) = &step.send_packet {
+                        self.send_packet(c, spec, vars).await?;
+                    }
+                    stream_step(c, transport, step, vars).await
+                }
             };
             r.with_context(|| format!("step {}", i + 1))?;
+        }
+        Ok(())
+    }
+
+    /// Build an MMTP packet as the original client does, keep it, and send it as a SEND.
+    async fn send_packet(
+        &self,
+        conn: &mut BufReader<Conn>,
+        spec: &PacketSpec,
+        vars: &mut HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        use mailgate_mmtp::client::PacketBuilder;
+        let addr = |s: &str| -> anyhow::Result<mailgate_core::Address> {
+            let text = subst(s, vars, false)?;
+            mailgate_core::Address::parse_any(&text).with_context(|| format!("address {text:?}"))
+        };
+        let mut b = PacketBuilder::new(
+            addr(&spec.from)?,
+            addr(&spec.to)?,
+            &subst(&spec.subject, vars, false)?,
+            &subst(&spec.body, vars, false)?,
+        );
+        if let Some(k) = &spec.kind {
+            b.kind = k.clone();
+        }
+        for (cat, values) in &spec.tags {
+            let list = match cat.as_str() {
+                "priority" => &mut b.tags.priority,
+                "category" => &mut b.tags.category,
+                "status" => &mut b.tags.status,
+                "custom" => &mut b.tags.custom,
+                other => bail!("unknown tag category {other:?}"),
+            };
+            for v in values {
+                list.push(subst(v, vars, false)?);
+            }
+        }
+        for a in &spec.attachments {
+            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+            b.attachments.push(mailgate_core::Part {
+                name: get("name"),
+                media_type: get("type"),
+                data: get("text").into_bytes().into(),
+                content: false,
+            });
+        }
+        if let Some(n) = spec.sign_as {
+            let key = self.accounts.get(n).and_then(|a| a.key.as_ref());
+            b.sign_with = Some(key.context("sign_as: no key for that account")?.0.clone());
+        }
+        b.timestamp =
+            Some(mailgate_core::message::now_ms() + spec.timestamp_offset_secs * 1000);
+        let difficulty = match spec.difficulty {
+            Some(d) => d,
+            None => vars.get("difficulty").and_then(|d| d.parse().ok()).unwrap_or(5),
+        };
+        let built = tokio::task::spawn_blocking(move || b.build(difficulty)).await??;
+        let mut text = built.text;
+        for [from, to] in &spec.edit {
+            let (from, to) = (subst(from, vars, false)?, subst(to, vars, false)?);
+            if !text.contains(&from) {
+                bail!("edit: {from:?} not in the packet");
+            }
+            text = text.replace(&from, &to);
+        }
+        vars.insert("message_id".into(), built.message_id);
+        if let Some(name) = &spec.save_as {
+            vars.insert(name.clone(), text.clone());
+        }
+        if spec.send.unwrap_or(true) {
+            let request = format!("{{\"action\":\"SEND\",\"data\":{{\"packet\":{text}}}}}");
+            conn.get_mut().write_all(request.as_bytes()).await?;
         }
         Ok(())
     }
@@ -358,24 +436,33 @@ async fn stream_step(
 ) -> anyhow::Result<()> {
     let acts = step.send.is_some()
         || step.send_raw.is_some()
+        || step.send_packet.is_some()
         || step.expect.is_some()
         || step.matches.is_some()
         || step.capture.is_some()
         || step.expect_closed;
     if !acts || step.request.is_some() {
-        bail!("a {transport:?} step needs send, send_raw, expect, matches, capture or expect_closed (and no request)");
+        bail!("a {transport:?} step needs send, send_raw, send_packet, expect, matches, capture or expect_closed (and no request)");
     }
+    let mut out = Vec::new();
     if let Some(text) = &step.send {
-        let mut out = subst(text, vars, false)?;
+        out.extend_from_slice(subst(text, vars, false)?.as_bytes());
         if transport == Transport::Line {
-            out.push('\n');
+            out.push(b'\n');
         }
-        conn.get_mut().write_all(out.as_bytes()).await?;
     }
     if let Some(raw) = &step.send_raw {
-        conn.get_mut()
-            .write_all(subst(raw, vars, false)?.as_bytes())
-            .await?;
+        out.extend_from_slice(subst(raw, vars, false)?.as_bytes());
+    }
+    match step.chunk {
+        Some(n) if n > 0 => {
+            for piece in out.chunks(n) {
+                conn.get_mut().write_all(piece).await?;
+                conn.get_mut().flush().await?;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        _ => conn.get_mut().write_all(&out).await?,
     }
     if step.expect_closed {
         let mut rest = Vec::new();

@@ -1,0 +1,152 @@
+//! `mailgate send` and `mailgate receive`: talk to any server with a protocol's client.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use mailgate_core::Address;
+use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Protocols the client commands speak.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ClientProtocol {
+    /// MMTP (JSON over TCP).
+    Mmtp,
+}
+
+/// Where and how to connect.
+#[derive(Args)]
+pub struct Connection {
+    /// Protocol to speak.
+    #[arg(long, value_enum, default_value = "mmtp")]
+    protocol: ClientProtocol,
+    /// Server, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:8025")]
+    server: String,
+    /// Connect with TLS, trusting the PEM certificate(s) in --ca.
+    #[arg(long)]
+    tls: bool,
+    /// CA or self-signed certificate to trust with --tls.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Authenticate as this account (password from the first line of standard input).
+    #[arg(long)]
+    login: Option<String>,
+}
+
+/// `mailgate send` options.
+#[derive(Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// Sender address.
+    #[arg(long)]
+    from: String,
+    /// Recipient address.
+    #[arg(long)]
+    to: String,
+    /// Subject.
+    #[arg(long, default_value = "")]
+    subject: String,
+    /// Body text.
+    #[arg(long, default_value = "")]
+    body: String,
+    /// Tag as CATEGORY=VALUE (priority, category, status, custom); repeatable.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Sign with this armored, unprotected secret key file.
+    #[arg(long)]
+    sign_key: Option<PathBuf>,
+    /// Encrypt to this armored public key file.
+    #[arg(long)]
+    encrypt_key: Option<PathBuf>,
+}
+
+/// `mailgate receive` options.
+#[derive(Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// Mailbox to read (removes what it returns, as MMTP RECEIVE does).
+    #[arg(long)]
+    email: String,
+    /// At most this many messages.
+    #[arg(long)]
+    limit: Option<u32>,
+}
+
+async fn connect(conn: &Connection) -> anyhow::Result<MmtpClient> {
+    let tls = if conn.tls {
+        let ca = conn.ca.as_ref().context("--tls needs --ca PEM-FILE")?;
+        let host = conn
+            .server
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']))
+            .context("--server must be HOST:PORT")?;
+        Some(crate::tls::connector(ca, host)?)
+    } else {
+        None
+    };
+    let mut client = MmtpClient::connect(&conn.server, tls)
+        .await
+        .with_context(|| format!("cannot talk MMTP to {}", conn.server))?;
+    if let Some(login) = &conn.login {
+        let mut password = String::new();
+        std::io::stdin().lock().read_line(&mut password)?;
+        let who = Address::parse_any(login).context("--login")?;
+        client
+            .auth(&who, password.trim_end_matches(['\r', '\n']))
+            .await?;
+    }
+    Ok(client)
+}
+
+/// Run `mailgate send`.
+pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let ClientProtocol::Mmtp = args.conn.protocol;
+    let mut client = connect(&args.conn).await?;
+    let from = Address::parse_any(&args.from).context("--from")?;
+    let to = Address::parse_any(&args.to).context("--to")?;
+    let mut builder = PacketBuilder::new(from, to, &args.subject, &args.body);
+    for t in &args.tags {
+        let (cat, value) = t.split_once('=').context("--tag takes CATEGORY=VALUE")?;
+        let list = match cat {
+            "priority" => &mut builder.tags.priority,
+            "category" => &mut builder.tags.category,
+            "status" => &mut builder.tags.status,
+            "custom" => &mut builder.tags.custom,
+            other => anyhow::bail!("unknown tag category {other:?}"),
+        };
+        list.push(value.to_owned());
+    }
+    if let Some(p) = &args.sign_key {
+        builder.sign_with = Some(std::fs::read_to_string(p).context("--sign-key")?);
+    }
+    if let Some(p) = &args.encrypt_key {
+        builder.encrypt_to = Some(std::fs::read_to_string(p).context("--encrypt-key")?);
+    }
+    let difficulty = client.difficulty();
+    let started = Instant::now();
+    let built = tokio::task::spawn_blocking(move || builder.build(difficulty)).await??;
+    let took = started.elapsed().as_secs_f64();
+    eprintln!(
+        "minted a difficulty-{difficulty} stamp: {} hashes in {took:.3} s ({:.1} M hashes/s)",
+        built.hashes,
+        built.hashes as f64 / took.max(1e-9) / 1e6
+    );
+    let reply = client.send(&built.text).await?;
+    println!("{reply}");
+    Ok(())
+}
+
+/// Run `mailgate receive`.
+pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
+    let ClientProtocol::Mmtp = args.conn.protocol;
+    let mut client = connect(&args.conn).await?;
+    let email = Address::parse_any(&args.email).context("--email")?;
+    for m in client.receive(&email, args.limit).await? {
+        println!("{m}");
+    }
+    Ok(())
+}
