@@ -68,7 +68,7 @@ fn has_leading_zeros(digest: &[u8], zeros: u32) -> bool {
     if digest.len() < full + usize::from(zeros % 2 == 1) {
         return false;
     }
-    digest[..full].iter().all(|b| *b == 0) && (zeros % 2 == 0 || digest[full] >> 4 == 0)
+    digest[..full].iter().all(|b| *b == 0) && (zeros.is_multiple_of(2) || digest[full] >> 4 == 0)
 }
 
 /// Mint a stamp on every core (CPU-bound: call off the async threads).

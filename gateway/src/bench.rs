@@ -183,7 +183,10 @@ async fn store(opts: StoreBench) -> anyhow::Result<()> {
         &s,
         opts.json,
         json!({"bench": "store", "tasks": opts.tasks, "size": opts.size, "fsync": true}),
-        &format!("store: {} tasks, durable submits of {} B", opts.tasks, opts.size),
+        &format!(
+            "store: {} tasks, durable submits of {} B",
+            opts.tasks, opts.size
+        ),
     );
     Ok(())
 }
@@ -241,7 +244,10 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("minting thread failed"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("minting thread failed")))
+                })
                 .collect()
         });
         let mut packets = Vec::with_capacity(count);
@@ -265,7 +271,11 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     }
     let queue = Arc::new(std::sync::Mutex::new(packets));
     let deadline = Instant::now() + Duration::from_secs(opts.seconds);
-    let bar = if opts.json { ProgressBar::hidden() } else { ProgressBar::new(opts.messages) };
+    let bar = if opts.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(opts.messages)
+    };
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.connections.max(1) {

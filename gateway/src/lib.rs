@@ -12,7 +12,7 @@ mod conformance;
 mod listener;
 mod relay;
 mod serve;
-mod tls;
+pub mod tls;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

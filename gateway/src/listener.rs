@@ -2,12 +2,12 @@
 //! timeout, one task and one tracing span per connection, graceful shutdown.
 
 use mailgate_core::Metrics;
-use std::future::Future;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;

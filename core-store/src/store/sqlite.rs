@@ -4,8 +4,8 @@ use super::schema::migrate;
 use super::writer::Writer;
 use super::{
     Account, AccountId, EntryQuery, Flags, FolderInfo, MailboxEntry, MessageSummary,
-    PublicKeyRecord, QueueEntry,
-    QueueState, RelayOutcome, Store, StoreError, StoreStats, Submission,
+    PublicKeyRecord, QueueEntry, QueueState, RelayOutcome, Store, StoreError, StoreStats,
+    Submission,
 };
 use crate::address::Address;
 use crate::message::{
@@ -744,8 +744,8 @@ impl Store for SqliteStore {
                 let Some((sender, subject, kind, importance, received_at, size, meta)) = row else {
                     continue;
                 };
-                let meta: MessageMeta = serde_json::from_str(&meta)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let meta: MessageMeta =
+                    serde_json::from_str(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 out.push(MessageSummary {
                     id,
                     sender: parse_stored_address(&sender)?,

@@ -82,7 +82,9 @@ impl MmtpClient {
             .and_then(Value::as_str)
             .is_some_and(|m| m.contains("MMTP Server Ready"));
         if !ready {
-            return Err(ClientError::Protocol(format!("unexpected welcome: {welcome}")));
+            return Err(ClientError::Protocol(format!(
+                "unexpected welcome: {welcome}"
+            )));
         }
         Ok(MmtpClient {
             frames,
@@ -113,9 +115,12 @@ impl MmtpClient {
 
     /// AUTH extension: bind this connection to an account.
     pub async fn auth(&mut self, email: &Address, password: &str) -> Result<(), ClientError> {
-        self.call("AUTH", json!({ "email": mmtp(email), "password": password }))
-            .await
-            .map(|_| ())
+        self.call(
+            "AUTH",
+            json!({ "email": mmtp(email), "password": password }),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// SEND a packet built by [`PacketBuilder::build`].
@@ -148,7 +153,11 @@ impl MmtpClient {
     }
 
     /// REGISTER_KEY.
-    pub async fn register_key(&mut self, email: &Address, armored: &str) -> Result<(), ClientError> {
+    pub async fn register_key(
+        &mut self,
+        email: &Address,
+        armored: &str,
+    ) -> Result<(), ClientError> {
         self.call(
             "REGISTER_KEY",
             json!({ "email": mmtp(email), "publicKey": armored }),
@@ -170,9 +179,7 @@ impl MmtpClient {
     }
 }
 
-async fn read_value(
-    frames: &mut FrameReader<ReadHalf<BoxedIo>>,
-) -> Result<Value, ClientError> {
+async fn read_value(frames: &mut FrameReader<ReadHalf<BoxedIo>>) -> Result<Value, ClientError> {
     let frame = tokio::time::timeout(TIMEOUT, frames.next_frame())
         .await
         .map_err(|_| ClientError::Timeout)??;

@@ -136,7 +136,10 @@ mod tests {
             "{\"2\":\"y\",\"10\":\"x\",\"b\":1,\"a\":[1,2.5,1e+21,0,1e-7],\"02\":\"z\",\"s\":\"q\\\"\\\\/\\b\\f\\n\\r\\t\\u0001\\u001f\u{7f}\u{2028}é📨\"}"
         );
         assert_eq!(stringify(&json!(null)), "null");
-        assert_eq!(stringify(&json!({"k": [true, false, {}]})), "{\"k\":[true,false,{}]}");
+        assert_eq!(
+            stringify(&json!({"k": [true, false, {}]})),
+            "{\"k\":[true,false,{}]}"
+        );
     }
 
     #[test]

@@ -191,7 +191,11 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         None => return Err(invalid("meta.messageId is missing")),
-        Some(_) => return Err(invalid("meta.messageId must be a string of 1-256 characters")),
+        Some(_) => {
+            return Err(invalid(
+                "meta.messageId must be a string of 1-256 characters",
+            ))
+        }
     };
     let stamp = match meta.get("hashcashToken") {
         Some(Value::Object(t)) => PacketStamp {
@@ -214,7 +218,9 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
         None => false,
     };
     if meta.get("encrypted").and_then(Value::as_bool) == Some(true) && !encrypted {
-        return Err(invalid("meta.encrypted is true but content.encrypted is missing"));
+        return Err(invalid(
+            "meta.encrypted is true but content.encrypted is missing",
+        ));
     }
     let verification = match wire.verification {
         Some(Value::Object(v)) => v,
@@ -267,7 +273,9 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
             Some(_) => return Err(invalid("content.body must be a string")),
         };
         message.parts.push(Part::text_body(body));
-        message.parts.extend(parse_attachments(content.get("attachments"))?);
+        message
+            .parts
+            .extend(parse_attachments(content.get("attachments"))?);
     }
     if kind != "SEND" {
         message.tags.custom.retain(|c| !c.starts_with("mmtp-type:"));
@@ -383,7 +391,8 @@ fn build_packet(m: &Message) -> String {
     }
     let content = Value::Object(content);
     let hash = hex::encode(Sha256::digest(jsjson::stringify(&content).as_bytes()));
-    let mut verification = json!({ "messageHash": m.security.content_hash.clone().unwrap_or(hash) });
+    let mut verification =
+        json!({ "messageHash": m.security.content_hash.clone().unwrap_or(hash) });
     if let Some(sig) = &m.security.signature {
         verification["signature"] = Value::String(sig.clone());
     }
@@ -436,7 +445,9 @@ pub fn parse_filter(v: Option<&Value>) -> Result<IndexMap<String, Vec<String>>, 
         Some(Value::Object(map)) => {
             for (cat, values) in map {
                 let Value::Array(items) = values else {
-                    return Err(invalid(format!("tagFilters.{cat} must be an array of strings")));
+                    return Err(invalid(format!(
+                        "tagFilters.{cat} must be an array of strings"
+                    )));
                 };
                 let mut vals = Vec::new();
                 for item in items {
@@ -471,8 +482,7 @@ mod tests {
 
     fn packet_of(frame: &str) -> String {
         let v: IndexMap<String, Box<RawValue>> = serde_json::from_str(frame).unwrap();
-        let data: IndexMap<String, Box<RawValue>> =
-            serde_json::from_str(v["data"].get()).unwrap();
+        let data: IndexMap<String, Box<RawValue>> = serde_json::from_str(v["data"].get()).unwrap();
         data["packet"].get().to_owned()
     }
 
@@ -516,11 +526,26 @@ mod tests {
     fn validation_errors_name_the_reason() {
         let raw = packet_of(&fixture("send-plain.json"));
         let tamper = raw.replace("Hello Bob", "Hello Eve");
-        assert_eq!(parse_send(&tamper, "x").unwrap_err(), PacketError::Integrity);
-        let bad = raw.replace("\"sender\":\"(alice)%(a.test)\"", "\"sender\":\"alice@a.test\"");
-        assert!(matches!(parse_send(&bad, "x"), Err(PacketError::Address { field: "sender", .. })));
+        assert_eq!(
+            parse_send(&tamper, "x").unwrap_err(),
+            PacketError::Integrity
+        );
+        let bad = raw.replace(
+            "\"sender\":\"(alice)%(a.test)\"",
+            "\"sender\":\"alice@a.test\"",
+        );
+        assert!(matches!(
+            parse_send(&bad, "x"),
+            Err(PacketError::Address {
+                field: "sender",
+                ..
+            })
+        ));
         let bad = raw.replace("\"type\":\"SEND\"", "\"type\":\"SPAM\"");
-        assert_eq!(parse_send(&bad, "x").unwrap_err(), PacketError::Type("SPAM".into()));
+        assert_eq!(
+            parse_send(&bad, "x").unwrap_err(),
+            PacketError::Type("SPAM".into())
+        );
         assert!(parse_send("[]", "x").is_err());
         assert!(parse_send("{\"meta\":{}}", "x").is_err());
     }
@@ -536,7 +561,10 @@ mod tests {
         m.tags.category.push("work".into());
         let text = render(&m);
         let p = parse_send(
-            &text.replace("\"hashcashToken\":null", "\"hashcashToken\":{\"token\":\"t\",\"counter\":0}"),
+            &text.replace(
+                "\"hashcashToken\":null",
+                "\"hashcashToken\":{\"token\":\"t\",\"counter\":0}",
+            ),
             "x",
         )
         .unwrap();
@@ -554,8 +582,10 @@ mod tests {
         assert_eq!(tags.category, vec!["promotion", "coupon"]);
         assert_eq!(tags.status, vec!["urgent"]);
         assert_eq!(tags.custom, vec!["a"]);
-        let f = parse_filter(Some(&json!({"category": ["coupon", "shop"], "priority": ["high"]})))
-            .unwrap();
+        let f = parse_filter(Some(
+            &json!({"category": ["coupon", "shop"], "priority": ["high"]}),
+        ))
+        .unwrap();
         assert!(matches_filter(&tags, &f));
         let f = parse_filter(Some(&json!({"category": ["shop"]}))).unwrap();
         assert!(!matches_filter(&tags, &f));

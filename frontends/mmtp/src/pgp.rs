@@ -171,7 +171,9 @@ pub fn encrypt_to(public_key: &str, data: &[u8]) -> Result<String, PgpError> {
         .for_transport_encryption()
         .collect();
     if recipients.is_empty() {
-        return Err(PgpError::Operation("the key has no encryption subkey".into()));
+        return Err(PgpError::Operation(
+            "the key has no encryption subkey".into(),
+        ));
     }
     let mut sink = Vec::new();
     let message = Message::new(&mut sink);
@@ -233,7 +235,11 @@ mod tests {
         let sig = sign_detached_text(&fixture("(alice)%(a.test).priv.asc"), b"{\"a\":1}").unwrap();
         assert!(verify_detached(&pubkey, &sig, b"{\"a\":1}"));
         assert!(!verify_detached(&pubkey, &sig, b"{\"a\":2}"));
-        assert!(!verify_detached(&fixture("(bob)%(a.test).pub.asc"), &sig, b"{\"a\":1}"));
+        assert!(!verify_detached(
+            &fixture("(bob)%(a.test).pub.asc"),
+            &sig,
+            b"{\"a\":1}"
+        ));
         assert!(!verify_detached(&pubkey, "garbage", b"{\"a\":1}"));
         let (secret, public) = generate_key(&bob).unwrap();
         check_public_key(&public, &bob).unwrap();

@@ -271,12 +271,12 @@ impl Session<'_> {
             now_ms(),
         ) {
             Ok(s) => s,
-            Err(e) => {
-                return self.refuse(format!("hashcash verification failed: {e}"), "hashcash")
-            }
+            Err(e) => return self.refuse(format!("hashcash verification failed: {e}"), "hashcash"),
         };
         p.message.security.signature_verified = match (&p.signature, &p.signed_text) {
-            (Some(sig), Some(text)) => Some(self.verify_signature(&p.message.sender, sig, text).await),
+            (Some(sig), Some(text)) => {
+                Some(self.verify_signature(&p.message.sender, sig, text).await)
+            }
             _ => None,
         };
         let origin = Origin {
@@ -287,7 +287,12 @@ impl Session<'_> {
             },
         };
         let signed = p.signature.is_some();
-        match self.server.core.submit(p.message, &origin, Some(spent)).await {
+        match self
+            .server
+            .core
+            .submit(p.message, &origin, Some(spent))
+            .await
+        {
             Ok(_) => ok(json!({
                 "status": "OK",
                 "message": "Message delivered successfully",

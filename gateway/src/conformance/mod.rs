@@ -257,7 +257,10 @@ impl Runner {
                 }
             }
             if let Some((_, public)) = &a.key {
-                v.insert(format!("account{i}_key_json"), Value::String(public.clone()).to_string());
+                v.insert(
+                    format!("account{i}_key_json"),
+                    Value::String(public.clone()).to_string(),
+                );
             }
         }
         v
@@ -356,11 +359,13 @@ impl Runner {
             let key = self.accounts.get(n).and_then(|a| a.key.as_ref());
             b.sign_with = Some(key.context("sign_as: no key for that account")?.0.clone());
         }
-        b.timestamp =
-            Some(mailgate_core::message::now_ms() + spec.timestamp_offset_secs * 1000);
+        b.timestamp = Some(mailgate_core::message::now_ms() + spec.timestamp_offset_secs * 1000);
         let difficulty = match spec.difficulty {
             Some(d) => d,
-            None => vars.get("difficulty").and_then(|d| d.parse().ok()).unwrap_or(5),
+            None => vars
+                .get("difficulty")
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(5),
         };
         let built = tokio::task::spawn_blocking(move || b.build(difficulty)).await??;
         let mut text = built.text;

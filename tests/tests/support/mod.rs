@@ -48,8 +48,8 @@ pub struct Gateway {
     lines: mpsc::Receiver<String>,
 }
 
-/// A config with every listener on 127.0.0.1 port 0.
-pub fn config_text(dir: &Path, domain: &str) -> String {
+/// A config with every listener on 127.0.0.1 port 0, and extra lines in the `[mmtp]` section.
+pub fn config_with(dir: &Path, domain: &str, mmtp_extra: &str) -> String {
     format!(
         r#"data_dir = "{}"
 domains = ["{domain}"]
@@ -58,6 +58,7 @@ listen = "127.0.0.1:0"
 [mmtp]
 listen = "127.0.0.1:0"
 tls_listen = "127.0.0.1:0"
+{mmtp_extra}
 [immp]
 listen = "127.0.0.1:0"
 [xhmtp]
@@ -123,6 +124,27 @@ impl Gateway {
         self.addrs
             .get(key)
             .unwrap_or_else(|| panic!("no listener {key}"))
+    }
+
+    /// Create an account through the CLI (works while serve runs).
+    pub fn add_user(&self, address: &str, password: &str) {
+        let out = run(
+            &[
+                "user",
+                "add",
+                address,
+                "--password-stdin",
+                "--config",
+                self.config.to_str().unwrap(),
+            ],
+            Some(&format!("{password}\n")),
+            &self.dir,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// SIGTERM, then wait for the exit; returns the exit status and remaining stdout lines.
