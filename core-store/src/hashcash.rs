@@ -62,14 +62,6 @@ pub fn leading_hex_zeros(text: &str) -> u32 {
     zeros
 }
 
-/// Does this digest start with `zeros` `0` hex digits?
-fn has_leading_zeros(digest: &[u8], zeros: u32) -> bool {
-    let full = (zeros / 2) as usize;
-    if digest.len() < full + usize::from(zeros % 2 == 1) {
-        return false;
-    }
-    digest[..full].iter().all(|b| *b == 0) && (zeros.is_multiple_of(2) || digest[full] >> 4 == 0)
-}
 
 /// Mint a stamp on every core (CPU-bound: call off the async threads).
 pub fn mint(difficulty: u32, ts_ms: i64, sender: &str, recipient: &str) -> Stamp {
@@ -78,7 +70,10 @@ pub fn mint(difficulty: u32, ts_ms: i64, sender: &str, recipient: &str) -> Stamp
 }
 
 /// Mint a stamp with `threads` threads; returns it with the number of hashes tried.
-/// Each thread tries every `threads`-th counter; the fixed prefix is hashed once.
+///
+/// Counters start at a random offset, so two stamps minted in the same millisecond for the
+/// same sender and recipient still differ (the token format has no other random field). The
+/// fixed prefix is compressed once; each try builds and compresses only the final block(s).
 pub fn mint_parallel(
     difficulty: u32,
     ts_ms: i64,
@@ -88,32 +83,28 @@ pub fn mint_parallel(
 ) -> (Stamp, u64) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let prefix = format!("1:{difficulty}:{ts_ms}:{sender}:{recipient}:{ts_ms}::");
-    let base = Sha256::new_with_prefix(prefix.as_bytes());
+    let midstate = Midstate::new(prefix.as_bytes());
+    let offset = u64::from(rand::random::<u32>());
     let threads = threads.max(1) as u64;
     let found = AtomicBool::new(false);
     let winner = AtomicU64::new(u64::MAX);
     let tried = AtomicU64::new(0);
     std::thread::scope(|scope| {
-        for start in 0..threads {
-            let (base, found, winner, tried) = (&base, &found, &winner, &tried);
+        for t in 0..threads {
+            let (midstate, found, winner, tried) = (&midstate, &found, &winner, &tried);
             scope.spawn(move || {
-                let mut counter = start;
+                let mut search = Search::new(midstate, offset + t);
                 let mut n = 0u64;
-                let mut digits = [0u8; 20];
-                while !found.load(Ordering::Relaxed) {
-                    // Check the flag only every 1024 hashes.
-                    for _ in 0..1024 {
-                        let text = decimal(counter, &mut digits);
-                        let mut h = base.clone();
-                        h.update(text);
-                        h.update(b":");
+                'search: while !found.load(Ordering::Relaxed) {
+                    // Check the flag only every 4096 hashes.
+                    for _ in 0..4096 {
                         n += 1;
-                        if has_leading_zeros(&h.finalize(), difficulty) {
-                            winner.fetch_min(counter, Ordering::Relaxed);
+                        if search.solves(difficulty) {
+                            winner.fetch_min(search.counter, Ordering::Relaxed);
                             found.store(true, Ordering::Relaxed);
-                            break;
+                            break 'search;
                         }
-                        counter += threads;
+                        search.advance(threads);
                     }
                 }
                 tried.fetch_add(n, Ordering::Relaxed);
@@ -128,6 +119,123 @@ pub fn mint_parallel(
         },
         tried.load(Ordering::Relaxed),
     )
+}
+
+type Block = sha2::digest::generic_array::GenericArray<u8, sha2::digest::consts::U64>;
+
+/// SHA-256 of a fixed prefix, compressed up to its last full block.
+struct Midstate {
+    state: [u32; 8],
+    tail: Vec<u8>,
+    prefix_len: usize,
+}
+
+/// The SHA-256 initial hash value (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+impl Midstate {
+    fn new(prefix: &[u8]) -> Self {
+        let full = prefix.len() / 64 * 64;
+        let mut state = SHA256_IV;
+        let blocks: Vec<Block> = prefix[..full]
+            .chunks_exact(64)
+            .map(|c| Block::clone_from_slice(c))
+            .collect();
+        sha2::compress256(&mut state, &blocks);
+        Midstate {
+            state,
+            tail: prefix[full..].to_vec(),
+            prefix_len: prefix.len(),
+        }
+    }
+}
+
+/// One thread's search: the final block(s) of `prefix + counter + ":"` kept ready, the
+/// counter's digits incremented in place.
+struct Search<'a> {
+    mid: &'a Midstate,
+    counter: u64,
+    blocks: [Block; 2],
+    used: usize,
+    digits_at: usize,
+    digits_len: usize,
+}
+
+impl<'a> Search<'a> {
+    fn new(mid: &'a Midstate, counter: u64) -> Self {
+        let mut s = Search {
+            mid,
+            counter,
+            blocks: [Block::default(), Block::default()],
+            used: 1,
+            digits_at: mid.tail.len(),
+            digits_len: 0,
+        };
+        s.layout();
+        s
+    }
+
+    /// Lay the final block(s) out for the current counter (when its length changes).
+    fn layout(&mut self) {
+        let mut digits = [0u8; 20];
+        let digits = decimal(self.counter, &mut digits);
+        let mut buf = [0u8; 128];
+        let t = self.mid.tail.len();
+        buf[..t].copy_from_slice(&self.mid.tail);
+        buf[t..t + digits.len()].copy_from_slice(digits);
+        let mut len = t + digits.len();
+        buf[len] = b':';
+        len += 1;
+        buf[len] = 0x80;
+        self.used = if len + 9 <= 64 { 1 } else { 2 };
+        let end = self.used * 64;
+        let bits = ((self.mid.prefix_len + digits.len() + 1) as u64) * 8;
+        buf[end - 8..end].copy_from_slice(&bits.to_be_bytes());
+        self.blocks[0].copy_from_slice(&buf[..64]);
+        self.blocks[1].copy_from_slice(&buf[64..]);
+        self.digits_len = digits.len();
+    }
+
+    fn digit_mut(&mut self, i: usize) -> &mut u8 {
+        let pos = self.digits_at + i;
+        &mut self.blocks[pos / 64][pos % 64]
+    }
+
+    /// Add `step` to the counter, in the decimal digits where possible.
+    fn advance(&mut self, step: u64) {
+        self.counter += step;
+        let mut carry = step;
+        let mut i = self.digits_len;
+        while carry > 0 && i > 0 {
+            i -= 1;
+            let d = u64::from(*self.digit_mut(i) - b'0') + carry;
+            *self.digit_mut(i) = b'0' + (d % 10) as u8;
+            carry = d / 10;
+        }
+        if carry > 0 {
+            self.layout();
+        }
+    }
+
+    /// Does the current text hash to at least `zeros` leading hex zeros?
+    fn solves(&self, zeros: u32) -> bool {
+        let mut state = self.mid.state;
+        sha2::compress256(&mut state, &self.blocks[..self.used]);
+        let mut left = zeros;
+        for w in state {
+            if left >= 8 {
+                if w != 0 {
+                    return false;
+                }
+                left -= 8;
+            } else {
+                return left == 0 || w >> (32 - 4 * left) == 0;
+            }
+        }
+        true
+    }
 }
 
 /// Decimal digits of `n` in `buf`, without allocating.
@@ -267,6 +375,26 @@ mod tests {
             assert!(leading_hex_zeros(&stamp.token) >= 3, "{}", stamp.token);
             assert!(stamp.token.ends_with(&format!("::{}:", stamp.counter)));
             assert!(tried >= 1);
+        }
+        // The midstate path agrees with a plain SHA-256 for every tail length.
+        for len in 0..200 {
+            let prefix = "p".repeat(len);
+            let m = Midstate::new(prefix.as_bytes());
+            for start in [0u64, 7, 95, 123_456_789] {
+                let mut search = Search::new(&m, start);
+                for _ in 0..12 {
+                    let text = format!("{prefix}{}:", search.counter);
+                    for zeros in 0..3 {
+                        assert_eq!(
+                            search.solves(zeros),
+                            leading_hex_zeros(&text) >= zeros,
+                            "{len} {} {zeros}",
+                            search.counter
+                        );
+                    }
+                    search.advance(3);
+                }
+            }
         }
         let mut buf = [0u8; 20];
         assert_eq!(decimal(0, &mut buf), b"0");
