@@ -62,7 +62,6 @@ pub fn leading_hex_zeros(text: &str) -> u32 {
     zeros
 }
 
-
 /// Mint a stamp on every core (CPU-bound: call off the async threads).
 pub fn mint(difficulty: u32, ts_ms: i64, sender: &str, recipient: &str) -> Stamp {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -282,3 +282,161 @@ fn per_ip_connection_limit_releases_slots_and_request_rate_is_limited() {
         assert!(refused >= 2, "rate limit never applied");
     });
 }
+
+/// "OK" means on disk: SEND from many connections, SIGKILL the gateway mid-stream, restart it on
+/// the same data directory, and find every acknowledged message in the recipient's mailbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_acknowledged_send_survives_sigkill() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        "a.test",
+        "hashcash_difficulty = 1\nrequests_per_sec = 0.0",
+    );
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("bob@a.test", "bob-pw");
+    let target = gw.addr("mmtp.listen").to_owned();
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (target, acked) = (target.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = MmtpClient::connect(&target, None).await.unwrap();
+            for i in 0..2000 {
+                let b = PacketBuilder::new(
+                    addr("(load)%(sender.test)"),
+                    addr("(bob)%(a.test)"),
+                    &format!("task {t} message {i}"),
+                    &"x".repeat(1024 + i % 2048),
+                );
+                let built = b.build_with(1, 1).unwrap();
+                match c.send(&built.text).await {
+                    Ok(reply) => acked
+                        .lock()
+                        .unwrap()
+                        .push(reply["messageId"].as_str().unwrap().to_owned()),
+                    Err(_) => return, // the gateway died under us
+                }
+            }
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "too few acknowledgements"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.kill();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let gw = Gateway::start(dir.path(), Some(&config));
+    let mut bob = tls_client(&gw).await;
+    bob.auth(&addr("(bob)%(a.test)"), "bob-pw").await.unwrap();
+    let mut stored = std::collections::HashSet::new();
+    loop {
+        let batch = bob
+            .receive(&addr("(bob)%(a.test)"), Some(500))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for m in batch {
+            stored.insert(m["meta"]["messageId"].as_str().unwrap().to_owned());
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost",
+        lost.len(),
+        acked.len()
+    );
+    assert!(stored.len() >= acked.len());
+}
+
+/// The CLI client end to end, and `legacy_open_mailboxes` for original clients without AUTH.
+#[test]
+fn cli_send_and_receive_and_legacy_open_mailboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "a.test", "legacy_open_mailboxes = true");
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("bob@a.test", "bob-pw");
+    let server = gw.addr("mmtp.listen").to_owned();
+    let out = support::run(
+        &[
+            "send",
+            "--server",
+            &server,
+            "--from",
+            "(alice)%(elsewhere.test)",
+            "--to",
+            "(bob)%(a.test)",
+            "--subject",
+            "from the CLI",
+            "--body",
+            "hi",
+            "--tag",
+            "category=work",
+        ],
+        None,
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("M hashes/s"));
+    // No AUTH: allowed only because legacy_open_mailboxes is on.
+    let out = support::run(
+        &["receive", "--server", &server, "--email", "(bob)%(a.test)"],
+        None,
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let m: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(m["content"]["subject"], "from the CLI");
+    assert_eq!(m["meta"]["tags"]["category"][0], "work");
+    // With TLS and a login, too.
+    let port = gw
+        .addr("mmtp.tls_listen")
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_owned();
+    let ca = gw.dir.join("data/tls/cert.pem");
+    let out = support::run(
+        &[
+            "receive",
+            "--server",
+            &format!("localhost:{port}"),
+            "--tls",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--login",
+            "(bob)%(a.test)",
+            "--email",
+            "(bob)%(a.test)",
+        ],
+        Some("bob-pw\n"),
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "RECEIVE removed what it returned");
+}

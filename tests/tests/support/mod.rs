@@ -147,6 +147,12 @@ impl Gateway {
         );
     }
 
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, then wait for the exit; returns the exit status and remaining stdout lines.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
         unsafe {
