@@ -140,7 +140,7 @@ impl Midstate {
         let mut state = SHA256_IV;
         let blocks: Vec<Block> = prefix[..full]
             .chunks_exact(64)
-            .map(|c| Block::clone_from_slice(c))
+            .map(Block::clone_from_slice)
             .collect();
         sha2::compress256(&mut state, &blocks);
         Midstate {
