@@ -4,13 +4,13 @@
 
 use crate::codec::{CodecError, FrameReader};
 use crate::jsjson;
+use crate::packet;
 use crate::pgp::{self, PgpError};
-use base64::Engine;
 use mailgate_core::hashcash;
 use mailgate_core::io::BoxedIo;
 use mailgate_core::message::now_ms;
 use mailgate_core::{Address, Part, Tags};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
@@ -268,23 +268,7 @@ impl PacketBuilder {
     pub fn build_with(&self, difficulty: u32, threads: usize) -> Result<BuiltPacket, ClientError> {
         let sender = mmtp(&self.sender);
         let recipient = mmtp(&self.recipient);
-        let mut content = Map::new();
-        content.insert("subject".into(), json!(self.subject));
-        content.insert("body".into(), json!(self.body));
-        if !self.attachments.is_empty() {
-            let items: Vec<Value> = self
-                .attachments
-                .iter()
-                .map(|p| {
-                    json!({
-                        "name": p.name,
-                        "type": p.media_type,
-                        "data": base64::engine::general_purpose::STANDARD.encode(&p.data),
-                    })
-                })
-                .collect();
-            content.insert("attachments".into(), Value::Array(items));
-        }
+        let content = packet::plain_content(&self.subject, &self.body, self.attachments.iter());
         let text = jsjson::stringify(&Value::Object(content.clone()));
         let message_hash = hex::encode(Sha256::digest(text.as_bytes()));
         let signature = match &self.sign_with {

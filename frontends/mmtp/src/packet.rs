@@ -362,32 +362,40 @@ fn mmtp_or_imid(a: &Address) -> String {
     a.account().to_mmtp().unwrap_or_else(|_| a.to_string())
 }
 
+/// Plaintext `content`: `{subject, body}` plus the `attachments` extension when there are any.
+pub fn plain_content<'a>(
+    subject: &str,
+    body: &str,
+    attachments: impl Iterator<Item = &'a Part>,
+) -> Map<String, Value> {
+    let mut content = Map::new();
+    content.insert("subject".into(), Value::String(subject.to_owned()));
+    content.insert("body".into(), Value::String(body.to_owned()));
+    let items: Vec<Value> = attachments
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "type": p.media_type,
+                "data": base64::engine::general_purpose::STANDARD.encode(&p.data),
+            })
+        })
+        .collect();
+    if !items.is_empty() {
+        content.insert("attachments".into(), Value::Array(items));
+    }
+    content
+}
+
 fn build_packet(m: &Message) -> String {
     let mut content = Map::new();
     if let Some(enc) = &m.security.encrypted {
         content.insert("encrypted".into(), Value::String(enc.clone()));
     } else {
-        content.insert("subject".into(), Value::String(m.subject.clone()));
         let body = m
             .content_part()
             .map(|p| String::from_utf8_lossy(&p.data).into_owned())
             .unwrap_or_default();
-        content.insert("body".into(), Value::String(body));
-        let attachments: Vec<Value> = m
-            .parts
-            .iter()
-            .filter(|p| !p.content)
-            .map(|p| {
-                json!({
-                    "name": p.name,
-                    "type": p.media_type,
-                    "data": base64::engine::general_purpose::STANDARD.encode(&p.data),
-                })
-            })
-            .collect();
-        if !attachments.is_empty() {
-            content.insert("attachments".into(), Value::Array(attachments));
-        }
+        content = plain_content(&m.subject, &body, m.parts.iter().filter(|p| !p.content));
     }
     let content = Value::Object(content);
     let hash = hex::encode(Sha256::digest(jsjson::stringify(&content).as_bytes()));
