@@ -5,6 +5,7 @@
 //! allow. Authentication, mailboxes, delivery, push and publish/subscribe arrive with the IMMP
 //! issue.
 
+pub mod codec;
 pub mod config;
 pub mod session;
 
