@@ -151,6 +151,15 @@ pub enum AccountError {
     Store(#[from] StoreError),
 }
 
+/// A per-protocol secret derived from an account's password whenever it is set (e.g. IMMP's
+/// PBKDF2 hash `h`), stored with [`Store::set_secret`] under [`SecretDeriver::kind`].
+pub trait SecretDeriver: Send + Sync {
+    /// The secret's kind (key in the account's secrets).
+    fn kind(&self) -> &'static str;
+    /// Derive it (CPU-heavy derivations are fine: this runs off the async threads).
+    fn derive(&self, account: &Address, password: &str) -> Vec<u8>;
+}
+
 /// The handle every front-end holds: store, policy, metrics, shared anti-abuse state.
 pub struct Core {
     /// The durable store.
@@ -161,6 +170,7 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Per-peer rate limiter for submissions and logins.
     pub limiter: RateLimiter<IpAddr>,
+    derivers: Vec<Arc<dyn SecretDeriver>>,
 }
 
 impl Core {
@@ -171,7 +181,14 @@ impl Core {
             policy,
             metrics,
             limiter: RateLimiter::new(0.0, 1),
+            derivers: Vec::new(),
         }
+    }
+
+    /// Also derive and store this secret whenever a password is set.
+    pub fn with_secret(mut self, deriver: Arc<dyn SecretDeriver>) -> Self {
+        self.derivers.push(deriver);
+        self
     }
 
     /// Replace the rate limiter (`rate` per second, `burst`; 0 disables).
@@ -285,7 +302,7 @@ impl Core {
         Ok(ok.then_some(account))
     }
 
-    /// Create a local account with a password.
+    /// Create a local account with a password (and its derived secrets).
     pub async fn add_account(
         &self,
         address: &Address,
@@ -294,18 +311,50 @@ impl Core {
         if !self.policy.is_local(&address.domain) {
             return Err(AccountError::NotLocal(address.domain.clone()));
         }
-        let hash = hash_off_thread(password).await?;
-        Ok(self.store.create_account(address, &hash).await?)
+        let (hash, secrets) = self.derive_all(address, password).await?;
+        let account = self.store.create_account(address, &hash).await?;
+        for (kind, value) in secrets {
+            self.store.set_secret(account.id, kind, &value).await?;
+        }
+        Ok(account)
     }
 
-    /// Replace a local account's password.
+    /// Replace a local account's password (and its derived secrets).
     pub async fn set_password(
         &self,
         address: &Address,
         password: &str,
     ) -> Result<(), AccountError> {
+        let account = self
+            .store
+            .account(address)
+            .await?
+            .ok_or_else(|| StoreError::NoAccount(address.to_string()))?;
+        let (hash, secrets) = self.derive_all(&account.address, password).await?;
+        self.store.set_password_hash(address, &hash).await?;
+        for (kind, value) in secrets {
+            self.store.set_secret(account.id, kind, &value).await?;
+        }
+        Ok(())
+    }
+
+    /// The argon2 hash and every derived secret, computed off the async threads.
+    async fn derive_all(
+        &self,
+        address: &Address,
+        password: &str,
+    ) -> Result<(String, Vec<(&'static str, Vec<u8>)>), PasswordError> {
         let hash = hash_off_thread(password).await?;
-        Ok(self.store.set_password_hash(address, &hash).await?)
+        let mut secrets = Vec::new();
+        for d in &self.derivers {
+            let kind = d.kind();
+            let (d, a, p) = (d.clone(), address.account(), password.to_owned());
+            let value = tokio::task::spawn_blocking(move || d.derive(&a, &p))
+                .await
+                .map_err(|e| PasswordError::Hash(e.to_string()))?;
+            secrets.push((kind, value));
+        }
+        Ok((hash, secrets))
     }
 }
 

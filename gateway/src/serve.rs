@@ -28,7 +28,8 @@ pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
     policy.max_message_size = config.max_message_size;
     policy.max_recipients = config.max_recipients;
     let core = Core::new(Arc::new(store), policy, metrics)
-        .with_rate_limit(config.limits.rate_per_sec, config.limits.rate_burst);
+        .with_rate_limit(config.limits.rate_per_sec, config.limits.rate_burst)
+        .with_secret(Arc::new(mailgate_immp::auth::ImmpSecret));
     Ok(Arc::new(core))
 }
 
@@ -46,7 +47,8 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 /// Run the gateway until a stop signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let core = open_core(&config)?;
-    let acceptor = TlsAcceptor::from(tls::server_config(&config)?);
+    let server_tls = tls::server_config(&config)?;
+    let acceptor = TlsAcceptor::from(server_tls.any);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ctx = ListenerContext {
@@ -95,8 +97,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     if config.immp.enabled {
         let immp = Arc::new(ImmpServer::new(
+            core.clone(),
             config.primary_domain().to_owned(),
             acceptor.clone(),
+            TlsAcceptor::from(server_tls.tls13),
             read_timeout,
         ));
         let l = bind(config.immp.listen, "immp.listen").await?;

@@ -56,8 +56,16 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server-side TLS configuration for every TLS listener.
-pub fn server_config(config: &Config) -> anyhow::Result<Arc<ServerConfig>> {
+/// Server-side TLS: TLS 1.2 and 1.3 (every TLS listener), and TLS 1.3 only (IMMP `UPGRADE TLS3`).
+pub struct ServerTls {
+    /// TLS 1.2 or newer.
+    pub any: Arc<ServerConfig>,
+    /// TLS 1.3 only.
+    pub tls13: Arc<ServerConfig>,
+}
+
+/// The server-side TLS configurations.
+pub fn server_config(config: &Config) -> anyhow::Result<ServerTls> {
     let (cert, key) = cert_paths(config);
     if config.tls.cert.is_none() {
         let mut names: Vec<String> = config.domains.clone();
@@ -84,12 +92,20 @@ pub fn server_config(config: &Config) -> anyhow::Result<Arc<ServerConfig>> {
             key.display()
         )
     })?;
-    let server = ServerConfig::builder_with_provider(provider())
+    let any = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs.clone(), key.clone_key())
+        .context("tls: certificate and key do not match")?;
+    let tls13 = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("tls: certificate and key do not match")?;
-    Ok(Arc::new(server))
+    Ok(ServerTls {
+        any: Arc::new(any),
+        tls13: Arc::new(tls13),
+    })
 }
 
 /// A client-side TLS configuration trusting only the certificates in the PEM file `ca` (a CA,

@@ -153,8 +153,10 @@ fn serve_opens_every_listener_and_stops_cleanly() {
             "bob@e2e.test:pw2",
         ];
         if tls {
-            args.extend(["--tls", "--ca", ca.to_str().unwrap()]);
+            args.push("--tls");
         }
+        // IMMP upgrades in band; every suite may check the certificate.
+        args.extend(["--ca", ca.to_str().unwrap()]);
         let out = run(&args, None, dir.path());
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{protocol} suite failed:\n{text}");

@@ -7,7 +7,7 @@ mod schema;
 mod sqlite;
 mod writer;
 
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, STANDARD_FOLDERS};
 
 use crate::address::Address;
 use crate::message::{Message, MessageId};
@@ -145,6 +145,8 @@ pub struct MessageSummary {
     pub id: MessageId,
     /// Sender.
     pub sender: Address,
+    /// Recipients as addressed.
+    pub recipients: Vec<Address>,
     /// Subject.
     pub subject: String,
     /// Tags.
@@ -307,6 +309,8 @@ pub trait Store: Send + Sync + 'static {
     async fn folders(&self, account: AccountId) -> Result<Vec<FolderInfo>, StoreError>;
     /// Create a user folder (idempotent).
     async fn create_folder(&self, account: AccountId, name: &str) -> Result<(), StoreError>;
+    /// Delete a user folder, its sub-folders and their entries; false when there was none.
+    async fn delete_folder(&self, account: AccountId, name: &str) -> Result<bool, StoreError>;
     /// Resolve a folder name case-insensitively, by full path or by last segment.
     async fn find_folder(
         &self,

@@ -635,6 +635,31 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete_folder(&self, account: AccountId, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |c| {
+                let escaped = name
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                let sub = format!("{escaped}/%");
+                delete_entries(
+                    c,
+                    "SELECT id, message_id FROM entries
+                     WHERE account_id = ?1 AND (folder = ?2 OR folder LIKE ?3 ESCAPE '\\')",
+                    params![account, name, sub],
+                )?;
+                let n = c.execute(
+                    "DELETE FROM folders
+                     WHERE account_id = ?1 AND (name = ?2 OR name LIKE ?3 ESCAPE '\\')",
+                    params![account, name, sub],
+                )?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
     async fn find_folder(
         &self,
         account: AccountId,
@@ -746,9 +771,15 @@ impl Store for SqliteStore {
                 };
                 let meta: MessageMeta =
                     serde_json::from_str(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let recipients = meta
+                    .recipients
+                    .iter()
+                    .map(|r| parse_stored_address(r))
+                    .collect::<Result<Vec<_>, _>>()?;
                 out.push(MessageSummary {
                     id,
                     sender: parse_stored_address(&sender)?,
+                    recipients,
                     subject,
                     tags: meta.tags,
                     importance: Importance::from_code(importance),

@@ -1,12 +1,13 @@
-//! mailgate-immp: the IMMP front-end (pipelined line protocol).
+//! mailgate-immp: the IMMP front-end (pipelined line protocol over TLS).
 //!
-//! This foundation holds the configuration and the session skeleton: the greeting, bounded line
-//! reading, `UPGRADE` to TLS in place, `NOOP`, `QUIT`, and `403` for commands the state does not
-//! allow. Authentication, mailboxes, delivery, push and publish/subscribe arrive with the IMMP
-//! issue.
+//! `codec` parses command lines into typed commands and renders replies; `auth` is the draft's
+//! shared-secret scheme; `session` runs the state machine of one connection; `mailbox` serves the
+//! MBOX commands from the shared store.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod mailbox;
 pub mod session;
 
 pub use config::ImmpConfig;

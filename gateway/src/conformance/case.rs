@@ -133,6 +133,10 @@ pub struct Step {
     /// The server closes the connection next (no more reply lines).
     #[serde(default)]
     pub expect_closed: bool,
+    /// Start TLS on this connection now (after an in-band upgrade such as IMMP's `UPGRADE`);
+    /// the server's certificate is checked against `--ca`.
+    #[serde(default)]
+    pub starttls: bool,
     /// http: the request to send.
     pub request: Option<HttpRequest>,
     /// http: the expected status code.

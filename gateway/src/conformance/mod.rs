@@ -44,10 +44,11 @@ pub struct ConformanceArgs {
     /// Server under test, HOST:PORT.
     #[arg(long, required_unless_present = "describe")]
     target: Option<String>,
-    /// Connect with TLS (needs --ca to trust the server's certificate).
+    /// Connect with TLS from the first byte (needs --ca to trust the server's certificate).
     #[arg(long)]
     tls: bool,
-    /// PEM file of the CA (or self-signed certificate) to trust with --tls.
+    /// PEM file of the CA (or self-signed certificate) to trust with --tls and for in-band
+    /// upgrades (IMMP `UPGRADE`).
     #[arg(long)]
     ca: Option<PathBuf>,
     /// TLS server name (default: the target's host).
@@ -174,12 +175,16 @@ struct TestAccount {
     password: String,
     /// A generated OpenPGP key pair for the address: (secret, public), armored.
     key: Option<(String, String)>,
+    /// The account's IMMP shared-secret hash `h`.
+    immp_h: Option<String>,
 }
 
 struct Runner {
     target: String,
     host: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// For in-band upgrades.
+    upgrade: Option<(TlsConnector, ServerName<'static>)>,
     accounts: Vec<TestAccount>,
     domain: String,
 }
@@ -191,10 +196,13 @@ impl Runner {
             .rsplit_once(':')
             .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
             .context("--target must be HOST:PORT")?;
+        let name = args.server_name.clone().unwrap_or_else(|| host.clone());
+        let upgrade = match &args.ca {
+            Some(ca) => Some(crate::tls::connector(ca, &name)?),
+            None => None,
+        };
         let tls = if args.tls {
-            let ca = args.ca.as_ref().context("--tls needs --ca PEM-FILE")?;
-            let name = args.server_name.clone().unwrap_or_else(|| host.clone());
-            Some(crate::tls::connector(ca, &name)?)
+            Some(upgrade.clone().context("--tls needs --ca PEM-FILE")?)
         } else {
             None
         };
@@ -203,19 +211,25 @@ impl Runner {
             let (address, password) = a
                 .split_once(':')
                 .with_context(|| format!("--account {a:?}: expected ADDRESS:PASSWORD"))?;
-            let key = mailgate_core::Address::parse_any(address)
-                .ok()
-                .and_then(|a| mailgate_mmtp::pgp::generate_key(&a).ok());
+            let parsed = mailgate_core::Address::parse_any(address).ok();
+            let key = parsed
+                .as_ref()
+                .and_then(|a| mailgate_mmtp::pgp::generate_key(a).ok());
+            let immp_h = parsed
+                .as_ref()
+                .map(|a| mailgate_immp::auth::derive_h(a, password));
             accounts.push(TestAccount {
                 address: address.to_owned(),
                 password: password.to_owned(),
                 key,
+                immp_h,
             });
         }
         Ok(Runner {
             target,
             host,
             tls,
+            upgrade,
             accounts,
             domain: args.domain.clone(),
         })
@@ -255,6 +269,9 @@ impl Runner {
                 if let Ok(m) = addr.to_mmtp() {
                     v.insert(format!("account{i}_mmtp"), m);
                 }
+            }
+            if let Some(h) = &a.immp_h {
+                v.insert(format!("immp_h{i}"), h.clone());
             }
             if let Some((_, public)) = &a.key {
                 v.insert(
@@ -301,6 +318,7 @@ impl Runner {
             let r = match (&mut conn, &step.request) {
                 (None, Some(req)) => self.http_step(step, req, vars).await,
                 (None, None) => Err(anyhow::anyhow!("http steps need a request")),
+                (Some(c), _) if step.starttls => self.starttls(c).await,
                 (Some(c), _) => {
                     if let Some(spec) = &step.send_packet {
                         self.send_packet(c, spec, vars).await?;
@@ -310,6 +328,24 @@ impl Runner {
             };
             r.with_context(|| format!("step {}", i + 1))?;
         }
+        Ok(())
+    }
+
+    /// Switch the connection to TLS in place.
+    async fn starttls(&self, conn: &mut BufReader<Conn>) -> anyhow::Result<()> {
+        let (connector, name) = self
+            .upgrade
+            .clone()
+            .context("starttls needs --ca PEM-FILE to check the server's certificate")?;
+        if !conn.buffer().is_empty() {
+            bail!("the server sent data after its upgrade reply");
+        }
+        let plain = std::mem::replace(conn, BufReader::new(Box::new(tokio::io::duplex(1).0)));
+        let tls = tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, plain.into_inner()))
+            .await
+            .context("TLS handshake timed out")?
+            .context("TLS handshake")?;
+        *conn = BufReader::new(Box::new(tls));
         Ok(())
     }
 
@@ -446,7 +482,7 @@ async fn stream_step(
         || step.matches.is_some()
         || step.capture.is_some()
         || step.expect_closed;
-    if !acts || step.request.is_some() {
+    if !acts || step.request.is_some() || step.starttls {
         bail!("a {transport:?} step needs send, send_raw, send_packet, expect, matches, capture or expect_closed (and no request)");
     }
     let mut out = Vec::new();
@@ -585,22 +621,27 @@ fn subst(text: &str, vars: &HashMap<String, String>, escape: bool) -> anyhow::Re
             .find('}')
             .with_context(|| format!("unclosed ${{ in {text:?}"))?;
         let name = &after[..end];
-        let value = match name
+        let value = if let Some(n) = name.strip_prefix("immp_response:") {
+            // The IMMP AUTH RESPONSE of account N for the captured nonces n1 and n2.
+            let get = |k: &str| {
+                vars.get(k)
+                    .with_context(|| format!("${{{name}}} needs the variable {k}"))
+            };
+            mailgate_immp::auth::response(get(&format!("immp_h{n}"))?, get("n1")?, get("n2")?)
+        } else if let Some((piece, count)) = name
             .strip_prefix("repeat:")
             .and_then(|r| r.rsplit_once(':'))
         {
-            Some((piece, count)) => {
-                let count: usize = count
-                    .parse()
-                    .ok()
-                    .filter(|c| c * piece.len().max(1) <= MAX_REPLY as usize)
-                    .with_context(|| format!("bad repeat count in ${{{name}}}"))?;
-                piece.repeat(count)
-            }
-            None => vars
-                .get(name)
+            let count: usize = count
+                .parse()
+                .ok()
+                .filter(|c| c * piece.len().max(1) <= MAX_REPLY as usize)
+                .with_context(|| format!("bad repeat count in ${{{name}}}"))?;
+            piece.repeat(count)
+        } else {
+            vars.get(name)
                 .with_context(|| format!("unknown variable ${{{name}}}"))?
-                .clone(),
+                .clone()
         };
         if escape {
             out.push_str(&regex::escape(&value));

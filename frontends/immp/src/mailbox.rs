@@ -1,0 +1,362 @@
+//! The `MBOX` commands over the shared store: CHECK, INDEX, FETCH, CREATE, DELETE, MOVE.
+
+use crate::codec::{CommandKind, MboxRef, Reply};
+use base64::Engine;
+use mailgate_core::message::rfc3339;
+use mailgate_core::store::{
+    Account, EntryQuery, Flags, MailboxEntry, MessageSummary, STANDARD_FOLDERS,
+};
+use mailgate_core::{Core, Importance, Message, MessageId};
+use serde_json::{json, Value};
+
+/// Run one MBOX command for `account`; returns the replies in order.
+pub async fn run(core: &Core, account: &Account, kind: CommandKind) -> Vec<Reply> {
+    let result = match kind {
+        CommandKind::MboxCheck { mbox, recursive } => check(core, account, &mbox, recursive).await,
+        CommandKind::MboxIndex { mbox, json } => index(core, account, &mbox, json).await,
+        CommandKind::MboxFetch {
+            mbox,
+            json,
+            pretty,
+            mark_read,
+        } => fetch(core, account, &mbox, json, pretty, mark_read).await,
+        CommandKind::MboxCreate(path) => create(core, account, &path).await,
+        CommandKind::MboxDelete(mbox) => delete(core, account, &mbox).await,
+        CommandKind::MboxMove { from, to } => move_message(core, account, &from, &to).await,
+        _ => Err(Reply::new(400, "Not a mailbox command.")),
+    };
+    result.unwrap_or_else(|r| vec![r])
+}
+
+fn temporary(e: impl std::fmt::Display) -> Reply {
+    Reply::new(750, format!("Temporary failure: {e}."))
+}
+
+/// The stored folder a path names (case-insensitive), or 405.
+async fn folder(core: &Core, account: &Account, path: &str) -> Result<String, Reply> {
+    let folders = core.store.folders(account.id).await.map_err(temporary)?;
+    folders
+        .into_iter()
+        .find(|f| f.name.eq_ignore_ascii_case(path))
+        .map(|f| f.name)
+        .ok_or_else(|| Reply::new(405, format!("No such mailbox /{path}.")))
+}
+
+/// Entries of a folder with their summaries, after the filter.
+async fn listing(
+    core: &Core,
+    account: &Account,
+    folder: &str,
+    filter: Option<&str>,
+) -> Result<Vec<(MailboxEntry, MessageSummary)>, Reply> {
+    let entries = core
+        .store
+        .entries(account.id, folder, EntryQuery::default())
+        .await
+        .map_err(temporary)?;
+    let ids: Vec<MessageId> = entries.iter().map(|e| e.message).collect();
+    let mut summaries: std::collections::HashMap<_, _> = core
+        .store
+        .summaries(&ids)
+        .await
+        .map_err(temporary)?
+        .into_iter()
+        .map(|s| (s.id, s))
+        .collect();
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| summaries.remove(&e.message).map(|s| (e, s)))
+        .filter(|(e, s)| match filter {
+            Some("unread") => !e.flags.seen,
+            Some("read") => e.flags.seen,
+            Some("important") => s.importance == Importance::High,
+            _ => true,
+        })
+        .collect())
+}
+
+async fn check(
+    core: &Core,
+    account: &Account,
+    mbox: &MboxRef,
+    recursive: bool,
+) -> Result<Vec<Reply>, Reply> {
+    let top = folder(core, account, &mbox.path).await?;
+    let folders = core.store.folders(account.id).await.map_err(temporary)?;
+    let prefix = format!("{}/", top.to_ascii_lowercase());
+    let filter = mbox.filter.as_deref().unwrap_or("*");
+    let mut lines = Vec::new();
+    for f in folders {
+        let wanted =
+            f.name == top || (recursive && f.name.to_ascii_lowercase().starts_with(&prefix));
+        if !wanted {
+            continue;
+        }
+        let (unread, total) = if filter == "*" {
+            (f.unseen, f.total)
+        } else {
+            let list = listing(core, account, &f.name, Some(filter)).await?;
+            let unread = list.iter().filter(|(e, _)| !e.flags.seen).count();
+            (unread as u64, list.len() as u64)
+        };
+        lines.push(format!(
+            "/{}::{filter} u={unread} t={total}",
+            f.name.to_ascii_lowercase()
+        ));
+    }
+    Ok(vec![Reply { code: 240, lines }])
+}
+
+fn summary_json(e: &MailboxEntry, s: &MessageSummary) -> Value {
+    let mut flags = Vec::new();
+    if e.flags.seen {
+        flags.push("seen");
+    }
+    json!({
+        "id": s.id.to_string(),
+        "from": s.sender.to_string(),
+        "to": s.recipients.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "subject": s.subject,
+        "date": rfc3339(s.received_at),
+        "size": s.size,
+        "flags": flags,
+        "importance": s.importance,
+    })
+}
+
+async fn index(
+    core: &Core,
+    account: &Account,
+    mbox: &MboxRef,
+    as_json: bool,
+) -> Result<Vec<Reply>, Reply> {
+    let name = folder(core, account, &mbox.path).await?;
+    let list = listing(core, account, &name, mbox.filter.as_deref()).await?;
+    let mut lines: Vec<String> = list
+        .iter()
+        .map(|(e, s)| {
+            if as_json {
+                summary_json(e, s).to_string()
+            } else {
+                format!(
+                    "{} {} {} {:?}",
+                    s.id,
+                    if e.flags.seen { "read" } else { "unread" },
+                    s.sender,
+                    s.subject
+                )
+            }
+        })
+        .collect();
+    lines.push(format!("{} messages", list.len()));
+    Ok(vec![Reply { code: 250, lines }])
+}
+
+/// Find the entry of message `id` in a folder.
+async fn entry(
+    core: &Core,
+    account: &Account,
+    folder: &str,
+    id: &str,
+) -> Result<MailboxEntry, Reply> {
+    let not_found = || Reply::new(405, format!("No message {id} in /{folder}."));
+    let id: MessageId = id.parse().map_err(|_| not_found())?;
+    core.store
+        .entries(
+            account.id,
+            folder,
+            EntryQuery {
+                include_deleted: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(temporary)?
+        .into_iter()
+        .find(|e| e.message == id)
+        .ok_or_else(not_found)
+}
+
+fn part_json(p: &mailgate_core::Part) -> Value {
+    let text = p
+        .media_type
+        .starts_with("text/")
+        .then(|| std::str::from_utf8(&p.data).ok())
+        .flatten();
+    match text {
+        Some(t) => {
+            json!({"name": p.name, "type": p.media_type, "content": p.content, "encoding": "utf-8", "data": t})
+        }
+        None => json!({
+            "name": p.name, "type": p.media_type, "content": p.content, "encoding": "base64",
+            "data": base64::engine::general_purpose::STANDARD.encode(&p.data),
+        }),
+    }
+}
+
+/// The message as the draft's "Using JSON" shape: envelope plus parts.
+pub fn message_json(m: &Message, seen: bool) -> Value {
+    json!({
+        "id": m.id.to_string(),
+        "from": m.sender.to_string(),
+        "to": m.recipients.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "subject": m.subject,
+        "date": rfc3339(m.received_at),
+        "importance": m.importance,
+        "flags": if seen { vec!["seen"] } else { Vec::new() },
+        "encrypted": m.security.encrypted,
+        "parts": m.parts.iter().map(part_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The message as MIME (multipart/mixed, base64 parts).
+pub fn message_mime(m: &Message) -> Vec<String> {
+    let boundary = format!("mailgate-{}", m.id.0.simple());
+    let mut out = vec![
+        format!("Message-ID: <{}@mailgate>", m.id),
+        format!("From: {}", m.sender),
+        format!(
+            "To: {}",
+            m.recipients
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        format!("Subject: {}", m.subject.replace(['\r', '\n'], " ")),
+        format!("Date: {}", rfc3339(m.received_at)),
+        "MIME-Version: 1.0".into(),
+        format!("Content-Type: multipart/mixed; boundary=\"{boundary}\""),
+        String::new(),
+    ];
+    for p in &m.parts {
+        out.push(format!("--{boundary}"));
+        out.push(format!("Content-Type: {}", p.media_type));
+        let disposition = if p.content { "inline" } else { "attachment" };
+        out.push(format!(
+            "Content-Disposition: {disposition}; filename=\"{}\"",
+            p.name.replace(['"', '\r', '\n'], "_")
+        ));
+        out.push("Content-Transfer-Encoding: base64".into());
+        out.push(String::new());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&p.data);
+        out.extend(
+            b64.as_bytes()
+                .chunks(76)
+                .map(|c| String::from_utf8_lossy(c).into_owned()),
+        );
+    }
+    out.push(format!("--{boundary}--"));
+    out
+}
+
+async fn fetch(
+    core: &Core,
+    account: &Account,
+    mbox: &MboxRef,
+    as_json: bool,
+    pretty: bool,
+    mark_read: bool,
+) -> Result<Vec<Reply>, Reply> {
+    let name = folder(core, account, &mbox.path).await?;
+    let id = mbox.id.as_deref().unwrap_or_default();
+    let e = entry(core, account, &name, id).await?;
+    let message = core
+        .store
+        .message(e.message)
+        .await
+        .map_err(temporary)?
+        .ok_or_else(|| Reply::new(405, format!("No message {id}.")))?;
+    if mark_read && !e.flags.seen {
+        core.store
+            .set_flags(
+                account.id,
+                e.id,
+                Flags {
+                    seen: true,
+                    ..e.flags
+                },
+            )
+            .await
+            .map_err(temporary)?;
+    }
+    let seen = e.flags.seen || mark_read;
+    let (code, mut lines) = if as_json {
+        let v = message_json(&message, seen);
+        let text = if pretty {
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        } else {
+            v.to_string()
+        };
+        (250, text.lines().map(str::to_owned).collect::<Vec<_>>())
+    } else {
+        (251, message_mime(&message))
+    };
+    lines.push(format!("End of message {id}"));
+    Ok(vec![Reply { code, lines }])
+}
+
+async fn create(core: &Core, account: &Account, path: &str) -> Result<Vec<Reply>, Reply> {
+    if folder(core, account, path).await.is_ok() {
+        return Err(Reply::new(450, format!("Mailbox /{path} exists already.")));
+    }
+    core.store
+        .create_folder(account.id, path)
+        .await
+        .map_err(temporary)?;
+    Ok(vec![Reply::new(252, format!("Mailbox /{path} created."))])
+}
+
+async fn delete(core: &Core, account: &Account, mbox: &MboxRef) -> Result<Vec<Reply>, Reply> {
+    let name = folder(core, account, &mbox.path).await?;
+    match &mbox.id {
+        Some(id) => {
+            let e = entry(core, account, &name, id).await?;
+            core.store
+                .remove_entries(account.id, &[e.id])
+                .await
+                .map_err(temporary)?;
+            Ok(vec![Reply::new(252, format!("Message {id} deleted."))])
+        }
+        None => {
+            if STANDARD_FOLDERS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(&name))
+            {
+                return Err(Reply::new(
+                    450,
+                    format!("/{name} is a standard mailbox and cannot be deleted."),
+                ));
+            }
+            core.store
+                .delete_folder(account.id, &name)
+                .await
+                .map_err(temporary)?;
+            Ok(vec![Reply::new(252, format!("Mailbox /{name} deleted."))])
+        }
+    }
+}
+
+async fn move_message(
+    core: &Core,
+    account: &Account,
+    from: &MboxRef,
+    to: &str,
+) -> Result<Vec<Reply>, Reply> {
+    let source = folder(core, account, &from.path).await?;
+    let target = folder(core, account, to).await?;
+    let id = from.id.as_deref().unwrap_or_default();
+    let e = entry(core, account, &source, id).await?;
+    core.store
+        .add_entry(account.id, &target, e.message)
+        .await
+        .map_err(temporary)?;
+    core.store
+        .remove_entries(account.id, &[e.id])
+        .await
+        .map_err(temporary)?;
+    Ok(vec![Reply::new(
+        252,
+        format!("Message {id} moved to /{target}."),
+    )])
+}
