@@ -133,6 +133,8 @@ impl From<StoreError> for SubmitError {
 pub struct Receipt {
     /// Local deliveries: recipient and folder.
     pub local: Vec<(Address, String)>,
+    /// The accounts of `local`, in the same order.
+    pub local_accounts: Vec<crate::store::AccountId>,
     /// Remote recipients queued for relay.
     pub queued: Vec<Address>,
 }
@@ -250,6 +252,8 @@ impl Core {
                     .await?
                     .ok_or_else(|| SubmitError::UnknownRecipient(rcpt.clone()))?;
                 let folder = match &rcpt.folder {
+                    // Push notifications bypass the inbox.
+                    _ if message.kind == crate::message::MessageKind::Push => "PUSH".to_owned(),
                     Some(f) => self
                         .store
                         .find_folder(account.id, f)
@@ -258,6 +262,7 @@ impl Core {
                     None => "INBOX".to_owned(),
                 };
                 receipt.local.push((rcpt.clone(), folder.clone()));
+                receipt.local_accounts.push(account.id);
                 deliveries.push(LocalDelivery {
                     account: account.id,
                     folder,

@@ -28,6 +28,9 @@ pub enum StoreError {
     /// No account with that address.
     #[error("no account {0}")]
     NoAccount(String),
+    /// Something with that name exists already (a node).
+    #[error("{0} exists already")]
+    Exists(String),
     /// The anti-spam stamp was spent before (replay).
     #[error("stamp already spent")]
     StampSpent,
@@ -159,6 +162,28 @@ pub struct MessageSummary {
     pub size: u64,
     /// When accepted, Unix ms.
     pub received_at: i64,
+}
+
+/// A published node (IMMP PUBLISH).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `node@domain` (sub-nodes allowed: `newsletter/updates@domain`).
+    pub address: Address,
+    /// The owning account.
+    pub owner: AccountId,
+    /// Title shown to subscribers.
+    pub title: String,
+}
+
+/// An account's subscription to a node (local or remote).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Subscription id (UUID).
+    pub id: String,
+    /// The node.
+    pub node: Address,
+    /// Its title (the node address when unknown).
+    pub title: String,
 }
 
 /// A folder with its counts.
@@ -383,6 +408,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Vec<u8>>, StoreError>;
     /// Forget expired tokens and stamps; returns how many rows went.
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Publish a node owned by `owner`; fails with [`StoreError::Exists`].
+    async fn create_node(
+        &self,
+        owner: AccountId,
+        node: &Address,
+        title: &str,
+    ) -> Result<(), StoreError>;
+    /// Look a published node up.
+    async fn node(&self, node: &Address) -> Result<Option<NodeInfo>, StoreError>;
+    /// Subscribe an account to a node (idempotent: returns the existing subscription).
+    async fn subscribe(
+        &self,
+        account: AccountId,
+        node: &Address,
+        title: &str,
+    ) -> Result<Subscription, StoreError>;
+    /// An account's subscriptions, oldest first.
+    async fn subscriptions(&self, account: AccountId) -> Result<Vec<Subscription>, StoreError>;
+    /// Drop a subscription by id or node address; false when there was none.
+    async fn unsubscribe(&self, account: AccountId, id_or_node: &str) -> Result<bool, StoreError>;
+    /// The addresses of the local accounts subscribed to a node.
+    async fn subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError>;
 
     /// Counts for metrics.
     async fn stats(&self) -> Result<StoreStats, StoreError>;

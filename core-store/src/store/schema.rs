@@ -95,6 +95,26 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX tokens_expiry ON tokens (expires_at);
     "#,
+    // 2: published nodes and subscriptions (IMMP publish/subscribe); the PUSH folder.
+    r#"
+    CREATE TABLE nodes (
+        address_key TEXT PRIMARY KEY,
+        address     TEXT NOT NULL,
+        owner       INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        title       TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE subscriptions (
+        id         TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        node       TEXT NOT NULL,
+        title      TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (account_id, node)
+    ) WITHOUT ROWID;
+    CREATE INDEX subscriptions_by_node ON subscriptions (node);
+    INSERT OR IGNORE INTO folders (account_id, name) SELECT id, 'PUSH' FROM accounts;
+    "#,
 ];
 
 /// Bring the schema up to date; refuses a database newer than this binary.

@@ -151,6 +151,30 @@ pub enum CommandKind {
     },
     /// `KEY REQUEST <domain|imid>`.
     KeyRequest(String),
+    /// `PUBLISH <node> ["title"]`: create a node owned by the caller.
+    Publish {
+        /// Node name (`newsletter` or `newsletter/updates`).
+        node: String,
+        /// Title.
+        title: Option<String>,
+    },
+    /// `PUBLISH TO <node>`: the next DATA block is pushed to every subscriber.
+    PublishTo(String),
+    /// `SUBSCRIBE TO <node@domain>`.
+    Subscribe(String),
+    /// `SUBSCRIBE LIST`.
+    SubscribeList,
+    /// `UNSUBSCRIBE <uuid|node@domain>`.
+    Unsubscribe(String),
+    /// `PUSH TO <imid> FROM <node@domain> [+IMPORTANT]`: the next DATA block is the push.
+    Push {
+        /// Recipient.
+        to: String,
+        /// The pushing node.
+        from: String,
+        /// +IMPORTANT.
+        important: bool,
+    },
 }
 
 /// A parsed command with its pipeline.
@@ -519,6 +543,58 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
                 _ => return Err(usage("MBOX CHECK|INDEX|FETCH|CREATE|DELETE|MOVE …")),
             }
         }
+        ("PUBLISH", "TO") => {
+            let a = Args::of(&toks[2..]);
+            match a.params.as_slice() {
+                [node] if a.switches.is_empty() => CommandKind::PublishTo(node.clone()),
+                _ => return Err(usage("PUBLISH TO <node>")),
+            }
+        }
+        ("PUBLISH", _) => {
+            let a = Args::of(&toks[1..]);
+            let u = "PUBLISH <node> [\"title\"]";
+            a.only_switches(&[], u)?;
+            match a.params.as_slice() {
+                [node] => CommandKind::Publish {
+                    node: node.clone(),
+                    title: None,
+                },
+                [node, title] => CommandKind::Publish {
+                    node: node.clone(),
+                    title: Some(title.clone()),
+                },
+                _ => return Err(usage(u)),
+            }
+        }
+        ("SUBSCRIBE", "LIST") if toks.len() == 2 => CommandKind::SubscribeList,
+        ("SUBSCRIBE", "TO") => {
+            let a = Args::of(&toks[2..]);
+            match a.params.as_slice() {
+                [node] if a.switches.is_empty() => CommandKind::Subscribe(node.clone()),
+                _ => return Err(usage("SUBSCRIBE TO <node@domain>")),
+            }
+        }
+        ("SUBSCRIBE", _) => return Err(usage("SUBSCRIBE TO <node@domain> | SUBSCRIBE LIST")),
+        ("UNSUBSCRIBE", _) => {
+            let a = Args::of(&toks[1..]);
+            match a.params.as_slice() {
+                [x] if a.switches.is_empty() => CommandKind::Unsubscribe(x.clone()),
+                _ => return Err(usage("UNSUBSCRIBE <uuid|node@domain>")),
+            }
+        }
+        ("PUSH", "TO") => {
+            let a = Args::of(&toks[2..]);
+            let u = "PUSH TO <imid> FROM <node@domain> [+IMPORTANT]";
+            a.only_switches(&["IMPORTANT"], u)?;
+            match a.params.as_slice() {
+                [to, from_kw, from] if from_kw.eq_ignore_ascii_case("FROM") => CommandKind::Push {
+                    to: to.clone(),
+                    from: from.clone(),
+                    important: a.switch("IMPORTANT").unwrap_or(false),
+                },
+                _ => return Err(usage(u)),
+            }
+        }
         ("KEY", "REQUEST") => {
             let a = Args::of(&toks[2..]);
             match a.params.as_slice() {
@@ -650,6 +726,35 @@ pub fn encode(cmd: &Command) -> String {
         }
         CommandKind::KeyRequest(x) => {
             let _ = write!(out, "KEY REQUEST {}", q(x));
+        }
+        CommandKind::Publish { node, title } => {
+            // Always quoted, so a node named "to" is not read as PUBLISH TO.
+            let _ = write!(
+                out,
+                "PUBLISH \"{}\"",
+                node.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+            if let Some(t) = title {
+                let _ = write!(out, " {}", q(t));
+            }
+        }
+        CommandKind::PublishTo(node) => {
+            let _ = write!(out, "PUBLISH TO {}", q(node));
+        }
+        CommandKind::Subscribe(node) => {
+            let _ = write!(out, "SUBSCRIBE TO {}", q(node));
+        }
+        CommandKind::SubscribeList => out.push_str("SUBSCRIBE LIST"),
+        CommandKind::Unsubscribe(x) => {
+            let _ = write!(out, "UNSUBSCRIBE {}", q(x));
+        }
+        CommandKind::Push {
+            to,
+            from,
+            important,
+        } => {
+            let _ = write!(out, "PUSH TO {} FROM {}", q(to), q(from));
+            flag(&mut out, *important, "IMPORTANT");
         }
     }
     out
@@ -959,6 +1064,19 @@ mod tests {
                 to
             }),
             text().prop_map(CommandKind::KeyRequest),
+            (path(), proptest::option::of(text()))
+                .prop_map(|(node, title)| CommandKind::Publish { node, title }),
+            path().prop_map(CommandKind::PublishTo),
+            "[a-z0-9/]{1,12}@[a-z.]{1,12}".prop_map(CommandKind::Subscribe),
+            Just(CommandKind::SubscribeList),
+            text().prop_map(CommandKind::Unsubscribe),
+            ("[a-z0-9.+/@]{1,20}", "[a-z0-9/@.]{1,20}", any::<bool>()).prop_map(
+                |(to, from, important)| CommandKind::Push {
+                    to,
+                    from,
+                    important
+                }
+            ),
         ]
     }
 

@@ -209,6 +209,17 @@ pub fn message_json(m: &Message, seen: bool) -> Value {
     })
 }
 
+/// A push as shown live in `150 PUSH <json>` lines.
+pub fn push_json(m: &Message) -> Value {
+    json!({
+        "id": m.id.to_string(),
+        "from": m.sender.to_string(),
+        "date": rfc3339(m.received_at),
+        "importance": m.importance,
+        "parts": m.parts.iter().map(part_json).collect::<Vec<_>>(),
+    })
+}
+
 /// The message as MIME (multipart/mixed, base64 parts).
 pub fn message_mime(m: &Message) -> Vec<String> {
     let boundary = format!("mailgate-{}", m.id.0.simple());

@@ -9,14 +9,17 @@ use bytes::Bytes;
 use mailgate_core::io::Io;
 use mailgate_core::message::now_ms;
 use mailgate_core::store::Account;
+use mailgate_core::store::AccountId;
+use mailgate_core::MessageKind;
 use mailgate_core::{
     Address, Core, ImidRef, Importance, Message, Origin, Part, SubmitError, Submitter, TraceHop,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::broadcast;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +37,8 @@ pub struct ImmpServer {
     tls: TlsAcceptor,
     tls13: TlsAcceptor,
     read_timeout: Duration,
+    /// Open authenticated sessions per account, for unsolicited `150 PUSH` lines.
+    live: Mutex<HashMap<AccountId, broadcast::Sender<Arc<str>>>>,
 }
 
 enum Line {
@@ -85,6 +90,21 @@ enum Phase {
     Local(Account),
 }
 
+/// A transaction on one pipeline, waiting for DATA.
+enum Txn {
+    /// DELIVER TO …, DATA…, DONE.
+    Deliver(Delivery),
+    /// PUSH TO / PUBLISH TO: the next DATA block is the push.
+    Push(PushTxn),
+}
+
+/// A push waiting for its DATA block.
+struct PushTxn {
+    from: Address,
+    to: Vec<Address>,
+    importance: Importance,
+}
+
 /// A DELIVER transaction on one pipeline.
 struct Delivery {
     recipients: Vec<Address>,
@@ -115,8 +135,10 @@ struct Session<'a> {
     peer: SocketAddr,
     phase: Phase,
     pending: Option<PendingAuth>,
-    deliveries: HashMap<Option<String>, Delivery>,
+    deliveries: HashMap<Option<String>, Txn>,
     out: String,
+    /// Pushes for this session's account, once authenticated.
+    pushes: Option<broadcast::Receiver<Arc<str>>>,
 }
 
 impl ImmpServer {
@@ -135,6 +157,7 @@ impl ImmpServer {
             tls,
             tls13,
             read_timeout,
+            live: Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,12 +190,22 @@ impl ImmpServer {
             pending: None,
             deliveries: HashMap::new(),
             out: String::new(),
+            pushes: None,
         };
         loop {
             let line = tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = io.get_mut().write_all(b"702 Server shutting down.\n").await;
                     break;
+                }
+                push = next_push(&mut session.pushes) => {
+                    if let Some(text) = push {
+                        let line = Reply::new(150, format!("PUSH {text}")).render(None);
+                        if io.get_mut().write_all(line.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                    continue;
                 }
                 r = tokio::time::timeout(self.read_timeout, read_line(&mut io)) => r,
             };
@@ -222,6 +255,53 @@ impl ImmpServer {
             }
         }
         let _ = io.get_mut().shutdown().await;
+        if let Phase::Local(account) = &session.phase {
+            drop(session.pushes.take());
+            if let Ok(mut live) = self.live.lock() {
+                if live
+                    .get(&account.id)
+                    .is_some_and(|tx| tx.receiver_count() == 0)
+                {
+                    live.remove(&account.id);
+                }
+            }
+        }
+    }
+
+    /// Register an authenticated session for live pushes.
+    fn listen(&self, account: AccountId) -> Option<broadcast::Receiver<Arc<str>>> {
+        let mut live = self.live.lock().ok()?;
+        Some(
+            live.entry(account)
+                .or_insert_with(|| broadcast::channel(64).0)
+                .subscribe(),
+        )
+    }
+
+    /// Show a push to the open sessions of these accounts.
+    fn notify(&self, accounts: &[AccountId], text: &str) {
+        let Ok(live) = self.live.lock() else {
+            return;
+        };
+        let text: Arc<str> = Arc::from(text);
+        for a in accounts {
+            if let Some(tx) = live.get(a) {
+                let _ = tx.send(text.clone());
+            }
+        }
+    }
+}
+
+/// The next push for this session (pending forever before authentication). A session that fell
+/// behind skips the pushes it missed; they stay listable in /push.
+async fn next_push(rx: &mut Option<broadcast::Receiver<Arc<str>>>) -> Option<Arc<str>> {
+    match rx {
+        None => std::future::pending().await,
+        Some(rx) => match rx.recv().await {
+            Ok(text) => Some(text),
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        },
     }
 }
 
@@ -286,12 +366,12 @@ impl Session<'_> {
             // DATA payloads must be read whatever the state, to stay in sync.
             (_, CommandKind::Data { .. }) => true,
             (Phase::Unencrypted, _) => false,
-            (Phase::Unauthenticated, k) => {
-                matches!(
-                    k,
-                    CommandKind::AuthSecret { .. } | CommandKind::AuthResponse(_)
-                )
-            }
+            (Phase::Unauthenticated, k) => matches!(
+                k,
+                CommandKind::AuthSecret { .. }
+                    | CommandKind::AuthResponse(_)
+                    | CommandKind::Push { .. }
+            ),
             (Phase::Local(_), k) => !matches!(
                 k,
                 CommandKind::AuthSecret { .. } | CommandKind::AuthResponse(_)
@@ -338,6 +418,16 @@ impl Session<'_> {
             }
             CommandKind::Done => self.done(p).await,
             CommandKind::KeyRequest(x) => self.key_request(p, &x).await,
+            CommandKind::Publish { node, title } => self.publish(p, &node, title).await,
+            CommandKind::PublishTo(node) => self.publish_to(p, &node).await,
+            CommandKind::Subscribe(node) => self.subscribe(p, &node).await,
+            CommandKind::SubscribeList => self.subscribe_list(p).await,
+            CommandKind::Unsubscribe(x) => self.unsubscribe(p, &x).await,
+            CommandKind::Push {
+                to,
+                from,
+                important,
+            } => self.push(p, &to, &from, important).await,
             CommandKind::MboxCheck { .. }
             | CommandKind::MboxIndex { .. }
             | CommandKind::MboxFetch { .. }
@@ -415,6 +505,7 @@ impl Session<'_> {
                     p,
                     Reply::new(210, format!("Authentication accepted for {}", a.address)),
                 );
+                self.pushes = self.server.listen(a.id);
                 self.phase = Phase::Local(a);
             }
             _ => self.say(p, Reply::new(410, "Authentication failed.")),
@@ -449,7 +540,7 @@ impl Session<'_> {
         }
         self.deliveries.insert(
             p.map(str::to_owned),
-            Delivery {
+            Txn::Deliver(Delivery {
                 recipients: parsed,
                 importance: match important {
                     Some(true) => Importance::High,
@@ -459,7 +550,7 @@ impl Session<'_> {
                 subject: String::new(),
                 parts: Vec::new(),
                 size: 0,
-            },
+            }),
         );
         self.say(
             p,
@@ -470,8 +561,11 @@ impl Session<'_> {
     async fn data(&mut self, p: Option<&str>, spec: PartSpec, io: &mut Stream) -> Option<Next> {
         let label = spec.name.clone().unwrap_or_else(|| "part".into());
         let max = self.server.core.policy.max_message_size;
-        let in_txn = self.deliveries.contains_key(&p.map(str::to_owned));
-        if in_txn && matches!(self.phase, Phase::Local(_)) {
+        let key = p.map(str::to_owned);
+        let in_txn = self.deliveries.contains_key(&key);
+        let may_send = matches!(self.phase, Phase::Local(_))
+            || matches!(self.deliveries.get(&key), Some(Txn::Push(_)));
+        if in_txn && may_send {
             self.say(p, Reply::new(271, format!("{label} Saving part")));
             if self.flush(io).await.is_err() {
                 return Some(Next::Close);
@@ -502,54 +596,55 @@ impl Session<'_> {
                 return None;
             }
         };
-        if !matches!(self.phase, Phase::Local(_)) {
+        if !may_send {
             self.say(p, Reply::new(403, "Authenticate first."));
             return None;
         }
-        let Some(txn) = self.deliveries.get_mut(&p.map(str::to_owned)) else {
-            self.say(
-                p,
-                Reply::new(420, "No delivery in progress on this pipeline."),
-            );
-            return None;
+        let data = match decode(payload, spec.base64) {
+            Ok(d) => d,
+            Err(e) => {
+                self.say(p, Reply::new(444, format!("Bad base64: {e}.")));
+                return None;
+            }
         };
-        let data = if spec.base64 {
-            let compact: Vec<u8> = payload
-                .into_iter()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect();
-            match base64::engine::general_purpose::STANDARD.decode(compact) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.say(p, Reply::new(444, format!("Bad base64: {e}.")));
-                    return None;
+        match self.deliveries.get_mut(&key) {
+            None => {
+                self.say(
+                    p,
+                    Reply::new(420, "No delivery in progress on this pipeline."),
+                );
+            }
+            Some(Txn::Push(_)) => {
+                if let Some(Txn::Push(push)) = self.deliveries.remove(&key) {
+                    let reply = self.deliver_push(push, spec, data).await;
+                    self.say(p, reply);
                 }
             }
-        } else {
-            payload
-        };
-        if txn.size + data.len() > max {
-            self.say(
-                p,
-                Reply::new(443, format!("Message larger than {max} bytes.")),
-            );
-            return None;
+            Some(Txn::Deliver(txn)) => {
+                if txn.size + data.len() > max {
+                    self.say(
+                        p,
+                        Reply::new(443, format!("Message larger than {max} bytes.")),
+                    );
+                    return None;
+                }
+                txn.size += data.len();
+                if label.eq_ignore_ascii_case("subject") && spec.media_type.is_none() {
+                    txn.subject = String::from_utf8_lossy(&data).trim().to_owned();
+                } else {
+                    txn.parts.push(Part {
+                        name: label.clone(),
+                        media_type: spec
+                            .media_type
+                            .clone()
+                            .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                        data: Bytes::from(data),
+                        content: spec.content,
+                    });
+                }
+                self.say(p, Reply::new(272, format!("{label} Part saved")));
+            }
         }
-        txn.size += data.len();
-        if label.eq_ignore_ascii_case("subject") && spec.media_type.is_none() {
-            txn.subject = String::from_utf8_lossy(&data).trim().to_owned();
-        } else {
-            txn.parts.push(Part {
-                name: label.clone(),
-                media_type: spec
-                    .media_type
-                    .clone()
-                    .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
-                data: Bytes::from(data),
-                content: spec.content,
-            });
-        }
-        self.say(p, Reply::new(272, format!("{label} Part saved")));
         None
     }
 
@@ -557,12 +652,23 @@ impl Session<'_> {
         let Phase::Local(account) = &self.phase else {
             return;
         };
-        let Some(mut txn) = self.deliveries.remove(&p.map(str::to_owned)) else {
-            self.say(
-                p,
-                Reply::new(420, "No delivery in progress on this pipeline."),
-            );
-            return;
+        let mut txn = match self.deliveries.remove(&p.map(str::to_owned)) {
+            Some(Txn::Deliver(d)) => d,
+            Some(push @ Txn::Push(_)) => {
+                self.deliveries.insert(p.map(str::to_owned), push);
+                self.say(
+                    p,
+                    Reply::new(420, "A push takes one DATA block and no DONE."),
+                );
+                return;
+            }
+            None => {
+                self.say(
+                    p,
+                    Reply::new(420, "No delivery in progress on this pipeline."),
+                );
+                return;
+            }
         };
         if txn.parts.is_empty() {
             self.say(p, Reply::new(421, "No DATA given; nothing to deliver."));
@@ -599,6 +705,256 @@ impl Session<'_> {
             Err(e @ SubmitError::Store(_)) => Reply::new(750, format!("{e}; try again.")),
         };
         self.say(p, reply);
+    }
+
+    /// A node named in a command: `name` (own domain), `name@domain`, or the draft's
+    /// `name@domain/sub` (= `name/sub@domain`).
+    fn node_address(&self, text: &str) -> Result<Address, Reply> {
+        let bad = |e: String| Reply::new(446, format!("Invalid node {text}: {e}."));
+        if !text.contains('@') {
+            return Address::parse_imid(&format!("{text}@{}", self.server.domain))
+                .map_err(|e| bad(e.to_string()));
+        }
+        let r = ImidRef::parse(text).map_err(|e| bad(e.to_string()))?;
+        match r.mailbox {
+            None => Ok(r.address.account()),
+            Some(sub) => {
+                let mut a = r.address.account();
+                a.node.push(a.local.clone());
+                let mut segs: Vec<&str> = sub.split('/').collect();
+                a.local = segs.pop().unwrap_or_default().to_owned();
+                a.node.extend(segs.into_iter().map(str::to_owned));
+                Ok(a)
+            }
+        }
+    }
+
+    async fn publish(&mut self, p: Option<&str>, node: &str, title: Option<String>) {
+        let Phase::Local(account) = &self.phase else {
+            return;
+        };
+        if node.contains('@') {
+            self.say(
+                p,
+                Reply::new(
+                    401,
+                    "PUBLISH takes a node name; it is published on this domain.",
+                ),
+            );
+            return;
+        }
+        let addr = match self.node_address(node) {
+            Ok(a) => a,
+            Err(r) => return self.say(p, r),
+        };
+        let title = title.unwrap_or_else(|| addr.to_string());
+        let reply = match self
+            .server
+            .core
+            .store
+            .create_node(account.id, &addr, &title)
+            .await
+        {
+            Ok(()) => Reply::new(260, format!("Node {addr} published.")),
+            Err(mailgate_core::StoreError::Exists(_)) => {
+                Reply::new(460, format!("Node {addr} exists already."))
+            }
+            Err(e) => Reply::new(750, format!("Temporary failure: {e}.")),
+        };
+        self.say(p, reply);
+    }
+
+    /// A local node this session's account owns, or the reply saying why not.
+    async fn owned_node(&self, addr: &Address) -> Result<(), Reply> {
+        let owner = match &self.phase {
+            Phase::Local(a) => Some(a.id),
+            _ => None,
+        };
+        match self.server.core.store.node(addr).await {
+            Ok(Some(n)) if Some(n.owner) == owner => Ok(()),
+            Ok(Some(_)) => Err(Reply::new(403, format!("You do not own {addr}."))),
+            Ok(None) => Err(Reply::new(405, format!("No node {addr}."))),
+            Err(e) => Err(Reply::new(750, format!("Temporary failure: {e}."))),
+        }
+    }
+
+    async fn publish_to(&mut self, p: Option<&str>, node: &str) {
+        let addr = match self.node_address(node) {
+            Ok(a) => a,
+            Err(r) => return self.say(p, r),
+        };
+        if let Err(r) = self.owned_node(&addr).await {
+            return self.say(p, r);
+        }
+        let to = match self.server.core.store.subscribers(&addr).await {
+            Ok(s) => s,
+            Err(e) => return self.say(p, Reply::new(750, format!("Temporary failure: {e}."))),
+        };
+        self.deliveries.insert(
+            p.map(str::to_owned),
+            Txn::Push(PushTxn {
+                from: addr,
+                to,
+                importance: Importance::Normal,
+            }),
+        );
+        self.say(p, Reply::new(275, "Ready for the push DATA."));
+    }
+
+    async fn subscribe(&mut self, p: Option<&str>, node: &str) {
+        let Phase::Local(account) = &self.phase else {
+            return;
+        };
+        let account = account.id;
+        let addr = match self.node_address(node) {
+            Ok(a) => a,
+            Err(r) => return self.say(p, r),
+        };
+        let store = &self.server.core.store;
+        let title = if self.server.core.policy.is_local(&addr.domain) {
+            match store.node(&addr).await {
+                Ok(Some(n)) => n.title,
+                Ok(None) => return self.say(p, Reply::new(405, format!("No node {addr}."))),
+                Err(e) => return self.say(p, Reply::new(750, format!("Temporary failure: {e}."))),
+            }
+        } else {
+            addr.to_string()
+        };
+        self.say(
+            p,
+            Reply::new(380, format!("Subscription request for {addr} initiated.")),
+        );
+        match store.subscribe(account, &addr, &title).await {
+            Ok(s) => self.say(p, Reply::new(280, format!("Subscribed to: {}", s.title))),
+            Err(e) => self.say(p, Reply::new(750, format!("Temporary failure: {e}."))),
+        }
+    }
+
+    async fn subscribe_list(&mut self, p: Option<&str>) {
+        let Phase::Local(account) = &self.phase else {
+            return;
+        };
+        match self.server.core.store.subscriptions(account.id).await {
+            Ok(subs) => {
+                if !subs.is_empty() {
+                    let lines = subs
+                        .iter()
+                        .map(|s| format!("{} {}", s.id, s.node))
+                        .collect();
+                    self.say(p, Reply { code: 281, lines });
+                }
+                self.say(p, Reply::new(282, format!("{} subscriptions.", subs.len())));
+            }
+            Err(e) => self.say(p, Reply::new(750, format!("Temporary failure: {e}."))),
+        }
+    }
+
+    async fn unsubscribe(&mut self, p: Option<&str>, what: &str) {
+        let Phase::Local(account) = &self.phase else {
+            return;
+        };
+        let key = match self.node_address(what) {
+            Ok(a) if what.contains('@') => a.account_key(),
+            _ => what.to_owned(),
+        };
+        match self.server.core.store.unsubscribe(account.id, &key).await {
+            Ok(true) => self.say(p, Reply::new(283, format!("Unsubscribed from {what}."))),
+            Ok(false) => self.say(p, Reply::new(405, format!("No subscription {what}."))),
+            Err(e) => self.say(p, Reply::new(750, format!("Temporary failure: {e}."))),
+        }
+    }
+
+    async fn push(&mut self, p: Option<&str>, to: &str, from: &str, important: bool) {
+        let to = match Address::parse_imid(to) {
+            Ok(a) => a,
+            Err(e) => return self.say(p, Reply::new(446, format!("Invalid recipient {to}: {e}."))),
+        };
+        let from = match self.node_address(from) {
+            Ok(a) => a,
+            Err(r) => return self.say(p, r),
+        };
+        if self.server.core.policy.is_local(&from.domain) {
+            if let Err(r) = self.owned_node(&from).await {
+                return self.say(p, r);
+            }
+        }
+        let store = &self.server.core.store;
+        let account = match store.account(&to).await {
+            Ok(Some(a)) if self.server.core.policy.is_local(&to.domain) => a,
+            Ok(_) => return self.say(p, Reply::new(441, format!("No such user here: {to}."))),
+            Err(e) => return self.say(p, Reply::new(750, format!("Temporary failure: {e}."))),
+        };
+        let subscribed = match store.subscriptions(account.id).await {
+            Ok(subs) => subs.iter().any(|s| s.node.same_account(&from)),
+            Err(e) => return self.say(p, Reply::new(750, format!("Temporary failure: {e}."))),
+        };
+        if !subscribed {
+            return self.say(
+                p,
+                Reply::new(430, format!("{to} is not subscribed to {from}.")),
+            );
+        }
+        self.deliveries.insert(
+            p.map(str::to_owned),
+            Txn::Push(PushTxn {
+                from,
+                to: vec![account.address],
+                importance: if important {
+                    Importance::High
+                } else {
+                    Importance::Normal
+                },
+            }),
+        );
+        self.say(p, Reply::new(275, "Ready for the push DATA."));
+    }
+
+    /// Store a push for every recipient (PUSH folder, bypassing the inbox) and show it to their
+    /// open sessions.
+    async fn deliver_push(&mut self, push: PushTxn, spec: PartSpec, data: Vec<u8>) -> Reply {
+        let max = self.server.core.policy.max_recipients.max(1);
+        let mut delivered = 0;
+        let mut last_id = None;
+        for chunk in push.to.chunks(max) {
+            let mut m = Message::new(push.from.clone(), chunk.to_vec(), "", "");
+            m.kind = MessageKind::Push;
+            m.importance = push.importance;
+            m.parts = vec![Part {
+                name: spec.name.clone().unwrap_or_else(|| "push".into()),
+                media_type: spec
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                data: Bytes::from(data.clone()),
+                content: true,
+            }];
+            m.trace.push(TraceHop {
+                protocol: PROTOCOL.into(),
+                peer: self.peer.ip().to_string(),
+                at: now_ms(),
+            });
+            let live = crate::mailbox::push_json(&m).to_string();
+            let origin = Origin {
+                protocol: PROTOCOL,
+                submitter: Submitter::Peer(self.peer.ip()),
+            };
+            let id = m.id;
+            match self.server.core.submit(m, &origin, None).await {
+                Ok(receipt) => {
+                    delivered += receipt.local.len();
+                    last_id = Some(id);
+                    self.server.notify(&receipt.local_accounts, &live);
+                }
+                Err(e) => return Reply::new(750, format!("Push not stored: {e}.")),
+            }
+        }
+        match last_id {
+            Some(id) => Reply::new(
+                274,
+                format!("{id} Push delivered to {delivered} recipients."),
+            ),
+            None => Reply::new(274, "- Push delivered to 0 recipients."),
+        }
     }
 
     async fn key_request(&mut self, p: Option<&str>, target: &str) {
@@ -640,6 +996,18 @@ impl Session<'_> {
             Err(e) => self.say(p, Reply::new(750, format!("Temporary failure: {e}."))),
         }
     }
+}
+
+/// Decode a payload (base64 with white space ignored, when asked).
+fn decode(payload: Vec<u8>, base64: bool) -> Result<Vec<u8>, base64::DecodeError> {
+    if !base64 {
+        return Ok(payload);
+    }
+    let compact: Vec<u8> = payload
+        .into_iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(compact)
 }
 
 /// The options of one DATA command.

@@ -130,6 +130,10 @@ pub struct Step {
     /// Save parts of the reply as variables: json/http `name = "/json/pointer"`, line
     /// `name = "regex with one (group)"`.
     pub capture: Option<BTreeMap<String, String>>,
+    /// line transport: read lines until one matches `expect` (multi-line replies of unknown
+    /// length), failing after 10,000 lines.
+    #[serde(default)]
+    pub skip: bool,
     /// The server closes the connection next (no more reply lines).
     #[serde(default)]
     pub expect_closed: bool,

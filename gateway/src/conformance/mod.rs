@@ -526,17 +526,33 @@ async fn stream_step(
     if !wants_reply {
         return Ok(());
     }
-    let mut line = String::new();
-    let n = tokio::time::timeout(
-        STEP_TIMEOUT,
-        (&mut *conn).take(MAX_REPLY).read_line(&mut line),
-    )
-    .await
-    .context("no reply in time")??;
-    if n == 0 {
-        bail!("connection closed while waiting for a reply");
-    }
-    let line = line.trim_end_matches(['\r', '\n']);
+    let mut skipped = 0;
+    let mut buf = String::new();
+    let line = loop {
+        buf.clear();
+        let n = tokio::time::timeout(
+            STEP_TIMEOUT,
+            (&mut *conn).take(MAX_REPLY).read_line(&mut buf),
+        )
+        .await
+        .context("no reply in time")??;
+        if n == 0 {
+            bail!("connection closed while waiting for a reply");
+        }
+        let line = buf.trim_end_matches(['\r', '\n']).to_owned();
+        let retry = match (transport, &step.expect) {
+            (Transport::Line, Some(expect)) if step.skip && skipped < 10_000 => {
+                let pattern = expect.as_str().unwrap_or_default();
+                !anchored(&subst(pattern, vars, true)?)?.is_match(&line)
+            }
+            _ => false,
+        };
+        if !retry {
+            break line;
+        }
+        skipped += 1;
+    };
+    let line = line.as_str();
     match transport {
         Transport::Line => {
             if let Some(expect) = &step.expect {
