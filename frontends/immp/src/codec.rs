@@ -396,7 +396,7 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
         }),
         ("UPGRADE", _) => return Err(usage("UPGRADE TLS|TLS2|TLS3")),
         ("AUTH" | "AUTHENTICATE", "SECRET") => {
-            let a = Args::of(&toks[2..]);
+            let a = Args::of(toks.get(2..).unwrap_or_default());
             a.only_switches(&[], "AUTH SECRET <account> [\"device\"]")?;
             match a.params.as_slice() {
                 [account] => CommandKind::AuthSecret {
@@ -411,14 +411,14 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
             }
         }
         ("AUTH" | "AUTHENTICATE", "RESPONSE") => {
-            let a = Args::of(&toks[2..]);
+            let a = Args::of(toks.get(2..).unwrap_or_default());
             match a.params.as_slice() {
                 [hex] if a.switches.is_empty() => CommandKind::AuthResponse(hex.clone()),
                 _ => return Err(usage("AUTH RESPONSE <hex>")),
             }
         }
         ("DELIVER", "TO") => {
-            let a = Args::of(&toks[2..]);
+            let a = Args::of(toks.get(2..).unwrap_or_default());
             a.only_switches(&["IMPORTANT", "MULTIPART"], "DELIVER TO <imid>[, <imid>…]")?;
             let recipients: Vec<String> = a
                 .params
@@ -483,7 +483,7 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
             }
         }
         ("MBOX", sub) => {
-            let a = Args::of(&toks[2..]);
+            let a = Args::of(toks.get(2..).unwrap_or_default());
             let one = |u: &str| -> Result<String, ParseError> {
                 match a.params.as_slice() {
                     [p] => Ok(p.clone()),
@@ -544,7 +544,7 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
             }
         }
         ("PUBLISH", "TO") => {
-            let a = Args::of(&toks[2..]);
+            let a = Args::of(toks.get(2..).unwrap_or_default());
             match a.params.as_slice() {
                 [node] if a.switches.is_empty() => CommandKind::PublishTo(node.clone()),
                 _ => return Err(usage("PUBLISH TO <node>")),
@@ -568,7 +568,7 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
         }
         ("SUBSCRIBE", "LIST") if toks.len() == 2 => CommandKind::SubscribeList,
         ("SUBSCRIBE", "TO") => {
-            let a = Args::of(&toks[2..]);
+            let a = Args::of(toks.get(2..).unwrap_or_default());
             match a.params.as_slice() {
                 [node] if a.switches.is_empty() => CommandKind::Subscribe(node.clone()),
                 _ => return Err(usage("SUBSCRIBE TO <node@domain>")),
@@ -583,7 +583,7 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
             }
         }
         ("PUSH", "TO") => {
-            let a = Args::of(&toks[2..]);
+            let a = Args::of(toks.get(2..).unwrap_or_default());
             let u = "PUSH TO <imid> FROM <node@domain> [+IMPORTANT]";
             a.only_switches(&["IMPORTANT"], u)?;
             match a.params.as_slice() {
@@ -596,7 +596,7 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
             }
         }
         ("KEY", "REQUEST") => {
-            let a = Args::of(&toks[2..]);
+            let a = Args::of(toks.get(2..).unwrap_or_default());
             match a.params.as_slice() {
                 [x] if a.switches.is_empty() => CommandKind::KeyRequest(x.clone()),
                 _ => return Err(usage("KEY REQUEST <domain|imid>")),
