@@ -1,0 +1,134 @@
+//! IMMP end to end against the real program: in-band TLS upgrade, AUTH SECRET, pushes arriving
+//! live on a second connection, and one account across protocols (IMMP in, MMTP out and back).
+
+mod support;
+
+use mailgate_core::Address;
+use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
+use std::time::Duration;
+use support::{config_with, Gateway};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+type Conn = BufReader<Box<dyn mailgate_core::io::Io>>;
+
+async fn line(c: &mut Conn) -> String {
+    let mut l = String::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_line(&mut l))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    l.trim_end().to_owned()
+}
+
+async fn send(c: &mut Conn, text: &str) {
+    c.get_mut().write_all(text.as_bytes()).await.unwrap();
+}
+
+/// Connect, upgrade to TLS, authenticate with the shared secret.
+async fn login(gw: &Gateway, account: &str, password: &str) -> Conn {
+    let tcp = tokio::net::TcpStream::connect(gw.addr("immp.listen"))
+        .await
+        .unwrap();
+    let mut c: Conn = BufReader::new(Box::new(tcp));
+    for _ in 0..4 {
+        line(&mut c).await;
+    }
+    send(&mut c, "UPGRADE TLS3\n").await;
+    assert_eq!(line(&mut c).await, "204 Upgrading to TLS.");
+    let (connector, name) =
+        mailgate::tls::connector(&gw.dir.join("data/tls/cert.pem"), "localhost").unwrap();
+    let tls = connector.connect(name, c.into_inner()).await.unwrap();
+    let mut c: Conn = BufReader::new(Box::new(tls));
+    send(&mut c, &format!("AUTH SECRET {account}\n")).await;
+    assert!(line(&mut c).await.starts_with("302 "));
+    let nonces = line(&mut c).await;
+    let (n1, n2) = nonces
+        .strip_prefix("303 n1=")
+        .and_then(|r| r.split_once(" n2="))
+        .unwrap();
+    let h = mailgate_immp::auth::derive_h(&Address::parse_imid(account).unwrap(), password);
+    let response = mailgate_immp::auth::response(&h, n1, n2);
+    send(&mut c, &format!("AUTH RESPONSE {response}\n")).await;
+    assert_eq!(
+        line(&mut c).await,
+        format!("210 Authentication accepted for {account}")
+    );
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pushes_arrive_live_on_another_connection_and_mail_crosses_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), Some(&config_with(dir.path(), "a.test", "")));
+    gw.add_user("alice@a.test", "alice-pw");
+    gw.add_user("bob@a.test", "bob-pw");
+
+    let mut alice = login(&gw, "alice@a.test", "alice-pw").await;
+    let mut bob = login(&gw, "bob@a.test", "bob-pw").await;
+    send(&mut alice, "PUBLISH news \"Alice's news\"\n").await;
+    assert_eq!(line(&mut alice).await, "260 Node news@a.test published.");
+    send(&mut bob, "SUBSCRIBE TO news@a.test\n").await;
+    assert!(line(&mut bob).await.starts_with("380 "));
+    assert_eq!(line(&mut bob).await, "280 Subscribed to: Alice's news");
+
+    // Alice pushes; Bob's idle connection shows it at once.
+    send(
+        &mut alice,
+        "AS n PUBLISH TO news\nAS n DATA NAME alert LENGTH 5\nhello\n",
+    )
+    .await;
+    assert_eq!(line(&mut alice).await, "n: 275 Ready for the push DATA.");
+    assert_eq!(line(&mut alice).await, "n: 271 alert Saving part");
+    assert!(line(&mut alice)
+        .await
+        .ends_with("Push delivered to 1 recipients."));
+    let push = line(&mut bob).await;
+    assert!(push.starts_with("150 PUSH {"), "{push}");
+    assert!(push.contains("\"from\":\"news@a.test\"") && push.contains("\"data\":\"hello\""));
+    send(&mut bob, "MBOX CHECK /push\n").await;
+    assert_eq!(line(&mut bob).await, "240 /push::* u=1 t=1");
+
+    // IMMP in → MMTP out: Alice delivers to Bob; Bob reads it over MMTP.
+    send(
+        &mut alice,
+        "DELIVER TO bob@a.test +IMPORTANT\nDATA NAME subject\nCross-protocol\n\n\nDATA NAME body LENGTH 11 +CONTENT\nhello world\nDONE\n",
+    )
+    .await;
+    for expected in ["270", "271", "272", "271", "272", "273"] {
+        let l = line(&mut alice).await;
+        assert!(l.starts_with(expected), "{l}");
+    }
+    let port = gw.addr("mmtp.tls_listen").rsplit_once(':').unwrap().1;
+    let tls = mailgate::tls::connector(&gw.dir.join("data/tls/cert.pem"), "localhost").unwrap();
+    let mut mmtp = MmtpClient::connect(&format!("localhost:{port}"), Some(tls))
+        .await
+        .unwrap();
+    let bob_addr = Address::parse_mmtp("(bob)%(a.test)").unwrap();
+    mmtp.auth(&bob_addr, "bob-pw").await.unwrap();
+    let got = mmtp.receive(&bob_addr, None).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["content"]["subject"], "Cross-protocol");
+    assert_eq!(got[0]["content"]["body"], "hello world");
+    assert_eq!(got[0]["sender"], "(alice)%(a.test)");
+
+    // MMTP in (an unauthenticated peer) → IMMP out.
+    let mut mmtp = MmtpClient::connect(gw.addr("mmtp.listen"), None)
+        .await
+        .unwrap();
+    let difficulty = mmtp.difficulty();
+    let b = PacketBuilder::new(
+        Address::parse_mmtp("(carol)%(elsewhere.test)").unwrap(),
+        Address::parse_mmtp("(alice)%(a.test)").unwrap(),
+        "From MMTP",
+        "mmtp body",
+    );
+    let built = tokio::task::spawn_blocking(move || b.build(difficulty))
+        .await
+        .unwrap()
+        .unwrap();
+    mmtp.send(&built.text).await.unwrap();
+    send(&mut alice, "MBOX INDEX /inbox +JSON\n").await;
+    let index = line(&mut alice).await;
+    assert!(index.contains("\"subject\":\"From MMTP\""), "{index}");
+    assert_eq!(line(&mut alice).await, "250 1 messages");
+}
