@@ -166,6 +166,16 @@ pub enum CommandKind {
     SubscribeList,
     /// `UNSUBSCRIBE <uuid|node@domain>`.
     Unsubscribe(String),
+    /// `SET [GLOBAL] <key>[=<value>]`: show (no value) or change a setting, for this session or
+    /// (GLOBAL) for the account.
+    Set {
+        /// Persist for the account.
+        global: bool,
+        /// Setting name, upper-case.
+        key: String,
+        /// New value, upper-case.
+        value: Option<String>,
+    },
     /// `PUSH TO <imid> FROM <node@domain> [+IMPORTANT]`: the next DATA block is the push.
     Push {
         /// Recipient.
@@ -543,6 +553,30 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
                 _ => return Err(usage("MBOX CHECK|INDEX|FETCH|CREATE|DELETE|MOVE …")),
             }
         }
+        ("SET", _) => {
+            let u = "SET [GLOBAL] <key>[=<value>]";
+            let a = Args::of(&toks[1..]);
+            a.only_switches(&[], u)?;
+            let (global, rest) = match a.params.split_first() {
+                Some((g, rest)) if g.eq_ignore_ascii_case("GLOBAL") => (true, rest),
+                _ => (false, a.params.as_slice()),
+            };
+            let [setting] = rest else {
+                return Err(usage(u));
+            };
+            let (key, value) = match setting.split_once('=') {
+                Some((k, v)) => (k, Some(v.to_ascii_uppercase())),
+                None => (setting.as_str(), None),
+            };
+            if key.is_empty() || value.as_deref() == Some("") || (global && value.is_none()) {
+                return Err(usage(u));
+            }
+            CommandKind::Set {
+                global,
+                key: key.to_ascii_uppercase(),
+                value,
+            }
+        }
         ("PUBLISH", "TO") => {
             let a = Args::of(toks.get(2..).unwrap_or_default());
             match a.params.as_slice() {
@@ -745,6 +779,14 @@ pub fn encode(cmd: &Command) -> String {
             let _ = write!(out, "SUBSCRIBE TO {}", q(node));
         }
         CommandKind::SubscribeList => out.push_str("SUBSCRIBE LIST"),
+        CommandKind::Set { global, key, value } => {
+            out.push_str(if *global { "SET GLOBAL " } else { "SET " });
+            let setting = match value {
+                Some(v) => format!("{key}={v}"),
+                None => key.clone(),
+            };
+            out.push_str(&q(&setting));
+        }
         CommandKind::Unsubscribe(x) => {
             let _ = write!(out, "UNSUBSCRIBE {}", q(x));
         }
@@ -1069,6 +1111,16 @@ mod tests {
             path().prop_map(CommandKind::PublishTo),
             "[a-z0-9/]{1,12}@[a-z.]{1,12}".prop_map(CommandKind::Subscribe),
             Just(CommandKind::SubscribeList),
+            (
+                any::<bool>(),
+                "[A-Z][A-Z0-9_]{0,10}".prop_filter("GLOBAL is a keyword", |k| k != "GLOBAL"),
+                proptest::option::of("[A-Z0-9]{1,8}")
+            )
+                .prop_map(|(global, key, value)| CommandKind::Set {
+                    global: global && value.is_some(),
+                    key,
+                    value
+                }),
             text().prop_map(CommandKind::Unsubscribe),
             ("[a-z0-9.+/@]{1,20}", "[a-z0-9/@.]{1,20}", any::<bool>()).prop_map(
                 |(to, from, important)| CommandKind::Push {

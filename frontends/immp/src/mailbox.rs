@@ -10,7 +10,8 @@ use mailgate_core::{Core, Importance, Message, MessageId};
 use serde_json::{json, Value};
 
 /// Run one MBOX command for `account`; returns the replies in order.
-pub async fn run(core: &Core, account: &Account, kind: CommandKind) -> Vec<Reply> {
+/// `gzip`: base64 output carries gzip streams (`SET COMPRESSION=GZIP`).
+pub async fn run(core: &Core, account: &Account, kind: CommandKind, gzip: bool) -> Vec<Reply> {
     let result = match kind {
         CommandKind::MboxCheck { mbox, recursive } => check(core, account, &mbox, recursive).await,
         CommandKind::MboxIndex { mbox, json } => index(core, account, &mbox, json).await,
@@ -19,7 +20,7 @@ pub async fn run(core: &Core, account: &Account, kind: CommandKind) -> Vec<Reply
             json,
             pretty,
             mark_read,
-        } => fetch(core, account, &mbox, json, pretty, mark_read).await,
+        } => fetch(core, account, &mbox, json, pretty, mark_read, gzip).await,
         CommandKind::MboxCreate(path) => create(core, account, &path).await,
         CommandKind::MboxDelete(mbox) => delete(core, account, &mbox).await,
         CommandKind::MboxMove { from, to } => move_message(core, account, &from, &to).await,
@@ -177,25 +178,41 @@ async fn entry(
         .ok_or_else(not_found)
 }
 
-fn part_json(p: &mailgate_core::Part) -> Value {
+/// base64, of a gzip stream of the bytes when `gzip`.
+fn b64(data: &[u8], gzip: bool) -> String {
+    if gzip {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        if z.write_all(data).is_ok() {
+            if let Ok(packed) = z.finish() {
+                return base64::engine::general_purpose::STANDARD.encode(packed);
+            }
+        }
+    }
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn part_json(p: &mailgate_core::Part, gzip: bool) -> Value {
     let text = p
         .media_type
         .starts_with("text/")
         .then(|| std::str::from_utf8(&p.data).ok())
         .flatten();
     match text {
-        Some(t) => {
-            json!({"name": p.name, "type": p.media_type, "content": p.content, "encoding": "utf-8", "data": t})
-        }
+        Some(t) => json!({
+            "name": p.name, "type": p.media_type, "content": p.content, "encoding": "utf-8",
+            "data": t,
+        }),
         None => json!({
-            "name": p.name, "type": p.media_type, "content": p.content, "encoding": "base64",
-            "data": base64::engine::general_purpose::STANDARD.encode(&p.data),
+            "name": p.name, "type": p.media_type, "content": p.content,
+            "encoding": if gzip { "gzip+base64" } else { "base64" },
+            "data": b64(&p.data, gzip),
         }),
     }
 }
 
 /// The message as the draft's "Using JSON" shape: envelope plus parts.
-pub fn message_json(m: &Message, seen: bool) -> Value {
+pub fn message_json(m: &Message, seen: bool, gzip: bool) -> Value {
     json!({
         "id": m.id.to_string(),
         "from": m.sender.to_string(),
@@ -205,7 +222,7 @@ pub fn message_json(m: &Message, seen: bool) -> Value {
         "importance": m.importance,
         "flags": if seen { vec!["seen"] } else { Vec::new() },
         "encrypted": m.security.encrypted,
-        "parts": m.parts.iter().map(part_json).collect::<Vec<_>>(),
+        "parts": m.parts.iter().map(|p| part_json(p, gzip)).collect::<Vec<_>>(),
     })
 }
 
@@ -216,12 +233,13 @@ pub fn push_json(m: &Message) -> Value {
         "from": m.sender.to_string(),
         "date": rfc3339(m.received_at),
         "importance": m.importance,
-        "parts": m.parts.iter().map(part_json).collect::<Vec<_>>(),
+        "parts": m.parts.iter().map(|p| part_json(p, false)).collect::<Vec<_>>(),
     })
 }
 
 /// The message as MIME (multipart/mixed, base64 parts).
-pub fn message_mime(m: &Message) -> Vec<String> {
+/// With `gzip`, each part is `Content-Encoding: gzip` inside its base64.
+pub fn message_mime(m: &Message, gzip: bool) -> Vec<String> {
     let boundary = format!("mailgate-{}", m.id.0.simple());
     let mut out = vec![
         format!("Message-ID: <{}@mailgate>", m.id),
@@ -249,10 +267,13 @@ pub fn message_mime(m: &Message) -> Vec<String> {
             p.name.replace(['"', '\r', '\n'], "_")
         ));
         out.push("Content-Transfer-Encoding: base64".into());
+        if gzip {
+            out.push("Content-Encoding: gzip".into());
+        }
         out.push(String::new());
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&p.data);
+        let text = b64(&p.data, gzip);
         out.extend(
-            b64.as_bytes()
+            text.as_bytes()
                 .chunks(76)
                 .map(|c| String::from_utf8_lossy(c).into_owned()),
         );
@@ -268,6 +289,7 @@ async fn fetch(
     as_json: bool,
     pretty: bool,
     mark_read: bool,
+    gzip: bool,
 ) -> Result<Vec<Reply>, Reply> {
     let name = folder(core, account, &mbox.path).await?;
     let id = mbox.id.as_deref().unwrap_or_default();
@@ -293,7 +315,7 @@ async fn fetch(
     }
     let seen = e.flags.seen || mark_read;
     let (code, mut lines) = if as_json {
-        let v = message_json(&message, seen);
+        let v = message_json(&message, seen, gzip);
         let text = if pretty {
             serde_json::to_string_pretty(&v).unwrap_or_default()
         } else {
@@ -301,7 +323,7 @@ async fn fetch(
         };
         (250, text.lines().map(str::to_owned).collect::<Vec<_>>())
     } else {
-        (251, message_mime(&message))
+        (251, message_mime(&message, gzip))
     };
     lines.push(format!("End of message {id}"));
     Ok(vec![Reply { code, lines }])

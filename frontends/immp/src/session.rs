@@ -29,6 +29,8 @@ pub const MAX_LINE: usize = 8 * 1024;
 pub const NONCE_LIFETIME: Duration = Duration::from_secs(60);
 /// Protocol name in metrics and traces.
 pub const PROTOCOL: &str = "immp";
+/// Where `SET GLOBAL COMPRESSION` is kept for the account.
+pub const COMPRESSION_SETTING: &str = "immp.compression";
 
 /// The IMMP front-end: shared by every connection.
 pub struct ImmpServer {
@@ -139,6 +141,8 @@ struct Session<'a> {
     out: String,
     /// Pushes for this session's account, once authenticated.
     pushes: Option<broadcast::Receiver<Arc<str>>>,
+    /// `COMPRESSION=GZIP`: base64 payloads in both directions are gzip streams.
+    gzip: bool,
 }
 
 impl ImmpServer {
@@ -191,6 +195,7 @@ impl ImmpServer {
             deliveries: HashMap::new(),
             out: String::new(),
             pushes: None,
+            gzip: false,
         };
         loop {
             let line = tokio::select! {
@@ -422,6 +427,7 @@ impl Session<'_> {
             CommandKind::PublishTo(node) => self.publish_to(p, &node).await,
             CommandKind::Subscribe(node) => self.subscribe(p, &node).await,
             CommandKind::SubscribeList => self.subscribe_list(p).await,
+            CommandKind::Set { global, key, value } => self.set(p, global, &key, value).await,
             CommandKind::Unsubscribe(x) => self.unsubscribe(p, &x).await,
             CommandKind::Push {
                 to,
@@ -435,7 +441,8 @@ impl Session<'_> {
             | CommandKind::MboxDelete(_)
             | CommandKind::MboxMove { .. } => {
                 if let Phase::Local(account) = &self.phase {
-                    let replies = mailbox::run(&self.server.core, account, cmd.kind).await;
+                    let replies =
+                        mailbox::run(&self.server.core, account, cmd.kind, self.gzip).await;
                     for r in replies {
                         self.say(p, r);
                     }
@@ -506,6 +513,10 @@ impl Session<'_> {
                     Reply::new(210, format!("Authentication accepted for {}", a.address)),
                 );
                 self.pushes = self.server.listen(a.id);
+                self.gzip = matches!(
+                    self.server.core.store.secret(a.id, COMPRESSION_SETTING).await,
+                    Ok(Some(v)) if v == b"GZIP"
+                );
                 self.phase = Phase::Local(a);
             }
             _ => self.say(p, Reply::new(410, "Authentication failed.")),
@@ -600,10 +611,10 @@ impl Session<'_> {
             self.say(p, Reply::new(403, "Authenticate first."));
             return None;
         }
-        let data = match decode(payload, spec.base64) {
+        let data = match decode(payload, spec.base64, self.gzip, max) {
             Ok(d) => d,
             Err(e) => {
-                self.say(p, Reply::new(444, format!("Bad base64: {e}.")));
+                self.say(p, Reply::new(444, format!("Bad base64 payload: {e}.")));
                 return None;
             }
         };
@@ -957,6 +968,55 @@ impl Session<'_> {
         }
     }
 
+    async fn set(&mut self, p: Option<&str>, global: bool, key: &str, value: Option<String>) {
+        if key != "COMPRESSION" {
+            return self.say(
+                p,
+                Reply::new(
+                    401,
+                    format!("Unknown setting {key}; supported: COMPRESSION."),
+                ),
+            );
+        }
+        let Some(value) = value else {
+            let now = if self.gzip { "GZIP" } else { "NONE" };
+            return self.say(
+                p,
+                Reply::new(220, format!("COMPRESSION={now} (supported: NONE GZIP)")),
+            );
+        };
+        let gzip = match value.as_str() {
+            "GZIP" => true,
+            "NONE" => false,
+            other => {
+                return self.say(
+                    p,
+                    Reply::new(
+                        401,
+                        format!("COMPRESSION={other} is not supported: NONE GZIP."),
+                    ),
+                )
+            }
+        };
+        if global {
+            let Phase::Local(account) = &self.phase else {
+                return;
+            };
+            if let Err(e) = self
+                .server
+                .core
+                .store
+                .set_secret(account.id, COMPRESSION_SETTING, value.as_bytes())
+                .await
+            {
+                return self.say(p, Reply::new(750, format!("Temporary failure: {e}.")));
+            }
+        }
+        self.gzip = gzip;
+        let scope = if global { " (account default)" } else { "" };
+        self.say(p, Reply::new(220, format!("COMPRESSION={value}{scope}")));
+    }
+
     async fn key_request(&mut self, p: Option<&str>, target: &str) {
         let address = match Address::parse_imid(target) {
             Ok(a) => a,
@@ -998,8 +1058,9 @@ impl Session<'_> {
     }
 }
 
-/// Decode a payload (base64 with white space ignored, when asked).
-fn decode(payload: Vec<u8>, base64: bool) -> Result<Vec<u8>, base64::DecodeError> {
+/// Decode a payload: base64 (white space ignored) when asked, then gunzip when the session
+/// compresses (at most `max` bytes come out of a gzip stream).
+fn decode(payload: Vec<u8>, base64: bool, gzip: bool, max: usize) -> Result<Vec<u8>, String> {
     if !base64 {
         return Ok(payload);
     }
@@ -1007,7 +1068,22 @@ fn decode(payload: Vec<u8>, base64: bool) -> Result<Vec<u8>, base64::DecodeError
         .into_iter()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    base64::engine::general_purpose::STANDARD.decode(compact)
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|e| e.to_string())?;
+    if !gzip {
+        return Ok(raw);
+    }
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(raw.as_slice())
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("not a gzip stream ({e})"))?;
+    if out.len() > max {
+        return Err(format!("decompresses to more than {max} bytes"));
+    }
+    Ok(out)
 }
 
 /// The options of one DATA command.
