@@ -10,6 +10,7 @@ pub mod io;
 pub mod message;
 pub mod metrics;
 pub mod password;
+pub mod pgp;
 pub mod ratelimit;
 pub mod relay;
 pub mod router;

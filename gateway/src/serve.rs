@@ -7,7 +7,9 @@ use crate::listener::{self, ListenerContext};
 use crate::relay::Relay;
 use crate::tls;
 use anyhow::Context;
+use mailgate_core::Address;
 use mailgate_core::{Core, Metrics, Policy, SqliteOptions, SqliteStore};
+use mailgate_immp::session::DomainKey;
 use mailgate_immp::ImmpServer;
 use mailgate_mmtp::MmtpServer;
 use std::net::SocketAddr;
@@ -31,6 +33,27 @@ pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
         .with_rate_limit(config.limits.rate_per_sec, config.limits.rate_burst)
         .with_secret(Arc::new(mailgate_immp::auth::ImmpSecret));
     Ok(Arc::new(core))
+}
+
+/// The gateway's own OpenPGP key (`<data_dir>/domain-key.asc`, generated at first start),
+/// published to `KEY REQUEST <domain>`.
+pub fn domain_key(config: &Config) -> anyhow::Result<DomainKey> {
+    let path = config.data_dir.join("domain-key.asc");
+    if !path.exists() {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let who = Address::new("mailer-daemon", config.primary_domain())?;
+        let (secret, _) = mailgate_core::pgp::generate_key(&who)?;
+        tls::write_private(&path, secret.as_bytes())?;
+        tracing::info!(path = %path.display(), "generated the domain's OpenPGP key");
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let key = mailgate_core::pgp::public_key(&text)
+        .with_context(|| format!("{} is not an OpenPGP key", path.display()))?;
+    Ok(DomainKey {
+        fingerprint: key.fingerprint,
+        armored: key.armored,
+    })
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
@@ -99,6 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let immp = Arc::new(ImmpServer::new(
             core.clone(),
             config.primary_domain().to_owned(),
+            Some(domain_key(&config)?),
             acceptor.clone(),
             TlsAcceptor::from(server_tls.tls13),
             read_timeout,

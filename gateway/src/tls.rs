@@ -42,7 +42,8 @@ fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> anyhow::Re
     Ok(())
 }
 
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+/// Create a file readable by its owner only and write `data` to it (never overwrites).
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

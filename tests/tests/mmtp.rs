@@ -98,7 +98,7 @@ async fn original_client_frames_are_stored_returned_unchanged_and_verified() {
     );
 
     // A key for Alice from someone who is not Alice cannot replace hers.
-    let bob_key = mailgate_mmtp::pgp::generate_key(&addr("(alice)%(a.test)"))
+    let bob_key = mailgate_core::pgp::generate_key(&addr("(alice)%(a.test)"))
         .unwrap()
         .1;
     let err = plain

@@ -151,6 +151,8 @@ pub enum CommandKind {
     },
     /// `KEY REQUEST <domain|imid>`.
     KeyRequest(String),
+    /// `KEY PUBLISH`: the next DATA block is the caller's armored public key.
+    KeyPublish,
     /// `PUBLISH <node> ["title"]`: create a node owned by the caller.
     Publish {
         /// Node name (`newsletter` or `newsletter/updates`).
@@ -629,6 +631,7 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
                 _ => return Err(usage(u)),
             }
         }
+        ("KEY", "PUBLISH") if toks.len() == 2 => CommandKind::KeyPublish,
         ("KEY", "REQUEST") => {
             let a = Args::of(toks.get(2..).unwrap_or_default());
             match a.params.as_slice() {
@@ -779,6 +782,7 @@ pub fn encode(cmd: &Command) -> String {
             let _ = write!(out, "SUBSCRIBE TO {}", q(node));
         }
         CommandKind::SubscribeList => out.push_str("SUBSCRIBE LIST"),
+        CommandKind::KeyPublish => out.push_str("KEY PUBLISH"),
         CommandKind::Set { global, key, value } => {
             out.push_str(if *global { "SET GLOBAL " } else { "SET " });
             let setting = match value {
@@ -1111,6 +1115,7 @@ mod tests {
             path().prop_map(CommandKind::PublishTo),
             "[a-z0-9/]{1,12}@[a-z.]{1,12}".prop_map(CommandKind::Subscribe),
             Just(CommandKind::SubscribeList),
+            Just(CommandKind::KeyPublish),
             (
                 any::<bool>(),
                 "[A-Z][A-Z0-9_]{0,10}".prop_filter("GLOBAL is a keyword", |k| k != "GLOBAL"),

@@ -33,9 +33,19 @@ pub const PROTOCOL: &str = "immp";
 pub const COMPRESSION_SETTING: &str = "immp.compression";
 
 /// The IMMP front-end: shared by every connection.
+/// The gateway's own OpenPGP key, answered to `KEY REQUEST <domain>`.
+#[derive(Debug, Clone)]
+pub struct DomainKey {
+    /// Upper-case hex fingerprint.
+    pub fingerprint: String,
+    /// Armored public key.
+    pub armored: String,
+}
+
 pub struct ImmpServer {
     core: Arc<Core>,
     domain: String,
+    domain_key: Option<DomainKey>,
     tls: TlsAcceptor,
     tls13: TlsAcceptor,
     read_timeout: Duration,
@@ -98,6 +108,8 @@ enum Txn {
     Deliver(Delivery),
     /// PUSH TO / PUBLISH TO: the next DATA block is the push.
     Push(PushTxn),
+    /// KEY PUBLISH: the next DATA block is the account's public key.
+    KeyPublish,
 }
 
 /// A push waiting for its DATA block.
@@ -151,6 +163,7 @@ impl ImmpServer {
     pub fn new(
         core: Arc<Core>,
         domain: String,
+        domain_key: Option<DomainKey>,
         tls: TlsAcceptor,
         tls13: TlsAcceptor,
         read_timeout: Duration,
@@ -158,6 +171,7 @@ impl ImmpServer {
         ImmpServer {
             core,
             domain,
+            domain_key,
             tls,
             tls13,
             read_timeout,
@@ -427,6 +441,11 @@ impl Session<'_> {
             CommandKind::PublishTo(node) => self.publish_to(p, &node).await,
             CommandKind::Subscribe(node) => self.subscribe(p, &node).await,
             CommandKind::SubscribeList => self.subscribe_list(p).await,
+            CommandKind::KeyPublish => {
+                self.deliveries
+                    .insert(p.map(str::to_owned), Txn::KeyPublish);
+                self.say(p, Reply::new(276, "Ready for the key DATA."));
+            }
             CommandKind::Set { global, key, value } => self.set(p, global, &key, value).await,
             CommandKind::Unsubscribe(x) => self.unsubscribe(p, &x).await,
             CommandKind::Push {
@@ -631,6 +650,11 @@ impl Session<'_> {
                     self.say(p, reply);
                 }
             }
+            Some(Txn::KeyPublish) => {
+                self.deliveries.remove(&key);
+                let reply = self.publish_key(data).await;
+                self.say(p, reply);
+            }
             Some(Txn::Deliver(txn)) => {
                 if txn.size + data.len() > max {
                     self.say(
@@ -665,11 +689,11 @@ impl Session<'_> {
         };
         let mut txn = match self.deliveries.remove(&p.map(str::to_owned)) {
             Some(Txn::Deliver(d)) => d,
-            Some(push @ Txn::Push(_)) => {
-                self.deliveries.insert(p.map(str::to_owned), push);
+            Some(other @ (Txn::Push(_) | Txn::KeyPublish)) => {
+                self.deliveries.insert(p.map(str::to_owned), other);
                 self.say(
                     p,
-                    Reply::new(420, "A push takes one DATA block and no DONE."),
+                    Reply::new(420, "This transaction takes one DATA block and no DONE."),
                 );
                 return;
             }
@@ -1017,14 +1041,59 @@ impl Session<'_> {
         self.say(p, Reply::new(220, format!("COMPRESSION={value}{scope}")));
     }
 
+    /// KEY PUBLISH's DATA: the authenticated account's own public key.
+    async fn publish_key(&mut self, data: Vec<u8>) -> Reply {
+        let Phase::Local(account) = &self.phase else {
+            return Reply::new(403, "Authenticate first.");
+        };
+        let armored = String::from_utf8_lossy(&data).into_owned();
+        let who = account.address.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            mailgate_core::pgp::check_public_key(&armored, &who).map(|k| (k, armored))
+        })
+        .await;
+        let (key, armored) = match checked {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => return Reply::new(448, format!("Invalid key: {e}.")),
+            Err(e) => return Reply::new(750, format!("Temporary failure: {e}.")),
+        };
+        let record = mailgate_core::store::PublicKeyRecord {
+            address: account.address.clone(),
+            fingerprint: key.fingerprint.clone(),
+            armored,
+        };
+        match self.server.core.store.put_key(record).await {
+            Ok(()) => Reply::new(
+                232,
+                format!(
+                    "Key published for {} (fingerprint {}).",
+                    account.address, key.fingerprint
+                ),
+            ),
+            Err(e) => Reply::new(750, format!("Temporary failure: {e}.")),
+        }
+    }
+
     async fn key_request(&mut self, p: Option<&str>, target: &str) {
         let address = match Address::parse_imid(target) {
             Ok(a) => a,
             Err(_) if !target.contains('@') => {
-                self.say(
-                    p,
-                    Reply::new(405, format!("No domain key published for {target}.")),
-                );
+                let ours = target.eq_ignore_ascii_case(&self.server.domain)
+                    || self.server.core.policy.is_local(target);
+                match (&self.server.domain_key, ours) {
+                    (Some(k), true) => {
+                        self.say(
+                            p,
+                            Reply::new(
+                                230,
+                                format!("Public key for {target} (fingerprint {}):", k.fingerprint),
+                            ),
+                        );
+                        let lines = k.armored.lines().map(str::to_owned).collect();
+                        self.say(p, Reply { code: 231, lines });
+                    }
+                    _ => self.say(p, Reply::new(405, format!("No domain key for {target}."))),
+                }
                 return;
             }
             Err(e) => {

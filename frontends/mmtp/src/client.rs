@@ -5,10 +5,10 @@
 use crate::codec::{CodecError, FrameReader};
 use crate::jsjson;
 use crate::packet;
-use crate::pgp::{self, PgpError};
 use mailgate_core::hashcash;
 use mailgate_core::io::BoxedIo;
 use mailgate_core::message::now_ms;
+use mailgate_core::pgp::{self, PgpError};
 use mailgate_core::{Address, Part, Tags};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

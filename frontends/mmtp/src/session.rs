@@ -3,9 +3,9 @@
 use crate::codec::{CodecError, FrameReader};
 use crate::config::MmtpConfig;
 use crate::packet::{self, PacketError, CATEGORY, PRIORITY, STATUS};
-use crate::pgp;
 use mailgate_core::hashcash::HashcashPolicy;
 use mailgate_core::message::now_ms;
+use mailgate_core::pgp;
 use mailgate_core::ratelimit::RateLimiter;
 use mailgate_core::store::{Account, EntryQuery, MessageSummary, PublicKeyRecord};
 use mailgate_core::{Address, Core, Origin, SubmitError, Submitter};

@@ -214,7 +214,7 @@ impl Runner {
             let parsed = mailgate_core::Address::parse_any(address).ok();
             let key = parsed
                 .as_ref()
-                .and_then(|a| mailgate_mmtp::pgp::generate_key(a).ok());
+                .and_then(|a| mailgate_core::pgp::generate_key(a).ok());
             let immp_h = parsed
                 .as_ref()
                 .map(|a| mailgate_immp::auth::derive_h(a, password));
@@ -274,6 +274,8 @@ impl Runner {
                 v.insert(format!("immp_h{i}"), h.clone());
             }
             if let Some((_, public)) = &a.key {
+                v.insert(format!("account{i}_key"), public.clone());
+                v.insert(format!("account{i}_key_len"), public.len().to_string());
                 v.insert(
                     format!("account{i}_key_json"),
                     Value::String(public.clone()).to_string(),

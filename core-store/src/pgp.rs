@@ -1,8 +1,8 @@
-//! OpenPGP with sequoia (pure-Rust crypto): key checks and detached-signature verification on
-//! the server; signing and encryption for the client. The server never decrypts and holds no
-//! private keys.
+//! OpenPGP with sequoia (pure-Rust crypto), shared by every front-end: key checks and
+//! detached-signature verification for servers; signing, encryption and key generation for
+//! clients and for the gateway's own domain key. Servers never decrypt mail.
 
-use mailgate_core::Address;
+use crate::address::Address;
 use openpgp::parse::stream::{
     DetachedVerifierBuilder, MessageLayer, MessageStructure, VerificationHelper,
 };
@@ -76,6 +76,19 @@ pub fn check_public_key(armored: &str, address: &Address) -> Result<CheckedKey, 
     Ok(CheckedKey {
         fingerprint: cert.fingerprint().to_hex(),
         armored: String::from_utf8_lossy(&armored).into_owned(),
+    })
+}
+
+/// The public half of a key (secret or public), with its fingerprint.
+pub fn public_key(armored: &str) -> Result<CheckedKey, PgpError> {
+    let cert = parse_cert(armored)?;
+    let public = cert
+        .armored()
+        .to_vec()
+        .map_err(|e| PgpError::BadKey(e.to_string()))?;
+    Ok(CheckedKey {
+        fingerprint: cert.fingerprint().to_hex(),
+        armored: String::from_utf8_lossy(&public).into_owned(),
     })
 }
 
@@ -206,7 +219,7 @@ pub fn generate_key(address: &Address) -> Result<(String, String), PgpError> {
 mod tests {
     use super::*;
 
-    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/mmtp/");
+    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/mmtp/");
 
     fn fixture(name: &str) -> String {
         std::fs::read_to_string(format!("{FIX}{name}")).unwrap()
