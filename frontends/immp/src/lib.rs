@@ -8,6 +8,8 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod mailbox;
+mod payload;
+mod pipeline;
 pub mod session;
 
 pub use config::ImmpConfig;

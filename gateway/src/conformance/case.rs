@@ -130,6 +130,9 @@ pub struct Step {
     /// Save parts of the reply as variables: json/http `name = "/json/pointer"`, line
     /// `name = "regex with one (group)"`.
     pub capture: Option<BTreeMap<String, String>>,
+    /// line transport: read as many lines as there are patterns and match them in any order
+    /// (replies of concurrent pipelines interleave).
+    pub expect_set: Option<Vec<String>>,
     /// line transport: read lines until one matches `expect` (multi-line replies of unknown
     /// length), failing after 10,000 lines.
     #[serde(default)]

@@ -483,6 +483,7 @@ async fn stream_step(
         || step.expect.is_some()
         || step.matches.is_some()
         || step.capture.is_some()
+        || step.expect_set.is_some()
         || step.expect_closed;
     if !acts || step.request.is_some() || step.starttls {
         bail!("a {transport:?} step needs send, send_raw, send_packet, expect, matches, capture or expect_closed (and no request)");
@@ -521,6 +522,30 @@ async fn stream_step(
                 "expected the connection to close, got {:?}",
                 String::from_utf8_lossy(&rest)
             );
+        }
+        return Ok(());
+    }
+    if let Some(patterns) = &step.expect_set {
+        let mut left: Vec<Regex> = patterns
+            .iter()
+            .map(|p| anchored(&subst(p, vars, true)?))
+            .collect::<anyhow::Result<_>>()?;
+        while !left.is_empty() {
+            let mut buf = String::new();
+            let n = tokio::time::timeout(
+                STEP_TIMEOUT,
+                (&mut *conn).take(MAX_REPLY).read_line(&mut buf),
+            )
+            .await
+            .context("no reply in time")??;
+            if n == 0 {
+                bail!("connection closed while waiting for a reply");
+            }
+            let line = buf.trim_end_matches(['\r', '\n']);
+            let Some(i) = left.iter().position(|re| re.is_match(line)) else {
+                bail!("reply {line:?} matches none of the expected {patterns:?}");
+            };
+            left.remove(i);
         }
         return Ok(());
     }

@@ -1,0 +1,950 @@
+//! One pipeline of an IMMP session: its commands run in order, concurrently with the other
+//! pipelines of the same connection. The session's reader hands each pipeline its commands and
+//! the DATA payloads it read from the stream; replies go to the session's writer.
+
+use crate::auth;
+use crate::codec::{CommandKind, Reply};
+use crate::mailbox;
+use crate::payload::{decode, PartSpec, PayloadError};
+use crate::session::{ImmpServer, COMPRESSION_SETTING, NONCE_LIFETIME, PROTOCOL};
+use bytes::Bytes;
+use mailgate_core::message::now_ms;
+use mailgate_core::store::{Account, AccountId};
+use mailgate_core::{
+    Address, ImidRef, Importance, Message, MessageKind, Origin, Part, SubmitError, Submitter,
+    TraceHop,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc, Notify};
+
+/// Where the session is.
+#[derive(Clone)]
+pub(crate) enum Phase {
+    Unauthenticated,
+    Local(Account),
+}
+
+/// A transaction on one pipeline, waiting for DATA.
+pub(crate) enum Txn {
+    /// DELIVER TO …, DATA…, DONE.
+    Deliver(Delivery),
+    /// PUSH TO / PUBLISH TO: the next DATA block is the push.
+    Push(PushTxn),
+    /// KEY PUBLISH: the next DATA block is the account's public key.
+    KeyPublish,
+}
+
+/// A push waiting for its DATA block.
+pub(crate) struct PushTxn {
+    from: Address,
+    to: Vec<Address>,
+    importance: Importance,
+}
+
+/// A DELIVER transaction on one pipeline.
+pub(crate) struct Delivery {
+    recipients: Vec<Address>,
+    importance: Importance,
+    subject: String,
+    parts: Vec<Part>,
+    size: usize,
+}
+
+pub(crate) struct PendingAuth {
+    account: Address,
+    n1: String,
+    n2: String,
+    issued: Instant,
+}
+
+/// What every pipeline of one connection shares.
+pub(crate) struct Shared {
+    pub server: Arc<ImmpServer>,
+    pub peer: SocketAddr,
+    phase: Mutex<Phase>,
+    pending: Mutex<Option<PendingAuth>>,
+    /// `COMPRESSION=GZIP`.
+    pub gzip: AtomicBool,
+    /// The live-push receiver, handed to the reader once authenticated.
+    pub pushes: Mutex<Option<broadcast::Receiver<Arc<str>>>>,
+    /// Wakes the reader when `pushes` is filled.
+    pub authed: Notify,
+}
+
+impl Shared {
+    /// State after the TLS upgrade.
+    pub fn new(server: Arc<ImmpServer>, peer: SocketAddr) -> Self {
+        Shared {
+            server,
+            peer,
+            phase: Mutex::new(Phase::Unauthenticated),
+            pending: Mutex::new(None),
+            gzip: AtomicBool::new(false),
+            pushes: Mutex::new(None),
+            authed: Notify::new(),
+        }
+    }
+
+    /// The current state.
+    pub fn phase(&self) -> Phase {
+        self.phase
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or(Phase::Unauthenticated)
+    }
+
+    /// The authenticated account, if any.
+    pub fn account(&self) -> Option<AccountId> {
+        match self.phase() {
+            Phase::Local(a) => Some(a.id),
+            _ => None,
+        }
+    }
+
+    /// Replace the pending AUTH SECRET nonces, returning the previous ones.
+    fn set_pending(&self, next: Option<PendingAuth>) -> Option<PendingAuth> {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|mut p| std::mem::replace(&mut *p, next))
+    }
+
+    fn authenticated(&self, account: Account) {
+        let rx = self.server.listen(account.id);
+        if let Ok(mut p) = self.phase.lock() {
+            *p = Phase::Local(account);
+        }
+        if let Ok(mut slot) = self.pushes.lock() {
+            *slot = rx;
+        }
+        self.authed.notify_one();
+    }
+}
+
+/// Work for a pipeline.
+pub(crate) enum Work {
+    /// A command (not DATA).
+    Command(CommandKind),
+    /// A DATA command was read; its payload follows (announce `271`, in pipeline order).
+    DataStart(String),
+    /// A DATA command with the payload the reader took from the stream.
+    Data(PartSpec, Result<Vec<u8>, PayloadError>),
+}
+
+/// One pipeline's worker.
+pub(crate) struct Pipeline {
+    shared: Arc<Shared>,
+    id: Option<String>,
+    txn: Option<Txn>,
+    out: mpsc::Sender<String>,
+}
+
+impl Pipeline {
+    /// Run the pipeline until its sender is dropped.
+    pub async fn run(
+        shared: Arc<Shared>,
+        id: Option<String>,
+        mut work: mpsc::Receiver<Work>,
+        out: mpsc::Sender<String>,
+    ) {
+        let mut p = Pipeline {
+            shared,
+            id,
+            txn: None,
+            out,
+        };
+        while let Some(w) = work.recv().await {
+            match w {
+                Work::Command(kind) => p.command(kind).await,
+                Work::DataStart(label) => {
+                    p.say(Reply::new(271, format!("{label} Saving part"))).await
+                }
+                Work::Data(spec, payload) => p.data(spec, payload).await,
+            }
+        }
+    }
+
+    async fn say(&mut self, reply: Reply) {
+        let _ = self.out.send(reply.render(self.id.as_deref())).await;
+    }
+
+    async fn command(&mut self, kind: CommandKind) {
+        let phase = self.shared.phase();
+        let allowed = match (&phase, &kind) {
+            (_, CommandKind::Noop) => true,
+            (Phase::Unauthenticated, k) => matches!(
+                k,
+                CommandKind::AuthSecret { .. }
+                    | CommandKind::AuthResponse(_)
+                    | CommandKind::Push { .. }
+            ),
+            (Phase::Local(_), k) => !matches!(
+                k,
+                CommandKind::AuthSecret { .. } | CommandKind::AuthResponse(_)
+            ),
+        };
+        if !allowed {
+            let why = match phase {
+                Phase::Unauthenticated => "Authenticate first.",
+                Phase::Local(_) => "Already authenticated.",
+            };
+            return self.say(Reply::new(403, why)).await;
+        }
+        match kind {
+            CommandKind::Noop => self.say(Reply::new(200, "OK")).await,
+            CommandKind::AuthSecret { account, .. } => self.auth_secret(&account).await,
+            CommandKind::AuthResponse(hex) => self.auth_response(&hex).await,
+            CommandKind::DeliverTo {
+                recipients,
+                important,
+                ..
+            } => self.deliver_to(&recipients, important).await,
+            CommandKind::Done => self.done().await,
+            CommandKind::KeyRequest(x) => self.key_request(&x).await,
+            CommandKind::KeyPublish => {
+                self.txn = Some(Txn::KeyPublish);
+                self.say(Reply::new(276, "Ready for the key DATA.")).await;
+            }
+            CommandKind::Publish { node, title } => self.publish(&node, title).await,
+            CommandKind::PublishTo(node) => self.publish_to(&node).await,
+            CommandKind::Subscribe(node) => self.subscribe(&node).await,
+            CommandKind::SubscribeList => self.subscribe_list().await,
+            CommandKind::Unsubscribe(x) => self.unsubscribe(&x).await,
+            CommandKind::Set { global, key, value } => self.set(global, &key, value).await,
+            CommandKind::Push {
+                to,
+                from,
+                important,
+            } => self.push(&to, &from, important).await,
+            CommandKind::MboxCheck { .. }
+            | CommandKind::MboxIndex { .. }
+            | CommandKind::MboxFetch { .. }
+            | CommandKind::MboxCreate(_)
+            | CommandKind::MboxDelete(_)
+            | CommandKind::MboxMove { .. } => {
+                if let Phase::Local(account) = &phase {
+                    let gzip = self.shared.gzip.load(Ordering::Relaxed);
+                    let replies = mailbox::run(&self.shared.server.core, account, kind, gzip).await;
+                    for r in replies {
+                        self.say(r).await;
+                    }
+                }
+            }
+            // Handled by the session's reader.
+            CommandKind::Quit | CommandKind::Upgrade(_) | CommandKind::Data { .. } => {}
+        }
+    }
+
+    /// A DATA block: the payload was read (271 already said); now the verdict.
+    async fn data(&mut self, spec: PartSpec, payload: Result<Vec<u8>, PayloadError>) {
+        let label = spec.name.clone().unwrap_or_else(|| "part".into());
+        let max = self.shared.server.core.policy.max_message_size;
+        let payload = match payload {
+            Ok(p) => p,
+            Err(PayloadError::TooLarge) => {
+                return self
+                    .say(Reply::new(443, format!("Part larger than {max} bytes.")))
+                    .await
+            }
+            Err(PayloadError::LengthMismatch) => {
+                return self
+                    .say(Reply::new(
+                        445,
+                        "Length mismatch: the payload does not end where LENGTH says.",
+                    ))
+                    .await
+            }
+            // The reader closes the connection for these.
+            Err(PayloadError::Io | PayloadError::Unbounded) => return,
+        };
+        let may_send = matches!(self.shared.phase(), Phase::Local(_))
+            || matches!(self.txn, Some(Txn::Push(_)));
+        if !may_send {
+            return self.say(Reply::new(403, "Authenticate first.")).await;
+        }
+        let gzip = self.shared.gzip.load(Ordering::Relaxed);
+        let data = match decode(payload, spec.base64, gzip, max) {
+            Ok(d) => d,
+            Err(e) => {
+                return self
+                    .say(Reply::new(444, format!("Bad base64 payload: {e}.")))
+                    .await
+            }
+        };
+        match self.txn.take() {
+            None => {
+                self.say(Reply::new(420, "No delivery in progress on this pipeline."))
+                    .await
+            }
+            Some(Txn::Push(push)) => {
+                let reply = self.deliver_push(push, spec, data).await;
+                self.say(reply).await;
+            }
+            Some(Txn::KeyPublish) => {
+                let reply = self.publish_key(data).await;
+                self.say(reply).await;
+            }
+            Some(Txn::Deliver(mut txn)) => {
+                if txn.size + data.len() > max {
+                    self.txn = Some(Txn::Deliver(txn));
+                    return self
+                        .say(Reply::new(443, format!("Message larger than {max} bytes.")))
+                        .await;
+                }
+                txn.size += data.len();
+                if label.eq_ignore_ascii_case("subject") && spec.media_type.is_none() {
+                    txn.subject = String::from_utf8_lossy(&data).trim().to_owned();
+                } else {
+                    txn.parts.push(Part {
+                        name: label.clone(),
+                        media_type: spec
+                            .media_type
+                            .clone()
+                            .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                        data: Bytes::from(data),
+                        content: spec.content,
+                    });
+                }
+                self.txn = Some(Txn::Deliver(txn));
+                self.say(Reply::new(272, format!("{label} Part saved")))
+                    .await;
+            }
+        }
+    }
+
+    async fn auth_secret(&mut self, account: &str) {
+        if !self
+            .shared
+            .server
+            .core
+            .limiter
+            .check(&self.shared.peer.ip())
+        {
+            self.say(Reply::new(429, "Too many attempts; slow down."))
+                .await;
+            return;
+        }
+        let address = match Address::parse_imid(account) {
+            Ok(a) => a,
+            Err(e) => {
+                self.say(Reply::new(446, format!("Invalid account: {e}.")))
+                    .await;
+                return;
+            }
+        };
+        // Nonces are issued for unknown accounts too, so replies do not reveal which exist.
+        let n1 = uuid::Uuid::now_v7().to_string();
+        let n2 = (now_ms() / 1000).to_string();
+        self.say(Reply::new(
+            302,
+            "Shared secret authentication request initiated.",
+        ))
+        .await;
+        self.say(Reply::new(303, format!("n1={n1} n2={n2}"))).await;
+        self.shared.set_pending(Some(PendingAuth {
+            account: address,
+            n1,
+            n2,
+            issued: Instant::now(),
+        }));
+    }
+
+    async fn auth_response(&mut self, given: &str) {
+        // Single use: whatever happens, the nonces are gone.
+        let Some(pending) = self.shared.set_pending(None) else {
+            self.say(Reply::new(410, "No authentication in progress."))
+                .await;
+            return;
+        };
+        if pending.issued.elapsed() > NONCE_LIFETIME {
+            self.say(Reply::new(410, "Authentication expired; start again."))
+                .await;
+            return;
+        }
+        let store = self.shared.server.core.store.clone();
+        let account = match store.account(&pending.account).await {
+            Ok(Some(a)) if self.shared.server.core.policy.is_local(&a.address.domain) => Some(a),
+            _ => None,
+        };
+        let ok = match &account {
+            Some(a) => match store.secret(a.id, auth::SECRET_KIND).await {
+                Ok(Some(h)) => {
+                    let h = String::from_utf8_lossy(&h).into_owned();
+                    auth::check(&auth::response(&h, &pending.n1, &pending.n2), given)
+                }
+                _ => false,
+            },
+            None => false,
+        };
+        match (ok, account) {
+            (true, Some(a)) => {
+                tracing::info!(account = %a.address, "immp authenticated");
+                // The state changes before the reply: the client's next command sees it.
+                let gzip = matches!(
+                    self.shared.server.core.store.secret(a.id, COMPRESSION_SETTING).await,
+                    Ok(Some(v)) if v == b"GZIP"
+                );
+                self.shared.gzip.store(gzip, Ordering::Relaxed);
+                let reply = Reply::new(210, format!("Authentication accepted for {}", a.address));
+                self.shared.authenticated(a);
+                self.say(reply).await;
+            }
+            _ => self.say(Reply::new(410, "Authentication failed.")).await,
+        }
+    }
+
+    async fn deliver_to(&mut self, recipients: &[String], important: Option<bool>) {
+        let mut parsed = Vec::new();
+        for r in recipients {
+            match ImidRef::parse(r) {
+                Ok(i) if i.mailbox.is_none() && i.message_id.is_none() => parsed.push(i.address),
+                Ok(_) => {
+                    self.say(Reply::new(
+                        446,
+                        format!("{r} is a message reference, not a recipient."),
+                    ))
+                    .await;
+                    return;
+                }
+                Err(e) => {
+                    self.say(Reply::new(446, format!("Invalid recipient {r}: {e}.")))
+                        .await;
+                    return;
+                }
+            }
+        }
+        let max = self.shared.server.core.policy.max_recipients;
+        if parsed.len() > max {
+            self.say(Reply::new(
+                447,
+                format!("Too many recipients; the limit is {max}."),
+            ))
+            .await;
+            return;
+        }
+        self.txn = Some(Txn::Deliver(Delivery {
+            recipients: parsed,
+            importance: match important {
+                Some(true) => Importance::High,
+                Some(false) => Importance::Low,
+                None => Importance::Normal,
+            },
+            subject: String::new(),
+            parts: Vec::new(),
+            size: 0,
+        }));
+        self.say(Reply::new(270, "Ok, ready to deliver. Give me your DATA."))
+            .await;
+    }
+
+    async fn done(&mut self) {
+        let Phase::Local(account) = &self.shared.phase() else {
+            return;
+        };
+        let mut txn = match self.txn.take() {
+            Some(Txn::Deliver(d)) => d,
+            Some(other @ (Txn::Push(_) | Txn::KeyPublish)) => {
+                self.txn = Some(other);
+                self.say(Reply::new(
+                    420,
+                    "This transaction takes one DATA block and no DONE.",
+                ))
+                .await;
+                return;
+            }
+            None => {
+                self.say(Reply::new(420, "No delivery in progress on this pipeline."))
+                    .await;
+                return;
+            }
+        };
+        if txn.parts.is_empty() {
+            self.say(Reply::new(421, "No DATA given; nothing to deliver."))
+                .await;
+            return;
+        }
+        if !txn.parts.iter().any(|part| part.content) {
+            if let Some(first) = txn.parts.first_mut() {
+                first.content = true;
+            }
+        }
+        let mut message = Message::new(account.address.clone(), txn.recipients, txn.subject, "");
+        message.parts = txn.parts;
+        message.importance = txn.importance;
+        message.trace.push(TraceHop {
+            protocol: PROTOCOL.into(),
+            peer: self.shared.peer.ip().to_string(),
+            at: now_ms(),
+        });
+        let id = message.id;
+        let origin = Origin {
+            protocol: PROTOCOL,
+            submitter: Submitter::Account(account.clone()),
+        };
+        let reply = match self.shared.server.core.submit(message, &origin, None).await {
+            Ok(_) => Reply::new(273, format!("{id} Message accepted")),
+            Err(e @ SubmitError::UnknownRecipient(_)) => Reply::new(441, format!("{e}.")),
+            Err(e @ SubmitError::RelayDenied(_)) => Reply::new(442, format!("{e}.")),
+            Err(e @ SubmitError::TooLarge { .. }) => Reply::new(443, format!("{e}.")),
+            Err(e @ SubmitError::TooManyRecipients(..)) => Reply::new(447, format!("{e}.")),
+            Err(e @ SubmitError::SenderMismatch(_)) => Reply::new(403, format!("{e}.")),
+            Err(e @ (SubmitError::NoRecipients | SubmitError::StampSpent)) => {
+                Reply::new(401, format!("{e}."))
+            }
+            Err(e @ SubmitError::Store(_)) => Reply::new(750, format!("{e}; try again.")),
+        };
+        self.say(reply).await;
+    }
+
+    /// A node named in a command: `name` (own domain), `name@domain`, or the draft's
+    /// `name@domain/sub` (= `name/sub@domain`).
+    fn node_address(&self, text: &str) -> Result<Address, Reply> {
+        let bad = |e: String| Reply::new(446, format!("Invalid node {text}: {e}."));
+        if !text.contains('@') {
+            return Address::parse_imid(&format!("{text}@{}", self.shared.server.domain))
+                .map_err(|e| bad(e.to_string()));
+        }
+        let r = ImidRef::parse(text).map_err(|e| bad(e.to_string()))?;
+        match r.mailbox {
+            None => Ok(r.address.account()),
+            Some(sub) => {
+                let mut a = r.address.account();
+                a.node.push(a.local.clone());
+                let mut segs: Vec<&str> = sub.split('/').collect();
+                a.local = segs.pop().unwrap_or_default().to_owned();
+                a.node.extend(segs.into_iter().map(str::to_owned));
+                Ok(a)
+            }
+        }
+    }
+
+    async fn publish(&mut self, node: &str, title: Option<String>) {
+        let Phase::Local(account) = &self.shared.phase() else {
+            return;
+        };
+        if node.contains('@') {
+            self.say(Reply::new(
+                401,
+                "PUBLISH takes a node name; it is published on this domain.",
+            ))
+            .await;
+            return;
+        }
+        let addr = match self.node_address(node) {
+            Ok(a) => a,
+            Err(r) => return self.say(r).await,
+        };
+        let title = title.unwrap_or_else(|| addr.to_string());
+        let reply = match self
+            .shared
+            .server
+            .core
+            .store
+            .create_node(account.id, &addr, &title)
+            .await
+        {
+            Ok(()) => Reply::new(260, format!("Node {addr} published.")),
+            Err(mailgate_core::StoreError::Exists(_)) => {
+                Reply::new(460, format!("Node {addr} exists already."))
+            }
+            Err(e) => Reply::new(750, format!("Temporary failure: {e}.")),
+        };
+        self.say(reply).await;
+    }
+
+    /// A local node this session's account owns, or the reply saying why not.
+    async fn owned_node(&self, addr: &Address) -> Result<(), Reply> {
+        let owner = match &self.shared.phase() {
+            Phase::Local(a) => Some(a.id),
+            _ => None,
+        };
+        match self.shared.server.core.store.node(addr).await {
+            Ok(Some(n)) if Some(n.owner) == owner => Ok(()),
+            Ok(Some(_)) => Err(Reply::new(403, format!("You do not own {addr}."))),
+            Ok(None) => Err(Reply::new(405, format!("No node {addr}."))),
+            Err(e) => Err(Reply::new(750, format!("Temporary failure: {e}."))),
+        }
+    }
+
+    async fn publish_to(&mut self, node: &str) {
+        let addr = match self.node_address(node) {
+            Ok(a) => a,
+            Err(r) => return self.say(r).await,
+        };
+        if let Err(r) = self.owned_node(&addr).await {
+            return self.say(r).await;
+        }
+        let to = match self.shared.server.core.store.subscribers(&addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                return self
+                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        };
+        self.txn = Some(Txn::Push(PushTxn {
+            from: addr,
+            to,
+            importance: Importance::Normal,
+        }));
+        self.say(Reply::new(275, "Ready for the push DATA.")).await;
+    }
+
+    async fn subscribe(&mut self, node: &str) {
+        let Phase::Local(account) = &self.shared.phase() else {
+            return;
+        };
+        let account = account.id;
+        let addr = match self.node_address(node) {
+            Ok(a) => a,
+            Err(r) => return self.say(r).await,
+        };
+        let store = self.shared.server.core.store.clone();
+        let title = if self.shared.server.core.policy.is_local(&addr.domain) {
+            match store.node(&addr).await {
+                Ok(Some(n)) => n.title,
+                Ok(None) => return self.say(Reply::new(405, format!("No node {addr}."))).await,
+                Err(e) => {
+                    return self
+                        .say(Reply::new(750, format!("Temporary failure: {e}.")))
+                        .await
+                }
+            }
+        } else {
+            addr.to_string()
+        };
+        self.say(Reply::new(
+            380,
+            format!("Subscription request for {addr} initiated."),
+        ))
+        .await;
+        match store.subscribe(account, &addr, &title).await {
+            Ok(s) => {
+                self.say(Reply::new(280, format!("Subscribed to: {}", s.title)))
+                    .await
+            }
+            Err(e) => {
+                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        }
+    }
+
+    async fn subscribe_list(&mut self) {
+        let Phase::Local(account) = &self.shared.phase() else {
+            return;
+        };
+        match self
+            .shared
+            .server
+            .core
+            .store
+            .subscriptions(account.id)
+            .await
+        {
+            Ok(subs) => {
+                if !subs.is_empty() {
+                    let lines = subs
+                        .iter()
+                        .map(|s| format!("{} {}", s.id, s.node))
+                        .collect();
+                    self.say(Reply { code: 281, lines }).await;
+                }
+                self.say(Reply::new(282, format!("{} subscriptions.", subs.len())))
+                    .await;
+            }
+            Err(e) => {
+                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, what: &str) {
+        let Phase::Local(account) = &self.shared.phase() else {
+            return;
+        };
+        let key = match self.node_address(what) {
+            Ok(a) if what.contains('@') => a.account_key(),
+            _ => what.to_owned(),
+        };
+        match self
+            .shared
+            .server
+            .core
+            .store
+            .unsubscribe(account.id, &key)
+            .await
+        {
+            Ok(true) => {
+                self.say(Reply::new(283, format!("Unsubscribed from {what}.")))
+                    .await
+            }
+            Ok(false) => {
+                self.say(Reply::new(405, format!("No subscription {what}.")))
+                    .await
+            }
+            Err(e) => {
+                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        }
+    }
+
+    async fn push(&mut self, to: &str, from: &str, important: bool) {
+        let to = match Address::parse_imid(to) {
+            Ok(a) => a,
+            Err(e) => {
+                return self
+                    .say(Reply::new(446, format!("Invalid recipient {to}: {e}.")))
+                    .await
+            }
+        };
+        let from = match self.node_address(from) {
+            Ok(a) => a,
+            Err(r) => return self.say(r).await,
+        };
+        if self.shared.server.core.policy.is_local(&from.domain) {
+            if let Err(r) = self.owned_node(&from).await {
+                return self.say(r).await;
+            }
+        }
+        let store = self.shared.server.core.store.clone();
+        let account = match store.account(&to).await {
+            Ok(Some(a)) if self.shared.server.core.policy.is_local(&to.domain) => a,
+            Ok(_) => {
+                return self
+                    .say(Reply::new(441, format!("No such user here: {to}.")))
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        };
+        let subscribed = match store.subscriptions(account.id).await {
+            Ok(subs) => subs.iter().any(|s| s.node.same_account(&from)),
+            Err(e) => {
+                return self
+                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        };
+        if !subscribed {
+            return self
+                .say(Reply::new(
+                    430,
+                    format!("{to} is not subscribed to {from}."),
+                ))
+                .await;
+        }
+        self.txn = Some(Txn::Push(PushTxn {
+            from,
+            to: vec![account.address],
+            importance: if important {
+                Importance::High
+            } else {
+                Importance::Normal
+            },
+        }));
+        self.say(Reply::new(275, "Ready for the push DATA.")).await;
+    }
+
+    /// Store a push for every recipient (PUSH folder, bypassing the inbox) and show it to their
+    /// open sessions.
+    async fn deliver_push(&mut self, push: PushTxn, spec: PartSpec, data: Vec<u8>) -> Reply {
+        let max = self.shared.server.core.policy.max_recipients.max(1);
+        let mut delivered = 0;
+        let mut last_id = None;
+        for chunk in push.to.chunks(max) {
+            let mut m = Message::new(push.from.clone(), chunk.to_vec(), "", "");
+            m.kind = MessageKind::Push;
+            m.importance = push.importance;
+            m.parts = vec![Part {
+                name: spec.name.clone().unwrap_or_else(|| "push".into()),
+                media_type: spec
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                data: Bytes::from(data.clone()),
+                content: true,
+            }];
+            m.trace.push(TraceHop {
+                protocol: PROTOCOL.into(),
+                peer: self.shared.peer.ip().to_string(),
+                at: now_ms(),
+            });
+            let live = crate::mailbox::push_json(&m).to_string();
+            let origin = Origin {
+                protocol: PROTOCOL,
+                submitter: Submitter::Peer(self.shared.peer.ip()),
+            };
+            let id = m.id;
+            match self.shared.server.core.submit(m, &origin, None).await {
+                Ok(receipt) => {
+                    delivered += receipt.local.len();
+                    last_id = Some(id);
+                    self.shared.server.notify(&receipt.local_accounts, &live);
+                }
+                Err(e) => return Reply::new(750, format!("Push not stored: {e}.")),
+            }
+        }
+        match last_id {
+            Some(id) => Reply::new(
+                274,
+                format!("{id} Push delivered to {delivered} recipients."),
+            ),
+            None => Reply::new(274, "- Push delivered to 0 recipients."),
+        }
+    }
+
+    async fn set(&mut self, global: bool, key: &str, value: Option<String>) {
+        if key != "COMPRESSION" {
+            return self
+                .say(Reply::new(
+                    401,
+                    format!("Unknown setting {key}; supported: COMPRESSION."),
+                ))
+                .await;
+        }
+        let Some(value) = value else {
+            let now = if self.shared.gzip.load(Ordering::Relaxed) {
+                "GZIP"
+            } else {
+                "NONE"
+            };
+            return self
+                .say(Reply::new(
+                    220,
+                    format!("COMPRESSION={now} (supported: NONE GZIP)"),
+                ))
+                .await;
+        };
+        let gzip = match value.as_str() {
+            "GZIP" => true,
+            "NONE" => false,
+            other => {
+                return self
+                    .say(Reply::new(
+                        401,
+                        format!("COMPRESSION={other} is not supported: NONE GZIP."),
+                    ))
+                    .await
+            }
+        };
+        if global {
+            let Phase::Local(account) = &self.shared.phase() else {
+                return;
+            };
+            if let Err(e) = self
+                .shared
+                .server
+                .core
+                .store
+                .set_secret(account.id, COMPRESSION_SETTING, value.as_bytes())
+                .await
+            {
+                return self
+                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await;
+            }
+        }
+        self.shared.gzip.store(gzip, Ordering::Relaxed);
+        let scope = if global { " (account default)" } else { "" };
+        self.say(Reply::new(220, format!("COMPRESSION={value}{scope}")))
+            .await;
+    }
+
+    /// KEY PUBLISH's DATA: the authenticated account's own public key.
+    async fn publish_key(&mut self, data: Vec<u8>) -> Reply {
+        let Phase::Local(account) = &self.shared.phase() else {
+            return Reply::new(403, "Authenticate first.");
+        };
+        let armored = String::from_utf8_lossy(&data).into_owned();
+        let who = account.address.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            mailgate_core::pgp::check_public_key(&armored, &who).map(|k| (k, armored))
+        })
+        .await;
+        let (key, armored) = match checked {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => return Reply::new(448, format!("Invalid key: {e}.")),
+            Err(e) => return Reply::new(750, format!("Temporary failure: {e}.")),
+        };
+        let record = mailgate_core::store::PublicKeyRecord {
+            address: account.address.clone(),
+            fingerprint: key.fingerprint.clone(),
+            armored,
+        };
+        match self.shared.server.core.store.put_key(record).await {
+            Ok(()) => Reply::new(
+                232,
+                format!(
+                    "Key published for {} (fingerprint {}).",
+                    account.address, key.fingerprint
+                ),
+            ),
+            Err(e) => Reply::new(750, format!("Temporary failure: {e}.")),
+        }
+    }
+
+    async fn key_request(&mut self, target: &str) {
+        let address = match Address::parse_imid(target) {
+            Ok(a) => a,
+            Err(_) if !target.contains('@') => {
+                let ours = target.eq_ignore_ascii_case(&self.shared.server.domain)
+                    || self.shared.server.core.policy.is_local(target);
+                match (self.shared.server.domain_key.clone(), ours) {
+                    (Some(k), true) => {
+                        self.say(Reply::new(
+                            230,
+                            format!("Public key for {target} (fingerprint {}):", k.fingerprint),
+                        ))
+                        .await;
+                        let lines = k.armored.lines().map(str::to_owned).collect();
+                        self.say(Reply { code: 231, lines }).await;
+                    }
+                    _ => {
+                        self.say(Reply::new(405, format!("No domain key for {target}.")))
+                            .await
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                self.say(Reply::new(446, format!("Invalid IMID {target}: {e}.")))
+                    .await;
+                return;
+            }
+        };
+        match self.shared.server.core.store.key(&address).await {
+            Ok(Some(k)) => {
+                self.say(Reply::new(
+                    230,
+                    format!(
+                        "Public key for {} (fingerprint {}):",
+                        k.address, k.fingerprint
+                    ),
+                ))
+                .await;
+                self.say(Reply {
+                    code: 231,
+                    lines: k.armored.lines().map(str::to_owned).collect(),
+                })
+                .await;
+            }
+            Ok(None) => {
+                self.say(Reply::new(405, format!("No public key for {address}.")))
+                    .await
+            }
+            Err(e) => {
+                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        }
+    }
+}
