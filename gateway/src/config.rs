@@ -65,6 +65,9 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// PEM files of the CAs trusted when this gateway connects to other servers (IMMP AUTH
+    /// COOKIE call-backs and relaying). Empty: no remote server can be verified.
+    pub trust: Vec<PathBuf>,
 }
 
 /// `[limits]`.

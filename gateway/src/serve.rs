@@ -7,8 +7,10 @@ use crate::listener::{self, ListenerContext};
 use crate::relay::Relay;
 use crate::tls;
 use anyhow::Context;
+use mailgate_core::relay::Transport;
 use mailgate_core::Address;
 use mailgate_core::{Core, Metrics, Policy, SqliteOptions, SqliteStore};
+use mailgate_immp::federation::{Federation, ImmpTransport};
 use mailgate_immp::session::DomainKey;
 use mailgate_immp::ImmpServer;
 use mailgate_mmtp::MmtpServer;
@@ -83,6 +85,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_secs),
     };
     let read_timeout = config.limits.read_timeout();
+    let trust = if config.tls.trust.is_empty() {
+        None
+    } else {
+        Some(tls::client_config_from(&config.tls.trust)?)
+    };
+    let federation = Federation::new(config.immp.routes.clone(), trust);
     let mut servers = tokio::task::JoinSet::new();
 
     let admin_app = admin::router(core.clone());
@@ -119,14 +127,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if config.immp.enabled {
-        let immp = Arc::new(ImmpServer::new(
-            core.clone(),
-            config.primary_domain().to_owned(),
-            Some(domain_key(&config)?),
-            acceptor.clone(),
-            TlsAcceptor::from(server_tls.tls13),
-            read_timeout,
-        ));
+        let immp = Arc::new(
+            ImmpServer::new(
+                core.clone(),
+                config.primary_domain().to_owned(),
+                Some(domain_key(&config)?),
+                acceptor.clone(),
+                TlsAcceptor::from(server_tls.tls13),
+                read_timeout,
+            )
+            .with_federation(federation.clone()),
+        );
         let l = bind(config.immp.listen, "immp.listen").await?;
         servers.spawn(listener::serve("immp", l, None, ctx.clone(), move |c| {
             let i = immp.clone();
@@ -142,7 +153,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }));
     }
 
-    let relay = Arc::new(Relay::new(core.clone(), Vec::new(), config.relay.clone()));
+    let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
+    if config.immp.enabled {
+        transports.push(Arc::new(ImmpTransport::new(
+            core.clone(),
+            config.primary_domain().to_owned(),
+            federation.clone(),
+        )));
+    }
+    let relay = Arc::new(Relay::new(core.clone(), transports, config.relay.clone()));
     tracker.spawn(relay.run(shutdown.clone()));
 
     println!("mailgate: ready");

@@ -112,11 +112,19 @@ pub fn server_config(config: &Config) -> anyhow::Result<ServerTls> {
 /// A client-side TLS configuration trusting only the certificates in the PEM file `ca` (a CA,
 /// or a self-signed server certificate).
 pub fn client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client_config_from(std::slice::from_ref(&ca.to_path_buf()))
+}
+
+/// A client-side TLS configuration trusting the certificates in these PEM files.
+pub fn client_config_from(files: &[PathBuf]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("cannot read CA file {}", ca.display()))?
-    {
-        roots.add(cert.with_context(|| format!("{} is not a PEM certificate", ca.display()))?)?;
+    for ca in files {
+        for cert in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("cannot read CA file {}", ca.display()))?
+        {
+            roots
+                .add(cert.with_context(|| format!("{} is not a PEM certificate", ca.display()))?)?;
+        }
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

@@ -89,6 +89,20 @@ pub enum CommandKind {
     },
     /// `AUTH RESPONSE <hex>`.
     AuthResponse(String),
+    /// `AUTH COOKIE <cookie> <issuer-domain>`: a server authenticates for its domain.
+    AuthCookie {
+        /// The cookie the issuer gave its own server.
+        cookie: String,
+        /// The issuing domain.
+        domain: String,
+    },
+    /// `COOKIE CHECK <cookie> <domain>`: is this cookie one we issued for `domain`?
+    CookieCheck {
+        /// The cookie.
+        cookie: String,
+        /// The domain it was presented to.
+        domain: String,
+    },
     /// `DELIVER TO <imid>[, <imid>…] [+IMPORTANT|-IMPORTANT] [+MULTIPART]`.
     DeliverTo {
         /// Recipients as written.
@@ -422,6 +436,26 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
                 _ => return Err(usage("AUTH SECRET <account> [\"device\"]")),
             }
         }
+        ("AUTH" | "AUTHENTICATE", "COOKIE") => {
+            let a = Args::of(toks.get(2..).unwrap_or_default());
+            match a.params.as_slice() {
+                [cookie, domain] if a.switches.is_empty() => CommandKind::AuthCookie {
+                    cookie: cookie.clone(),
+                    domain: domain.clone(),
+                },
+                _ => return Err(usage("AUTH COOKIE <cookie> <issuer-domain>")),
+            }
+        }
+        ("COOKIE", "CHECK") => {
+            let a = Args::of(toks.get(2..).unwrap_or_default());
+            match a.params.as_slice() {
+                [cookie, domain] if a.switches.is_empty() => CommandKind::CookieCheck {
+                    cookie: cookie.clone(),
+                    domain: domain.clone(),
+                },
+                _ => return Err(usage("COOKIE CHECK <cookie> <domain>")),
+            }
+        }
         ("AUTH" | "AUTHENTICATE", "RESPONSE") => {
             let a = Args::of(toks.get(2..).unwrap_or_default());
             match a.params.as_slice() {
@@ -696,6 +730,12 @@ pub fn encode(cmd: &Command) -> String {
         }
         CommandKind::AuthResponse(h) => {
             let _ = write!(out, "AUTH RESPONSE {}", q(h));
+        }
+        CommandKind::AuthCookie { cookie, domain } => {
+            let _ = write!(out, "AUTH COOKIE {} {}", q(cookie), q(domain));
+        }
+        CommandKind::CookieCheck { cookie, domain } => {
+            let _ = write!(out, "COOKIE CHECK {} {}", q(cookie), q(domain));
         }
         CommandKind::DeliverTo {
             recipients,
@@ -1060,6 +1100,10 @@ mod tests {
             (text(), proptest::option::of(text()))
                 .prop_map(|(account, device)| CommandKind::AuthSecret { account, device }),
             "[a-f0-9]{1,40}".prop_map(CommandKind::AuthResponse),
+            ("[a-f0-9]{1,40}", "[a-z.]{1,20}")
+                .prop_map(|(cookie, domain)| CommandKind::AuthCookie { cookie, domain }),
+            ("[a-f0-9]{1,40}", "[a-z.]{1,20}")
+                .prop_map(|(cookie, domain)| CommandKind::CookieCheck { cookie, domain }),
             (
                 proptest::collection::vec("[a-z0-9.+/@]{1,20}", 1..4),
                 proptest::option::of(any::<bool>()),

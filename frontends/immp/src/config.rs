@@ -11,6 +11,8 @@ pub struct ImmpConfig {
     pub enabled: bool,
     /// TCP listener (TLS is negotiated in-band with `UPGRADE`).
     pub listen: SocketAddr,
+    /// Where other domains' IMMP servers are (`[[immp.routes]]`).
+    pub routes: Vec<crate::federation::ImmpRoute>,
 }
 
 impl Default for ImmpConfig {
@@ -18,6 +20,7 @@ impl Default for ImmpConfig {
         ImmpConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1025)),
+            routes: Vec::new(),
         }
     }
 }

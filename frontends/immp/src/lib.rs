@@ -5,8 +5,10 @@
 //! MBOX commands from the shared store.
 
 pub mod auth;
+pub mod client;
 pub mod codec;
 pub mod config;
+pub mod federation;
 pub mod mailbox;
 mod payload;
 mod pipeline;

@@ -25,6 +25,8 @@ use tokio::sync::{broadcast, mpsc, Notify};
 pub(crate) enum Phase {
     Unauthenticated,
     Local(Account),
+    /// Remotely Authenticated: a server proved (by cookie) it speaks for this domain.
+    Remote(String),
 }
 
 /// A transaction on one pipeline, waiting for DATA.
@@ -112,6 +114,12 @@ impl Shared {
             .and_then(|mut p| std::mem::replace(&mut *p, next))
     }
 
+    fn remote(&self, domain: String) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = Phase::Remote(domain);
+        }
+    }
+
     fn authenticated(&self, account: Account) {
         let rx = self.server.listen(account.id);
         if let Ok(mut p) = self.phase.lock() {
@@ -175,21 +183,33 @@ impl Pipeline {
         let phase = self.shared.phase();
         let allowed = match (&phase, &kind) {
             (_, CommandKind::Noop) => true,
+            (_, CommandKind::CookieCheck { .. }) => true,
             (Phase::Unauthenticated, k) => matches!(
                 k,
                 CommandKind::AuthSecret { .. }
                     | CommandKind::AuthResponse(_)
+                    | CommandKind::AuthCookie { .. }
                     | CommandKind::Push { .. }
+            ),
+            (Phase::Remote(_), k) => matches!(
+                k,
+                CommandKind::DeliverTo { .. }
+                    | CommandKind::Done
+                    | CommandKind::Push { .. }
+                    | CommandKind::KeyRequest(_)
             ),
             (Phase::Local(_), k) => !matches!(
                 k,
-                CommandKind::AuthSecret { .. } | CommandKind::AuthResponse(_)
+                CommandKind::AuthSecret { .. }
+                    | CommandKind::AuthResponse(_)
+                    | CommandKind::AuthCookie { .. }
             ),
         };
         if !allowed {
             let why = match phase {
                 Phase::Unauthenticated => "Authenticate first.",
                 Phase::Local(_) => "Already authenticated.",
+                Phase::Remote(_) => "Not available to a remote server.",
             };
             return self.say(Reply::new(403, why)).await;
         }
@@ -197,6 +217,22 @@ impl Pipeline {
             CommandKind::Noop => self.say(Reply::new(200, "OK")).await,
             CommandKind::AuthSecret { account, .. } => self.auth_secret(&account).await,
             CommandKind::AuthResponse(hex) => self.auth_response(&hex).await,
+            CommandKind::AuthCookie { cookie, domain } => self.auth_cookie(&cookie, &domain).await,
+            CommandKind::CookieCheck { cookie, domain } => {
+                let own = self.shared.server.domain.clone();
+                let reply = match crate::federation::check_cookie(
+                    &self.shared.server.core,
+                    &cookie,
+                    &domain,
+                )
+                .await
+                {
+                    Ok(true) => Reply::new(211, format!("Cookie valid for {own}")),
+                    Ok(false) => Reply::new(411, "Cookie invalid."),
+                    Err(e) => Reply::new(750, format!("Temporary failure: {e}.")),
+                };
+                self.say(reply).await;
+            }
             CommandKind::DeliverTo {
                 recipients,
                 important,
@@ -260,7 +296,7 @@ impl Pipeline {
             // The reader closes the connection for these.
             Err(PayloadError::Io | PayloadError::Unbounded) => return,
         };
-        let may_send = matches!(self.shared.phase(), Phase::Local(_))
+        let may_send = matches!(self.shared.phase(), Phase::Local(_) | Phase::Remote(_))
             || matches!(self.txn, Some(Txn::Push(_)));
         if !may_send {
             return self.say(Reply::new(403, "Authenticate first.")).await;
@@ -396,6 +432,41 @@ impl Pipeline {
         }
     }
 
+    /// AUTH COOKIE: ask the issuer's server whether it issued this cookie for us.
+    async fn auth_cookie(&mut self, cookie: &str, issuer: &str) {
+        self.say(Reply::new(301, "Cookie authentication request initiated."))
+            .await;
+        let own = self.shared.server.domain.clone();
+        let verdict = match self.shared.server.federation.connect(issuer).await {
+            Ok(mut client) => {
+                let ok = client.cookie_check(cookie, &own).await;
+                client.quit().await;
+                ok.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match verdict {
+            Ok(true) => {
+                let domain = issuer.to_ascii_lowercase();
+                tracing::info!(%domain, "immp remote server authenticated by cookie");
+                self.shared.remote(domain.clone());
+                self.say(Reply::new(
+                    210,
+                    format!("Authentication accepted for mailer-daemon@{domain}"),
+                ))
+                .await;
+            }
+            Ok(false) => {
+                self.say(Reply::new(411, "Cookie rejected by its issuer."))
+                    .await
+            }
+            Err(e) => {
+                self.say(Reply::new(411, format!("Cannot verify the cookie: {e}.")))
+                    .await
+            }
+        }
+    }
+
     async fn deliver_to(&mut self, recipients: &[String], important: Option<bool>) {
         let mut parsed = Vec::new();
         for r in recipients {
@@ -441,8 +512,14 @@ impl Pipeline {
     }
 
     async fn done(&mut self) {
-        let Phase::Local(account) = &self.shared.phase() else {
-            return;
+        // A local user sends as itself; a remote server for its domain's mailer-daemon.
+        let (sender, submitter) = match self.shared.phase() {
+            Phase::Local(a) => (a.address.clone(), Submitter::Account(a)),
+            Phase::Remote(domain) => match Address::new("mailer-daemon", &domain) {
+                Ok(a) => (a, Submitter::Peer(self.shared.peer.ip())),
+                Err(_) => return,
+            },
+            Phase::Unauthenticated => return,
         };
         let mut txn = match self.txn.take() {
             Some(Txn::Deliver(d)) => d,
@@ -471,7 +548,7 @@ impl Pipeline {
                 first.content = true;
             }
         }
-        let mut message = Message::new(account.address.clone(), txn.recipients, txn.subject, "");
+        let mut message = Message::new(sender, txn.recipients, txn.subject, "");
         message.parts = txn.parts;
         message.importance = txn.importance;
         message.trace.push(TraceHop {
@@ -482,7 +559,7 @@ impl Pipeline {
         let id = message.id;
         let origin = Origin {
             protocol: PROTOCOL,
-            submitter: Submitter::Account(account.clone()),
+            submitter,
         };
         let reply = match self.shared.server.core.submit(message, &origin, None).await {
             Ok(_) => Reply::new(273, format!("{id} Message accepted")),

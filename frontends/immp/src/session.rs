@@ -5,6 +5,7 @@
 //! whatever their pipeline.
 
 use crate::codec::{self, Command, CommandKind, ParseError, Reply, TlsLevel};
+use crate::federation::Federation;
 use crate::payload::{read_line, read_payload, Line, PartSpec, PayloadError};
 use crate::pipeline::{Pipeline, Shared, Work};
 use mailgate_core::io::Io;
@@ -46,6 +47,7 @@ pub struct ImmpServer {
     pub(crate) core: Arc<Core>,
     pub(crate) domain: String,
     pub(crate) domain_key: Option<DomainKey>,
+    pub(crate) federation: Federation,
     tls: TlsAcceptor,
     tls13: TlsAcceptor,
     read_timeout: Duration,
@@ -68,11 +70,18 @@ impl ImmpServer {
             core,
             domain,
             domain_key,
+            federation: Federation::default(),
             tls,
             tls13,
             read_timeout,
             live: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Routes and TLS trust for AUTH COOKIE call-backs.
+    pub fn with_federation(mut self, federation: Federation) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// The multi-line greeting.

@@ -1,0 +1,178 @@
+//! Two gateways, a.test on 127.0.0.2 and b.test on 127.0.0.3, relay to each other over IMMP:
+//! each issues a cookie, the other verifies it by calling back (COOKIE CHECK), and the mail
+//! lands in the other's mailbox. TLS between them is verified against a test CA made here.
+
+mod support;
+
+use mailgate_core::{Address, Importance, Part};
+use mailgate_immp::client::ImmpClient;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::Gateway;
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn test_ca(dir: &Path) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "mailgate test CA");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+    Ca { cert, key }
+}
+
+/// A server certificate for `name`, signed by the test CA, written to `dir`.
+fn leaf(ca: &Ca, dir: &Path, name: &str) {
+    let params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+fn config(dir: &Path, ca_dir: &Path, domain: &str, ip: &str, peer: &str, peer_ip: &str) -> String {
+    format!(
+        r#"data_dir = "{data}"
+domains = ["{domain}"]
+[tls]
+cert = "{ca}/{domain}.pem"
+key = "{ca}/{domain}.key"
+trust = ["{ca}/ca.pem"]
+[relay]
+poll_interval_ms = 50
+retry_base_secs = 1
+retry_max_secs = 2
+[admin]
+listen = "{ip}:0"
+[mmtp]
+listen = "{ip}:0"
+tls_listen = "{ip}:0"
+[immp]
+listen = "{ip}:1025"
+[[immp.routes]]
+domain = "{peer}"
+address = "{peer_ip}:1025"
+[xhmtp]
+listen = "{ip}:0"
+"#,
+        data = dir.join("data").display(),
+        ca = ca_dir.display(),
+    )
+}
+
+async fn login(ca: &Path, gw: &Gateway, domain: &str, account: &str, password: &str) -> ImmpClient {
+    let (connector, name) = mailgate::tls::connector(&ca.join("ca.pem"), domain).unwrap();
+    let mut c = ImmpClient::connect(gw.addr("immp.listen"), connector, name)
+        .await
+        .unwrap();
+    c.auth_secret(&Address::parse_imid(account).unwrap(), password)
+        .await
+        .unwrap();
+    c
+}
+
+/// Poll a mailbox until it holds `n` messages.
+async fn wait_for(
+    ca: &Path,
+    gw: &Gateway,
+    domain: &str,
+    account: &str,
+    password: &str,
+    n: usize,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut c = login(ca, gw, domain, account, password).await;
+        c.send_raw(b"MBOX INDEX /inbox +JSON\n").await.unwrap();
+        let index = c.reply().await.unwrap();
+        if index.lines.len() > n {
+            return index.lines.join("\n");
+        }
+        assert!(Instant::now() < deadline, "mail never arrived: {index:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_relay_over_immp_with_cookie_authentication() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = test_ca(ca_dir.path());
+    leaf(&ca, ca_dir.path(), "a.test");
+    leaf(&ca, ca_dir.path(), "b.test");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(
+        dir_a.path(),
+        Some(&config(
+            dir_a.path(),
+            ca_dir.path(),
+            "a.test",
+            "127.0.0.2",
+            "b.test",
+            "127.0.0.3",
+        )),
+    );
+    let b = Gateway::start(
+        dir_b.path(),
+        Some(&config(
+            dir_b.path(),
+            ca_dir.path(),
+            "b.test",
+            "127.0.0.3",
+            "a.test",
+            "127.0.0.2",
+        )),
+    );
+    a.add_user("alice@a.test", "alice-pw");
+    b.add_user("bob@b.test", "bob-pw");
+    let ca_path = ca_dir.path();
+
+    // A bogus cookie is refused by its supposed issuer.
+    let (connector, name) = mailgate::tls::connector(&ca_path.join("ca.pem"), "b.test").unwrap();
+    let mut c = ImmpClient::connect(b.addr("immp.listen"), connector, name)
+        .await
+        .unwrap();
+    assert!(c
+        .auth_cookie("00112233445566778899aabbccddeeff", "a.test")
+        .await
+        .is_err());
+
+    // alice@a.test → bob@b.test: queued at A, relayed with AUTH COOKIE, verified by call-back.
+    let mut alice = login(ca_path, &a, "a.test", "alice@a.test", "alice-pw").await;
+    let body = Part::text_body("over the federation");
+    alice
+        .deliver(
+            &[Address::parse_imid("bob@b.test").unwrap()],
+            "A to B",
+            &[body],
+            Importance::High,
+        )
+        .await
+        .unwrap();
+    let index = wait_for(ca_path, &b, "b.test", "bob@b.test", "bob-pw", 1).await;
+    assert!(index.contains("\"subject\":\"A to B\""), "{index}");
+    assert!(
+        index.contains("\"from\":\"mailer-daemon@a.test\""),
+        "{index}"
+    );
+    assert!(index.contains("\"importance\":\"high\""), "{index}");
+
+    // And back: bob@b.test → alice@a.test.
+    let mut bob = login(ca_path, &b, "b.test", "bob@b.test", "bob-pw").await;
+    bob.deliver(
+        &[Address::parse_imid("alice@a.test").unwrap()],
+        "B to A",
+        &[Part::text_body("reply")],
+        Importance::Normal,
+    )
+    .await
+    .unwrap();
+    let index = wait_for(ca_path, &a, "a.test", "alice@a.test", "alice-pw", 1).await;
+    assert!(index.contains("\"subject\":\"B to A\""), "{index}");
+}
