@@ -13,6 +13,8 @@ use std::time::Instant;
 pub enum ClientProtocol {
     /// MMTP (JSON over TCP).
     Mmtp,
+    /// IMMP (line protocol; always upgrades to TLS, so --ca is needed; --login is required).
+    Immp,
 }
 
 /// Where and how to connect.
@@ -21,9 +23,9 @@ pub struct Connection {
     /// Protocol to speak.
     #[arg(long, value_enum, default_value = "mmtp")]
     protocol: ClientProtocol,
-    /// Server, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:8025")]
-    server: String,
+    /// Server, HOST:PORT (default: 127.0.0.1 on the protocol's default port).
+    #[arg(long)]
+    server: Option<String>,
     /// Connect with TLS, trusting the PEM certificate(s) in --ca.
     #[arg(long)]
     tls: bool,
@@ -76,35 +78,70 @@ pub struct ReceiveArgs {
     limit: Option<u32>,
 }
 
+impl Connection {
+    fn server(&self) -> String {
+        self.server.clone().unwrap_or_else(|| {
+            match self.protocol {
+                ClientProtocol::Mmtp => "127.0.0.1:8025",
+                ClientProtocol::Immp => "127.0.0.1:1025",
+            }
+            .to_owned()
+        })
+    }
+
+    fn host(&self) -> anyhow::Result<String> {
+        let server = self.server();
+        server
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+            .context("--server must be HOST:PORT")
+    }
+
+    fn password(&self) -> anyhow::Result<String> {
+        let mut password = String::new();
+        std::io::stdin().lock().read_line(&mut password)?;
+        Ok(password.trim_end_matches(['\r', '\n']).to_owned())
+    }
+}
+
+/// Connect over IMMP (TLS upgrade checked against --ca) and log in with AUTH SECRET.
+async fn connect_immp(conn: &Connection) -> anyhow::Result<mailgate_immp::client::ImmpClient> {
+    let ca = conn
+        .ca
+        .as_ref()
+        .context("IMMP upgrades to TLS: --ca PEM-FILE is needed")?;
+    let login = conn.login.as_ref().context("IMMP needs --login ACCOUNT")?;
+    let (connector, name) = crate::tls::connector(ca, &conn.host()?)?;
+    let mut client = mailgate_immp::client::ImmpClient::connect(&conn.server(), connector, name)
+        .await
+        .with_context(|| format!("cannot talk IMMP to {}", conn.server()))?;
+    let who = Address::parse_any(login).context("--login")?;
+    client.auth_secret(&who, &conn.password()?).await?;
+    Ok(client)
+}
+
 async fn connect(conn: &Connection) -> anyhow::Result<MmtpClient> {
     let tls = if conn.tls {
         let ca = conn.ca.as_ref().context("--tls needs --ca PEM-FILE")?;
-        let host = conn
-            .server
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']))
-            .context("--server must be HOST:PORT")?;
-        Some(crate::tls::connector(ca, host)?)
+        Some(crate::tls::connector(ca, &conn.host()?)?)
     } else {
         None
     };
-    let mut client = MmtpClient::connect(&conn.server, tls)
+    let mut client = MmtpClient::connect(&conn.server(), tls)
         .await
-        .with_context(|| format!("cannot talk MMTP to {}", conn.server))?;
+        .with_context(|| format!("cannot talk MMTP to {}", conn.server()))?;
     if let Some(login) = &conn.login {
-        let mut password = String::new();
-        std::io::stdin().lock().read_line(&mut password)?;
         let who = Address::parse_any(login).context("--login")?;
-        client
-            .auth(&who, password.trim_end_matches(['\r', '\n']))
-            .await?;
+        client.auth(&who, &conn.password()?).await?;
     }
     Ok(client)
 }
 
 /// Run `mailgate send`.
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let ClientProtocol::Mmtp = args.conn.protocol;
+    if let ClientProtocol::Immp = args.conn.protocol {
+        return send_immp(args).await;
+    }
     let mut client = connect(&args.conn).await?;
     let from = Address::parse_any(&args.from).context("--from")?;
     let to = Address::parse_any(&args.to).context("--to")?;
@@ -142,11 +179,51 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
 
 /// Run `mailgate receive`.
 pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
-    let ClientProtocol::Mmtp = args.conn.protocol;
+    if let ClientProtocol::Immp = args.conn.protocol {
+        return receive_immp(args).await;
+    }
     let mut client = connect(&args.conn).await?;
     let email = Address::parse_any(&args.email).context("--email")?;
     for m in client.receive(&email, args.limit).await? {
         println!("{m}");
     }
+    Ok(())
+}
+
+/// `mailgate send --protocol immp`: DELIVER as the logged-in account (--from must be it).
+async fn send_immp(args: SendArgs) -> anyhow::Result<()> {
+    let mut client = connect_immp(&args.conn).await?;
+    let to = Address::parse_any(&args.to).context("--to")?;
+    let importance = if args.tags.iter().any(|t| t == "priority=high") {
+        mailgate_core::Importance::High
+    } else if args.tags.iter().any(|t| t == "priority=low") {
+        mailgate_core::Importance::Low
+    } else {
+        mailgate_core::Importance::Normal
+    };
+    let body = mailgate_core::Part::text_body(args.body.as_str());
+    let id = client
+        .deliver(&[to], &args.subject, &[body], importance)
+        .await?;
+    println!("{id} Message accepted");
+    client.quit().await;
+    Ok(())
+}
+
+/// `mailgate receive --protocol immp`: the INBOX index as JSON lines (nothing is removed).
+async fn receive_immp(args: ReceiveArgs) -> anyhow::Result<()> {
+    let mut client = connect_immp(&args.conn).await?;
+    client.send_raw(b"MBOX INDEX /inbox +JSON\n").await?;
+    let reply = client.reply().await?;
+    let limit = args.limit.map_or(usize::MAX, |l| l as usize);
+    for line in reply
+        .lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .take(limit)
+    {
+        println!("{line}");
+    }
+    client.quit().await;
     Ok(())
 }

@@ -132,3 +132,79 @@ async fn pushes_arrive_live_on_another_connection_and_mail_crosses_protocols() {
     assert!(index.contains("\"subject\":\"From MMTP\""), "{index}");
     assert_eq!(line(&mut alice).await, "250 1 messages");
 }
+
+/// `mailgate send|receive --protocol immp` against the real program.
+#[test]
+fn cli_send_and_receive_over_immp() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), Some(&config_with(dir.path(), "a.test", "")));
+    gw.add_user("alice@a.test", "alice-pw");
+    gw.add_user("bob@a.test", "bob-pw");
+    let port = gw
+        .addr("immp.listen")
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_owned();
+    let server = format!("localhost:{port}");
+    let ca = gw.dir.join("data/tls/cert.pem");
+    let ca = ca.to_str().unwrap();
+    let out = support::run(
+        &[
+            "send",
+            "--protocol",
+            "immp",
+            "--server",
+            &server,
+            "--ca",
+            ca,
+            "--login",
+            "alice@a.test",
+            "--from",
+            "alice@a.test",
+            "--to",
+            "bob@a.test",
+            "--subject",
+            "via the CLI",
+            "--body",
+            "hello",
+            "--tag",
+            "priority=high",
+        ],
+        Some("alice-pw\n"),
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Message accepted"));
+    let out = support::run(
+        &[
+            "receive",
+            "--protocol",
+            "immp",
+            "--server",
+            &server,
+            "--ca",
+            ca,
+            "--login",
+            "bob@a.test",
+            "--email",
+            "bob@a.test",
+        ],
+        Some("bob-pw\n"),
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"subject\":\"via the CLI\"") && text.contains("\"importance\":\"high\""),
+        "{text}"
+    );
+}
