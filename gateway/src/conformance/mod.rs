@@ -471,6 +471,21 @@ impl Runner {
     }
 }
 
+/// The next reply line, without its line end.
+async fn next_line(conn: &mut BufReader<Conn>) -> anyhow::Result<String> {
+    let mut buf = String::new();
+    let n = tokio::time::timeout(
+        STEP_TIMEOUT,
+        (&mut *conn).take(MAX_REPLY).read_line(&mut buf),
+    )
+    .await
+    .context("no reply in time")??;
+    if n == 0 {
+        bail!("connection closed while waiting for a reply");
+    }
+    Ok(buf.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 async fn stream_step(
     conn: &mut BufReader<Conn>,
     transport: Transport,
@@ -531,17 +546,8 @@ async fn stream_step(
             .map(|p| anchored(&subst(p, vars, true)?))
             .collect::<anyhow::Result<_>>()?;
         while !left.is_empty() {
-            let mut buf = String::new();
-            let n = tokio::time::timeout(
-                STEP_TIMEOUT,
-                (&mut *conn).take(MAX_REPLY).read_line(&mut buf),
-            )
-            .await
-            .context("no reply in time")??;
-            if n == 0 {
-                bail!("connection closed while waiting for a reply");
-            }
-            let line = buf.trim_end_matches(['\r', '\n']);
+            let line = next_line(conn).await?;
+            let line = line.as_str();
             let Some(i) = left.iter().position(|re| re.is_match(line)) else {
                 bail!("reply {line:?} matches none of the expected {patterns:?}");
             };
@@ -554,19 +560,8 @@ async fn stream_step(
         return Ok(());
     }
     let mut skipped = 0;
-    let mut buf = String::new();
     let line = loop {
-        buf.clear();
-        let n = tokio::time::timeout(
-            STEP_TIMEOUT,
-            (&mut *conn).take(MAX_REPLY).read_line(&mut buf),
-        )
-        .await
-        .context("no reply in time")??;
-        if n == 0 {
-            bail!("connection closed while waiting for a reply");
-        }
-        let line = buf.trim_end_matches(['\r', '\n']).to_owned();
+        let line = next_line(conn).await?;
         let retry = match (transport, &step.expect) {
             (Transport::Line, Some(expect)) if step.skip && skipped < 10_000 => {
                 let pattern = expect.as_str().unwrap_or_default();
