@@ -174,10 +174,14 @@ impl ImmpServer {
         let (rd, mut wr) = tokio::io::split(stream);
         let mut rd = BufReader::new(rd);
         let (out, mut out_rx) = mpsc::channel::<String>(256);
+        let write_timeout = self.read_timeout;
         let writer = tokio::spawn(async move {
             while let Some(text) = out_rx.recv().await {
-                if wr.write_all(text.as_bytes()).await.is_err() {
-                    break;
+                // A peer that stops reading is dropped after the idle timeout, which unblocks
+                // the pipelines and the reader waiting on this writer.
+                match tokio::time::timeout(write_timeout, wr.write_all(text.as_bytes())).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
                 }
             }
             let _ = wr.shutdown().await;
@@ -189,6 +193,10 @@ impl ImmpServer {
         let max = self.core.policy.max_message_size;
         let mut closing_reply: Option<String> = None;
         'session: loop {
+            if out.is_closed() {
+                // The writer gave up on the peer.
+                break;
+            }
             let line = tokio::select! {
                 _ = shutdown.cancelled() => {
                     closing_reply = Some(Reply::new(702, "Server shutting down.").render(None));

@@ -142,7 +142,10 @@ impl MmtpServer {
             };
             let mut reply = outcome.reply;
             reply.push('\n');
-            if wr.write_all(reply.as_bytes()).await.is_err() {
+            // A peer that stops reading is dropped after the idle timeout.
+            let written =
+                tokio::time::timeout(self.read_timeout, wr.write_all(reply.as_bytes())).await;
+            if !matches!(written, Ok(Ok(()))) {
                 break;
             }
             if let Some((account, entries)) = outcome.remove {
