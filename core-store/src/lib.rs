@@ -5,6 +5,7 @@
 //! sockets and knows no protocol.
 
 pub mod address;
+pub mod discovery;
 pub mod hashcash;
 pub mod io;
 pub mod message;

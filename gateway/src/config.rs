@@ -30,6 +30,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Relay workers.
     pub relay: RelayConfig,
+    /// DNS used for route discovery.
+    pub dns: DnsConfig,
     /// MMTP front-end.
     pub mmtp: MmtpConfig,
     /// IMMP front-end.
@@ -49,6 +51,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             admin: AdminConfig::default(),
             relay: RelayConfig::default(),
+            dns: DnsConfig::default(),
             mmtp: MmtpConfig::default(),
             immp: ImmpConfig::default(),
             xhmtp: XhmtpConfig::default(),
@@ -125,6 +128,14 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9025)),
         }
     }
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// DNS servers (`ip:port`) for SRV/TXT/A look-ups; empty: the system's resolver settings.
+    pub servers: Vec<SocketAddr>,
 }
 
 /// `[relay]`.

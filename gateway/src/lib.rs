@@ -9,6 +9,7 @@ mod client_cmd;
 mod commands;
 mod config;
 mod conformance;
+mod dns;
 mod listener;
 mod relay;
 mod serve;

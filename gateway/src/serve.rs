@@ -90,7 +90,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         Some(tls::client_config_from(&config.tls.trust)?)
     };
-    let federation = Federation::new(config.immp.routes.clone(), trust);
+    let mut federation = Federation::new(config.immp.routes.clone(), trust);
+    match crate::dns::DnsDiscovery::new(&config.dns.servers) {
+        Ok(dns) => federation = federation.with_discovery(Arc::new(dns)),
+        Err(e) => tracing::warn!(error = %e, "no DNS resolver: only configured routes are used"),
+    }
     let mut servers = tokio::task::JoinSet::new();
 
     let admin_app = admin::router(core.clone());

@@ -28,9 +28,9 @@ fn test_ca(dir: &Path) -> Ca {
     Ca { cert, key }
 }
 
-/// A server certificate for `name`, signed by the test CA, written to `dir`.
+/// A server certificate for `name` (and `mx.<name>`), signed by the test CA, written to `dir`.
 fn leaf(ca: &Ca, dir: &Path, name: &str) {
-    let params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+    let params = CertificateParams::new(vec![name.to_owned(), format!("mx.{name}")]).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
     std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
@@ -38,9 +38,23 @@ fn leaf(ca: &Ca, dir: &Path, name: &str) {
 }
 
 fn config(dir: &Path, ca_dir: &Path, domain: &str, ip: &str, peer: &str, peer_ip: &str) -> String {
+    let route = format!("[[immp.routes]]\ndomain = \"{peer}\"\naddress = \"{peer_ip}:1025\"\n");
+    base_config(dir, ca_dir, domain, ip, &route, "")
+}
+
+/// A gateway config; `immp_extra` goes into `[immp]`, `top` before the first table.
+fn base_config(
+    dir: &Path,
+    ca_dir: &Path,
+    domain: &str,
+    ip: &str,
+    immp_extra: &str,
+    top: &str,
+) -> String {
     format!(
         r#"data_dir = "{data}"
 domains = ["{domain}"]
+{top}
 [tls]
 cert = "{ca}/{domain}.pem"
 key = "{ca}/{domain}.key"
@@ -54,13 +68,11 @@ listen = "{ip}:0"
 [mmtp]
 listen = "{ip}:0"
 tls_listen = "{ip}:0"
-[immp]
-listen = "{ip}:1025"
-[[immp.routes]]
-domain = "{peer}"
-address = "{peer_ip}:1025"
 [xhmtp]
 listen = "{ip}:0"
+[immp]
+listen = "{ip}:1025"
+{immp_extra}
 "#,
         data = dir.join("data").display(),
         ca = ca_dir.display(),
@@ -175,4 +187,123 @@ async fn two_gateways_relay_over_immp_with_cookie_authentication() {
     .unwrap();
     let index = wait_for(ca_path, &a, "a.test", "alice@a.test", "alice-pw", 1).await;
     assert!(index.contains("\"subject\":\"B to A\""), "{index}");
+}
+
+/// An authoritative DNS server for `test.` on 127.0.0.1 (UDP), serving `records`.
+async fn dns_server(records: Vec<hickory_proto::rr::Record>) -> std::net::SocketAddr {
+    use hickory_proto::rr::rdata::SOA;
+    use hickory_proto::rr::{LowerName, Name, RData, Record};
+    use hickory_server::authority::{Catalog, ZoneType};
+    use hickory_server::store::in_memory::InMemoryAuthority;
+    use std::sync::Arc;
+    let origin = Name::from_ascii("test.").unwrap();
+    let mut zone = InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false);
+    let soa = SOA::new(
+        Name::from_ascii("ns.test.").unwrap(),
+        Name::from_ascii("admin.test.").unwrap(),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    );
+    zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+    for r in records {
+        zone.upsert_mut(r, 1);
+    }
+    let mut catalog = Catalog::new();
+    catalog.upsert(LowerName::from(&origin), vec![Arc::new(zone)]);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut server = hickory_server::ServerFuture::new(catalog);
+    server.register_socket(socket);
+    tokio::spawn(async move {
+        let _ = server.block_until_done().await;
+    });
+    addr
+}
+
+fn srv(domain: &str, port: u16) -> hickory_proto::rr::Record {
+    use hickory_proto::rr::rdata::SRV;
+    use hickory_proto::rr::{Name, RData, Record};
+    Record::from_rdata(
+        Name::from_ascii(format!("_immp._tcp.{domain}.")).unwrap(),
+        60,
+        RData::SRV(SRV::new(
+            10,
+            5,
+            port,
+            Name::from_ascii(format!("mx.{domain}.")).unwrap(),
+        )),
+    )
+}
+
+fn a(host: &str, ip: [u8; 4]) -> hickory_proto::rr::Record {
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record};
+    Record::from_rdata(
+        Name::from_ascii(format!("{host}.")).unwrap(),
+        60,
+        RData::A(A(ip.into())),
+    )
+}
+
+/// The same relay, with both servers found through DNS SRV records served by an in-process
+/// authoritative DNS server instead of configured routes.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_find_each_other_through_dns_srv() {
+    let dns = dns_server(vec![
+        srv("a.test", 1025),
+        a("mx.a.test", [127, 0, 0, 4]),
+        srv("b.test", 1025),
+        a("mx.b.test", [127, 0, 0, 5]),
+    ])
+    .await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = test_ca(ca_dir.path());
+    leaf(&ca, ca_dir.path(), "a.test");
+    leaf(&ca, ca_dir.path(), "b.test");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dns_table = format!("[dns]\nservers = [\"{dns}\"]");
+    let a_gw = Gateway::start(
+        dir_a.path(),
+        Some(&base_config(
+            dir_a.path(),
+            ca_dir.path(),
+            "a.test",
+            "127.0.0.4",
+            "",
+            &dns_table,
+        )),
+    );
+    let b_gw = Gateway::start(
+        dir_b.path(),
+        Some(&base_config(
+            dir_b.path(),
+            ca_dir.path(),
+            "b.test",
+            "127.0.0.5",
+            "",
+            &dns_table,
+        )),
+    );
+    a_gw.add_user("alice@a.test", "alice-pw");
+    b_gw.add_user("bob@b.test", "bob-pw");
+    let ca_path = ca_dir.path();
+    let mut alice = login(ca_path, &a_gw, "a.test", "alice@a.test", "alice-pw").await;
+    alice
+        .deliver(
+            &[Address::parse_imid("bob@b.test").unwrap()],
+            "found by SRV",
+            &[Part::text_body("hello")],
+            Importance::Normal,
+        )
+        .await
+        .unwrap();
+    let index = wait_for(ca_path, &b_gw, "b.test", "bob@b.test", "bob-pw", 1).await;
+    assert!(index.contains("\"subject\":\"found by SRV\""), "{index}");
+    assert!(
+        index.contains("\"from\":\"mailer-daemon@a.test\""),
+        "{index}"
+    );
 }

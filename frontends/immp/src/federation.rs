@@ -9,11 +9,13 @@
 
 use crate::client::{ClientError, ImmpClient};
 use async_trait::async_trait;
+use mailgate_core::discovery::Discovery;
 use mailgate_core::message::now_ms;
 use mailgate_core::relay::{Transport, TransportError};
 use mailgate_core::store::QueueEntry;
 use mailgate_core::{Core, Message, StoreError};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
@@ -59,39 +61,92 @@ pub async fn check_cookie(core: &Core, cookie: &str, domain: &str) -> Result<boo
     Ok(issued.is_some_and(|d| d.eq_ignore_ascii_case(domain.as_bytes())))
 }
 
-/// Routes and TLS trust for talking to other IMMP servers.
+/// Routes, DNS discovery and TLS trust for talking to other IMMP servers.
 #[derive(Clone, Default)]
 pub struct Federation {
     routes: Vec<ImmpRoute>,
     tls: Option<Arc<ClientConfig>>,
+    discovery: Option<Arc<dyn Discovery>>,
 }
 
 impl Federation {
     /// Static routes, and the TLS configuration whose roots verify remote servers (`None`: no
     /// trust anchors configured, so no remote server can be verified).
     pub fn new(routes: Vec<ImmpRoute>, tls: Option<Arc<ClientConfig>>) -> Self {
-        Federation { routes, tls }
+        Federation {
+            routes,
+            tls,
+            discovery: None,
+        }
     }
 
-    /// Connect (and upgrade to verified TLS) to `domain`'s IMMP server.
-    pub async fn connect(&self, domain: &str) -> Result<ImmpClient, String> {
-        let route = self
+    /// Find domains without a static route by DNS SRV (`_immp._tcp.<domain>`).
+    pub fn with_discovery(mut self, discovery: Arc<dyn Discovery>) -> Self {
+        self.discovery = Some(discovery);
+        self
+    }
+
+    /// Where `domain`'s IMMP server is: `(address, TLS name)` candidates, best first — the
+    /// static route, else the SRV targets (certificates are checked for the target host).
+    async fn candidates(&self, domain: &str) -> Result<Vec<(String, String)>, String> {
+        if let Some(route) = self
             .routes
             .iter()
             .find(|r| r.domain.eq_ignore_ascii_case(domain))
+        {
+            let name = route
+                .server_name
+                .clone()
+                .unwrap_or_else(|| domain.to_owned());
+            return Ok(vec![(route.address.clone(), name)]);
+        }
+        let discovery = self
+            .discovery
+            .as_ref()
             .ok_or_else(|| format!("no IMMP route to {domain}"))?;
+        let targets = discovery.srv("immp", domain).await?;
+        if targets.is_empty() {
+            return Err(format!(
+                "no IMMP route to {domain} (no _immp._tcp SRV record)"
+            ));
+        }
+        let mut out = Vec::new();
+        for t in targets {
+            match discovery.addresses(&t.host).await {
+                Ok(ips) => out.extend(
+                    ips.into_iter()
+                        .map(|ip| (SocketAddr::new(ip, t.port).to_string(), t.host.clone())),
+                ),
+                Err(e) => {
+                    tracing::debug!(host = %t.host, error = %e, "SRV target does not resolve")
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(format!("no IMMP server of {domain} resolves"));
+        }
+        Ok(out)
+    }
+
+    /// Connect (and upgrade to verified TLS) to `domain`'s IMMP server, trying each candidate.
+    pub async fn connect(&self, domain: &str) -> Result<ImmpClient, String> {
         let tls = self
             .tls
             .clone()
             .ok_or_else(|| "no TLS trust anchors configured (tls.trust)".to_owned())?;
-        let name = route
-            .server_name
-            .clone()
-            .unwrap_or_else(|| domain.to_owned());
-        let name = ServerName::try_from(name).map_err(|e| e.to_string())?;
-        ImmpClient::connect(&route.address, TlsConnector::from(tls), name)
-            .await
-            .map_err(|e| format!("{domain}: {e}"))
+        let mut last = String::new();
+        for (address, name) in self.candidates(domain).await? {
+            let Ok(server_name) = ServerName::try_from(name.clone()) else {
+                last = format!("{name:?} is not a valid TLS name");
+                continue;
+            };
+            match ImmpClient::connect(&address, TlsConnector::from(tls.clone()), server_name).await
+            {
+                Ok(c) => return Ok(c),
+                Err(e) => last = format!("{domain} at {address}: {e}"),
+            }
+        }
+        Err(last)
     }
 }
 

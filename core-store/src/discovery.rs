@@ -1,0 +1,55 @@
+//! Finding another domain's server: the trait a DNS back-end implements (the core itself opens
+//! no sockets; the gateway provides the resolver).
+
+use async_trait::async_trait;
+use std::net::IpAddr;
+
+/// One SRV target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvTarget {
+    /// Target host name (no trailing dot).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// SRV priority (lower first).
+    pub priority: u16,
+    /// SRV weight (higher first among equal priorities).
+    pub weight: u16,
+}
+
+/// DNS look-ups for route discovery.
+#[async_trait]
+pub trait Discovery: Send + Sync {
+    /// Targets of `_<service>._tcp.<domain>`, best first; empty when there are none.
+    async fn srv(&self, service: &str, domain: &str) -> Result<Vec<SrvTarget>, String>;
+    /// Addresses of a host.
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String>;
+}
+
+/// Order SRV targets: priority ascending, then weight descending (RFC 2782 without the random
+/// weighting, so the choice is stable).
+pub fn order(mut targets: Vec<SrvTarget>) -> Vec<SrvTarget> {
+    targets.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.weight.cmp(&a.weight)));
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(host: &str, priority: u16, weight: u16) -> SrvTarget {
+        SrvTarget {
+            host: host.into(),
+            port: 1,
+            priority,
+            weight,
+        }
+    }
+
+    #[test]
+    fn srv_order() {
+        let got = order(vec![t("c", 20, 5), t("a", 10, 1), t("b", 10, 9)]);
+        let hosts: Vec<_> = got.iter().map(|x| x.host.as_str()).collect();
+        assert_eq!(hosts, ["b", "a", "c"]);
+    }
+}
