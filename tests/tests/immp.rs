@@ -149,7 +149,7 @@ fn cli_send_and_receive_over_immp() {
     let server = format!("localhost:{port}");
     let ca = gw.dir.join("data/tls/cert.pem");
     let ca = ca.to_str().unwrap();
-    let out = support::run(
+    let out = support::run_ok(
         &[
             "send",
             "--protocol",
@@ -174,13 +174,8 @@ fn cli_send_and_receive_over_immp() {
         Some("alice-pw\n"),
         dir.path(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Message accepted"));
-    let out = support::run(
+    let out = support::run_ok(
         &[
             "receive",
             "--protocol",
@@ -196,11 +191,6 @@ fn cli_send_and_receive_over_immp() {
         ],
         Some("bob-pw\n"),
         dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -369,7 +369,7 @@ fn cli_send_and_receive_and_legacy_open_mailboxes() {
     let gw = Gateway::start(dir.path(), Some(&config));
     gw.add_user("bob@a.test", "bob-pw");
     let server = gw.addr("mmtp.listen").to_owned();
-    let out = support::run(
+    let out = support::run_ok(
         &[
             "send",
             "--server",
@@ -388,22 +388,12 @@ fn cli_send_and_receive_and_legacy_open_mailboxes() {
         None,
         dir.path(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("M hashes/s"));
     // No AUTH: allowed only because legacy_open_mailboxes is on.
-    let out = support::run(
+    let out = support::run_ok(
         &["receive", "--server", &server, "--email", "(bob)%(a.test)"],
         None,
         dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let line = String::from_utf8_lossy(&out.stdout);
     let m: Value = serde_json::from_str(line.trim()).unwrap();
@@ -417,7 +407,7 @@ fn cli_send_and_receive_and_legacy_open_mailboxes() {
         .1
         .to_owned();
     let ca = gw.dir.join("data/tls/cert.pem");
-    let out = support::run(
+    let out = support::run_ok(
         &[
             "receive",
             "--server",
@@ -432,11 +422,6 @@ fn cli_send_and_receive_and_legacy_open_mailboxes() {
         ],
         Some("bob-pw\n"),
         dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.stdout.is_empty(), "RECEIVE removed what it returned");
 }

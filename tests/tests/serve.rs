@@ -6,7 +6,7 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use support::{config_with, run, Gateway};
+use support::{config_with, run, run_ok, Gateway};
 
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -90,7 +90,7 @@ fn serve_opens_every_listener_and_stops_cleanly() {
 
     // Operator commands against the same data directory while serve runs.
     let cfg = gw.config.to_str().unwrap().to_owned();
-    let out = run(
+    run_ok(
         &[
             "user",
             "add",
@@ -102,11 +102,6 @@ fn serve_opens_every_listener_and_stops_cleanly() {
         Some("s3cret\n"),
         dir.path(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     gw.add_user("bob@e2e.test", "pw2");
     let out = run(&["user", "list", "--config", &cfg], None, dir.path());
     assert_eq!(
@@ -114,15 +109,10 @@ fn serve_opens_every_listener_and_stops_cleanly() {
         "alice@e2e.test\t(alice)%(e2e.test)\nbob@e2e.test\t(bob)%(e2e.test)\n"
     );
     let backup = dir.path().join("backup.db");
-    let out = run(
+    run_ok(
         &["backup", backup.to_str().unwrap(), "--config", &cfg],
         None,
         dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(backup.exists());
     let health_url = format!("http://{}", gw.addr("admin.listen"));

@@ -38,6 +38,18 @@ pub fn run(args: &[&str], stdin: Option<&str>, cwd: &Path) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Run a `mailgate` command that must succeed (its stderr is shown when it does not).
+pub fn run_ok(args: &[&str], stdin: Option<&str>, cwd: &Path) -> Output {
+    let out = run(args, stdin, cwd);
+    assert!(
+        out.status.success(),
+        "mailgate {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A running gateway.
 pub struct Gateway {
     pub child: Child,
@@ -128,23 +140,16 @@ impl Gateway {
 
     /// Create an account through the CLI (works while serve runs).
     pub fn add_user(&self, address: &str, password: &str) {
-        let out = run(
-            &[
-                "user",
-                "add",
-                address,
-                "--password-stdin",
-                "--config",
-                self.config.to_str().unwrap(),
-            ],
-            Some(&format!("{password}\n")),
-            &self.dir,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let config = self.config.to_str().unwrap();
+        let args = [
+            "user",
+            "add",
+            address,
+            "--password-stdin",
+            "--config",
+            config,
+        ];
+        run_ok(&args, Some(&format!("{password}\n")), &self.dir);
     }
 
     /// SIGKILL: no shutdown, no flush.
