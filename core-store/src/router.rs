@@ -58,6 +58,9 @@ pub enum Submitter {
     /// A peer that did not authenticate as a local account (a remote server, an anonymous
     /// sender); it may deliver to local accounts only, after the protocol's anti-abuse check.
     Peer(IpAddr),
+    /// The gateway itself, on behalf of something it already authorised (a push published by
+    /// the node's owner): it may relay, and sends as the node.
+    Gateway,
 }
 
 /// Where a submission came from, for policy and metrics.
@@ -268,7 +271,7 @@ impl Core {
                     folder,
                 });
             } else {
-                if !matches!(origin.submitter, Submitter::Account(_)) {
+                if !matches!(origin.submitter, Submitter::Account(_) | Submitter::Gateway) {
                     return Err(SubmitError::RelayDenied(rcpt.clone()));
                 }
                 receipt.queued.push(rcpt.clone());

@@ -187,6 +187,33 @@ async fn two_gateways_relay_over_immp_with_cookie_authentication() {
     .unwrap();
     let index = wait_for(ca_path, &a, "a.test", "alice@a.test", "alice-pw", 1).await;
     assert!(index.contains("\"subject\":\"B to A\""), "{index}");
+
+    // Publish/subscribe across domains: bob subscribes (B tells A, cookie-authenticated, on
+    // his behalf); alice publishes on A; A relays the push; it lands in bob's PUSH folder.
+    alice.send_raw(b"PUBLISH news \"A news\"\n").await.unwrap();
+    assert_eq!(alice.reply().await.unwrap().code, 260);
+    bob.send_raw(b"SUBSCRIBE TO news@a.test\n").await.unwrap();
+    assert_eq!(bob.reply().await.unwrap().code, 380);
+    let subscribed = bob.reply().await.unwrap();
+    assert_eq!(subscribed.code, 280, "{subscribed:?}");
+    assert_eq!(subscribed.lines, vec!["Subscribed to: A news".to_string()]);
+    alice
+        .send_raw(b"PUBLISH TO news\nDATA NAME alert LENGTH 5\nhello\n")
+        .await
+        .unwrap();
+    for code in [275, 271, 274] {
+        assert_eq!(alice.reply().await.unwrap().code, code);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        bob.send_raw(b"MBOX CHECK /push\n").await.unwrap();
+        let check = bob.reply().await.unwrap();
+        if check.lines == vec!["/push::* u=1 t=1".to_string()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "push never arrived: {check:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// An authoritative DNS server for `test.` on 127.0.0.1 (UDP), serving `records`.

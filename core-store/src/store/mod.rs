@@ -429,6 +429,15 @@ pub trait Store: Send + Sync + 'static {
     async fn subscriptions(&self, account: AccountId) -> Result<Vec<Subscription>, StoreError>;
     /// Drop a subscription by id or node address; false when there was none.
     async fn unsubscribe(&self, account: AccountId, id_or_node: &str) -> Result<bool, StoreError>;
+    /// Record that `subscriber` (an address on another domain) subscribed to a local node
+    /// (idempotent); returns the subscription id.
+    async fn subscribe_remote(
+        &self,
+        node: &Address,
+        subscriber: &Address,
+    ) -> Result<String, StoreError>;
+    /// Subscribers of a local node on other domains.
+    async fn remote_subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError>;
     /// The addresses of the local accounts subscribed to a node.
     async fn subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError>;
 

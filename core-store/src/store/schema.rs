@@ -115,6 +115,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX subscriptions_by_node ON subscriptions (node);
     INSERT OR IGNORE INTO folders (account_id, name) SELECT id, 'PUSH' FROM accounts;
     "#,
+    // 3: subscribers on other domains (subscribed by their servers).
+    r#"
+    CREATE TABLE remote_subscriptions (
+        id         TEXT PRIMARY KEY,
+        node       TEXT NOT NULL,
+        subscriber TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (node, subscriber)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Bring the schema up to date; refuses a database newer than this binary.

@@ -1107,6 +1107,43 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn subscribe_remote(
+        &self,
+        node: &Address,
+        subscriber: &Address,
+    ) -> Result<String, StoreError> {
+        let (node, subscriber) = (node.account_key(), subscriber.account().to_string());
+        self.writer
+            .write(move |c| {
+                let id = uuid::Uuid::now_v7().to_string();
+                c.execute(
+                    "INSERT OR IGNORE INTO remote_subscriptions (id, node, subscriber, created_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![id, node, subscriber, now_ms()],
+                )?;
+                Ok(c.query_row(
+                    "SELECT id FROM remote_subscriptions WHERE node = ?1 AND subscriber = ?2",
+                    params![node, subscriber],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+    }
+
+    async fn remote_subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError> {
+        let key = node.account_key();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT subscriber FROM remote_subscriptions WHERE node = ?1 ORDER BY created_at",
+            )?;
+            let rows = stmt
+                .query_map(params![key], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.iter().map(|a| parse_stored_address(a)).collect()
+        })
+        .await
+    }
+
     async fn subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError> {
         let key = node.account_key();
         self.read(move |c| {

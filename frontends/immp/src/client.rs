@@ -278,6 +278,55 @@ impl ImmpClient {
         self.expect(272).await.map(|_| ())
     }
 
+    /// `SUBSCRIBE TO <node> FOR <who>` as a remotely authenticated server; returns the title.
+    pub async fn subscribe_for(
+        &mut self,
+        node: &Address,
+        who: &Address,
+    ) -> Result<String, ClientError> {
+        self.send(CommandKind::Subscribe {
+            node: node.to_string(),
+            on_behalf: Some(who.to_string()),
+        })
+        .await?;
+        self.expect(380).await?;
+        let done = self.expect(280).await?;
+        let text = done.lines.join(" ");
+        Ok(text
+            .strip_prefix("Subscribed to: ")
+            .unwrap_or(&text)
+            .to_owned())
+    }
+
+    /// `PUSH TO <to> FROM <node>` with one DATA block.
+    pub async fn push(
+        &mut self,
+        to: &Address,
+        node: &Address,
+        part: &Part,
+        importance: Importance,
+    ) -> Result<(), ClientError> {
+        self.send(CommandKind::Push {
+            to: to.to_string(),
+            from: node.to_string(),
+            important: importance == Importance::High,
+        })
+        .await?;
+        self.expect(275).await?;
+        self.send(CommandKind::Data {
+            name: Some(part.name.clone()),
+            media_type: Some(part.media_type.clone()),
+            length: Some(part.data.len() as u64),
+            base64: false,
+            content: true,
+        })
+        .await?;
+        self.wr.write_all(&part.data).await?;
+        self.wr.write_all(b"\n").await?;
+        self.expect(271).await?;
+        self.expect(274).await.map(|_| ())
+    }
+
     /// QUIT.
     pub async fn quit(mut self) {
         let _ = self.send(CommandKind::Quit).await;

@@ -176,8 +176,14 @@ pub enum CommandKind {
     },
     /// `PUBLISH TO <node>`: the next DATA block is pushed to every subscriber.
     PublishTo(String),
-    /// `SUBSCRIBE TO <node@domain>`.
-    Subscribe(String),
+    /// `SUBSCRIBE TO <node@domain> [FOR <imid>]` (FOR: a remote server subscribing one of its
+    /// users).
+    Subscribe {
+        /// The node.
+        node: String,
+        /// The remote user, when a server subscribes on behalf of one.
+        on_behalf: Option<String>,
+    },
     /// `SUBSCRIBE LIST`.
     SubscribeList,
     /// `UNSUBSCRIBE <uuid|node@domain>`.
@@ -640,8 +646,17 @@ fn command(mut toks: Vec<Token>) -> Result<Command, ParseError> {
         ("SUBSCRIBE", "TO") => {
             let a = Args::of(toks.get(2..).unwrap_or_default());
             match a.params.as_slice() {
-                [node] if a.switches.is_empty() => CommandKind::Subscribe(node.clone()),
-                _ => return Err(usage("SUBSCRIBE TO <node@domain>")),
+                [node] if a.switches.is_empty() => CommandKind::Subscribe {
+                    node: node.clone(),
+                    on_behalf: None,
+                },
+                [node, kw, who] if a.switches.is_empty() && kw.eq_ignore_ascii_case("FOR") => {
+                    CommandKind::Subscribe {
+                        node: node.clone(),
+                        on_behalf: Some(who.clone()),
+                    }
+                }
+                _ => return Err(usage("SUBSCRIBE TO <node@domain> [FOR <imid>]")),
             }
         }
         ("SUBSCRIBE", _) => return Err(usage("SUBSCRIBE TO <node@domain> | SUBSCRIBE LIST")),
@@ -818,8 +833,11 @@ pub fn encode(cmd: &Command) -> String {
         CommandKind::PublishTo(node) => {
             let _ = write!(out, "PUBLISH TO {}", q(node));
         }
-        CommandKind::Subscribe(node) => {
+        CommandKind::Subscribe { node, on_behalf } => {
             let _ = write!(out, "SUBSCRIBE TO {}", q(node));
+            if let Some(who) = on_behalf {
+                let _ = write!(out, " FOR {}", q(who));
+            }
         }
         CommandKind::SubscribeList => out.push_str("SUBSCRIBE LIST"),
         CommandKind::KeyPublish => out.push_str("KEY PUBLISH"),
@@ -1157,7 +1175,11 @@ mod tests {
             (path(), proptest::option::of(text()))
                 .prop_map(|(node, title)| CommandKind::Publish { node, title }),
             path().prop_map(CommandKind::PublishTo),
-            "[a-z0-9/]{1,12}@[a-z.]{1,12}".prop_map(CommandKind::Subscribe),
+            (
+                "[a-z0-9/]{1,12}@[a-z.]{1,12}",
+                proptest::option::of("[a-z0-9]{1,8}@[a-z.]{1,12}")
+            )
+                .prop_map(|(node, on_behalf)| CommandKind::Subscribe { node, on_behalf }),
             Just(CommandKind::SubscribeList),
             Just(CommandKind::KeyPublish),
             (

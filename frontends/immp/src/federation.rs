@@ -13,7 +13,7 @@ use mailgate_core::discovery::Discovery;
 use mailgate_core::message::now_ms;
 use mailgate_core::relay::{Transport, TransportError};
 use mailgate_core::store::QueueEntry;
-use mailgate_core::{Core, Message, StoreError};
+use mailgate_core::{Core, Message, MessageKind, StoreError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,6 +128,24 @@ impl Federation {
         Ok(out)
     }
 
+    /// Connect to `domain`'s IMMP server and authenticate there with a cookie of ours.
+    pub async fn connect_as(
+        &self,
+        core: &Core,
+        own: &str,
+        domain: &str,
+    ) -> Result<ImmpClient, String> {
+        let mut client = self.connect(domain).await?;
+        let cookie = issue_cookie(core, domain)
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .auth_cookie(&cookie, own)
+            .await
+            .map_err(|e| format!("{domain}: {e}"))?;
+        Ok(client)
+    }
+
     /// Connect (and upgrade to verified TLS) to `domain`'s IMMP server, trying each candidate.
     pub async fn connect(&self, domain: &str) -> Result<ImmpClient, String> {
         let tls = self
@@ -189,14 +207,23 @@ impl Transport for ImmpTransport {
             .auth_cookie(&cookie, &self.domain)
             .await
             .map_err(temporary)?;
-        let result = client
-            .deliver(
-                std::slice::from_ref(&entry.recipient),
-                &message.subject,
-                &message.parts,
-                message.importance,
-            )
-            .await;
+        let result = match (message.kind, message.content_part()) {
+            // A push published here goes out as a PUSH from its node.
+            (MessageKind::Push, Some(part)) => client
+                .push(&entry.recipient, &message.sender, part, message.importance)
+                .await
+                .map(|()| String::new()),
+            _ => {
+                client
+                    .deliver(
+                        std::slice::from_ref(&entry.recipient),
+                        &message.subject,
+                        &message.parts,
+                        message.importance,
+                    )
+                    .await
+            }
+        };
         client.quit().await;
         match result {
             Ok(_) => Ok(()),

@@ -44,6 +44,8 @@ pub(crate) struct PushTxn {
     from: Address,
     to: Vec<Address>,
     importance: Importance,
+    /// Published by the node's owner (PUBLISH TO): may go to other domains too.
+    published: bool,
 }
 
 /// A DELIVER transaction on one pipeline.
@@ -196,6 +198,7 @@ impl Pipeline {
                 CommandKind::DeliverTo { .. }
                     | CommandKind::Done
                     | CommandKind::Push { .. }
+                    | CommandKind::Subscribe { .. }
                     | CommandKind::KeyRequest(_)
             ),
             (Phase::Local(_), k) => !matches!(
@@ -246,7 +249,10 @@ impl Pipeline {
             }
             CommandKind::Publish { node, title } => self.publish(&node, title).await,
             CommandKind::PublishTo(node) => self.publish_to(&node).await,
-            CommandKind::Subscribe(node) => self.subscribe(&node).await,
+            CommandKind::Subscribe { node, on_behalf } => match on_behalf {
+                None => self.subscribe(&node).await,
+                Some(who) => self.subscribe_for(&node, &who).await,
+            },
             CommandKind::SubscribeList => self.subscribe_list().await,
             CommandKind::Unsubscribe(x) => self.unsubscribe(&x).await,
             CommandKind::Set { global, key, value } => self.set(global, &key, value).await,
@@ -654,9 +660,17 @@ impl Pipeline {
         if let Err(r) = self.owned_node(&addr).await {
             return self.say(r).await;
         }
-        let to = match self.shared.server.core.store.subscribers(&addr).await {
-            Ok(s) => s,
-            Err(e) => {
+        let store = &self.shared.server.core.store;
+        let (local, remote) = (
+            store.subscribers(&addr).await,
+            store.remote_subscribers(&addr).await,
+        );
+        let to = match (local, remote) {
+            (Ok(mut l), Ok(r)) => {
+                l.extend(r);
+                l
+            }
+            (Err(e), _) | (_, Err(e)) => {
                 return self
                     .say(Reply::new(750, format!("Temporary failure: {e}.")))
                     .await
@@ -666,6 +680,7 @@ impl Pipeline {
             from: addr,
             to,
             importance: Importance::Normal,
+            published: true,
         }));
         self.say(Reply::new(275, "Ready for the push DATA.")).await;
     }
@@ -674,13 +689,14 @@ impl Pipeline {
         let Phase::Local(account) = &self.shared.phase() else {
             return;
         };
-        let account = account.id;
+        let (account, me) = (account.id, account.address.clone());
         let addr = match self.node_address(node) {
             Ok(a) => a,
             Err(r) => return self.say(r).await,
         };
         let store = self.shared.server.core.store.clone();
-        let title = if self.shared.server.core.policy.is_local(&addr.domain) {
+        let local = self.shared.server.core.policy.is_local(&addr.domain);
+        let title = if local {
             match store.node(&addr).await {
                 Ok(Some(n)) => n.title,
                 Ok(None) => return self.say(Reply::new(405, format!("No node {addr}."))).await,
@@ -691,16 +707,101 @@ impl Pipeline {
                 }
             }
         } else {
-            addr.to_string()
+            String::new()
         };
         self.say(Reply::new(
             380,
             format!("Subscription request for {addr} initiated."),
         ))
         .await;
+        let title = if local {
+            title
+        } else {
+            // Tell the node's server, which pushes to us from then on.
+            match self.subscribe_remotely(&addr, &me).await {
+                Ok(t) => t,
+                Err(e) => {
+                    return self
+                        .say(Reply::new(
+                            431,
+                            format!("Cannot subscribe at {}: {e}.", addr.domain),
+                        ))
+                        .await
+                }
+            }
+        };
         match store.subscribe(account, &addr, &title).await {
             Ok(s) => {
                 self.say(Reply::new(280, format!("Subscribed to: {}", s.title)))
+                    .await
+            }
+            Err(e) => {
+                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        }
+    }
+
+    /// Subscribe `me` at the node's own server (cookie-authenticated); returns the title.
+    async fn subscribe_remotely(&self, node: &Address, me: &Address) -> Result<String, String> {
+        let server = &self.shared.server;
+        let mut client = server
+            .federation
+            .connect_as(&server.core, &server.domain, &node.domain)
+            .await?;
+        let title = client
+            .subscribe_for(node, me)
+            .await
+            .map_err(|e| e.to_string());
+        client.quit().await;
+        title
+    }
+
+    /// A remote server subscribes one of its users (`SUBSCRIBE TO <node> FOR <imid>`).
+    async fn subscribe_for(&mut self, node: &str, who: &str) {
+        let Phase::Remote(domain) = self.shared.phase() else {
+            return self
+                .say(Reply::new(
+                    401,
+                    "FOR is for servers subscribing their users.",
+                ))
+                .await;
+        };
+        let who = match Address::parse_imid(who) {
+            Ok(a) if a.domain.eq_ignore_ascii_case(&domain) => a,
+            Ok(a) => {
+                return self
+                    .say(Reply::new(403, format!("{a} is not a user of {domain}.")))
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .say(Reply::new(446, format!("Invalid IMID: {e}.")))
+                    .await
+            }
+        };
+        let addr = match self.node_address(node) {
+            Ok(a) => a,
+            Err(r) => return self.say(r).await,
+        };
+        let store = self.shared.server.core.store.clone();
+        let title = match store.node(&addr).await {
+            Ok(Some(n)) => n.title,
+            Ok(None) => return self.say(Reply::new(405, format!("No node {addr}."))).await,
+            Err(e) => {
+                return self
+                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
+                    .await
+            }
+        };
+        self.say(Reply::new(
+            380,
+            format!("Subscription request for {addr} initiated."),
+        ))
+        .await;
+        match store.subscribe_remote(&addr, &who).await {
+            Ok(_) => {
+                self.say(Reply::new(280, format!("Subscribed to: {title}")))
                     .await
             }
             Err(e) => {
@@ -827,6 +928,7 @@ impl Pipeline {
             } else {
                 Importance::Normal
             },
+            published: false,
         }));
         self.say(Reply::new(275, "Ready for the push DATA.")).await;
     }
@@ -858,7 +960,12 @@ impl Pipeline {
             let live = crate::mailbox::push_json(&m).to_string();
             let origin = Origin {
                 protocol: PROTOCOL,
-                submitter: Submitter::Peer(self.shared.peer.ip()),
+                // Published by the owner: the gateway relays it to remote subscribers too.
+                submitter: if push.published {
+                    Submitter::Gateway
+                } else {
+                    Submitter::Peer(self.shared.peer.ip())
+                },
             };
             let id = m.id;
             match self.shared.server.core.submit(m, &origin, None).await {
