@@ -29,7 +29,8 @@ pub async fn run(core: &Core, account: &Account, kind: CommandKind, gzip: bool) 
     result.unwrap_or_else(|r| vec![r])
 }
 
-fn temporary(e: impl std::fmt::Display) -> Reply {
+/// `750`: the store failed; the client may try again.
+pub(crate) fn temporary(e: impl std::fmt::Display) -> Reply {
     Reply::new(750, format!("Temporary failure: {e}."))
 }
 

@@ -4,7 +4,7 @@
 
 use crate::auth;
 use crate::codec::{CommandKind, Reply};
-use crate::mailbox;
+use crate::mailbox::{self, temporary};
 use crate::payload::{decode, PartSpec, PayloadError};
 use crate::session::{ImmpServer, COMPRESSION_SETTING, NONCE_LIFETIME, PROTOCOL};
 use bytes::Bytes;
@@ -232,7 +232,7 @@ impl Pipeline {
                 {
                     Ok(true) => Reply::new(211, format!("Cookie valid for {own}")),
                     Ok(false) => Reply::new(411, "Cookie invalid."),
-                    Err(e) => Reply::new(750, format!("Temporary failure: {e}.")),
+                    Err(e) => temporary(e),
                 };
                 self.say(reply).await;
             }
@@ -633,7 +633,7 @@ impl Pipeline {
             Err(mailgate_core::StoreError::Exists(_)) => {
                 Reply::new(460, format!("Node {addr} exists already."))
             }
-            Err(e) => Reply::new(750, format!("Temporary failure: {e}.")),
+            Err(e) => temporary(e),
         };
         self.say(reply).await;
     }
@@ -648,7 +648,7 @@ impl Pipeline {
             Ok(Some(n)) if Some(n.owner) == owner => Ok(()),
             Ok(Some(_)) => Err(Reply::new(403, format!("You do not own {addr}."))),
             Ok(None) => Err(Reply::new(405, format!("No node {addr}."))),
-            Err(e) => Err(Reply::new(750, format!("Temporary failure: {e}."))),
+            Err(e) => Err(temporary(e)),
         }
     }
 
@@ -670,11 +670,7 @@ impl Pipeline {
                 l.extend(r);
                 l
             }
-            (Err(e), _) | (_, Err(e)) => {
-                return self
-                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            (Err(e), _) | (_, Err(e)) => return self.say(temporary(e)).await,
         };
         self.txn = Some(Txn::Push(PushTxn {
             from: addr,
@@ -700,11 +696,7 @@ impl Pipeline {
             match store.node(&addr).await {
                 Ok(Some(n)) => n.title,
                 Ok(None) => return self.say(Reply::new(405, format!("No node {addr}."))).await,
-                Err(e) => {
-                    return self
-                        .say(Reply::new(750, format!("Temporary failure: {e}.")))
-                        .await
-                }
+                Err(e) => return self.say(temporary(e)).await,
             }
         } else {
             String::new()
@@ -735,10 +727,7 @@ impl Pipeline {
                 self.say(Reply::new(280, format!("Subscribed to: {}", s.title)))
                     .await
             }
-            Err(e) => {
-                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            Err(e) => self.say(temporary(e)).await,
         }
     }
 
@@ -788,11 +777,7 @@ impl Pipeline {
         let title = match store.node(&addr).await {
             Ok(Some(n)) => n.title,
             Ok(None) => return self.say(Reply::new(405, format!("No node {addr}."))).await,
-            Err(e) => {
-                return self
-                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            Err(e) => return self.say(temporary(e)).await,
         };
         self.say(Reply::new(
             380,
@@ -804,10 +789,7 @@ impl Pipeline {
                 self.say(Reply::new(280, format!("Subscribed to: {title}")))
                     .await
             }
-            Err(e) => {
-                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            Err(e) => self.say(temporary(e)).await,
         }
     }
 
@@ -834,10 +816,7 @@ impl Pipeline {
                 self.say(Reply::new(282, format!("{} subscriptions.", subs.len())))
                     .await;
             }
-            Err(e) => {
-                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            Err(e) => self.say(temporary(e)).await,
         }
     }
 
@@ -865,10 +844,7 @@ impl Pipeline {
                 self.say(Reply::new(405, format!("No subscription {what}.")))
                     .await
             }
-            Err(e) => {
-                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            Err(e) => self.say(temporary(e)).await,
         }
     }
 
@@ -898,19 +874,11 @@ impl Pipeline {
                     .say(Reply::new(441, format!("No such user here: {to}.")))
                     .await
             }
-            Err(e) => {
-                return self
-                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            Err(e) => return self.say(temporary(e)).await,
         };
         let subscribed = match store.subscriptions(account.id).await {
             Ok(subs) => subs.iter().any(|s| s.node.same_account(&from)),
-            Err(e) => {
-                return self
-                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            Err(e) => return self.say(temporary(e)).await,
         };
         if !subscribed {
             return self
@@ -1032,9 +1000,7 @@ impl Pipeline {
                 .set_secret(account.id, COMPRESSION_SETTING, value.as_bytes())
                 .await
             {
-                return self
-                    .say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await;
+                return self.say(temporary(e)).await;
             }
         }
         self.shared.gzip.store(gzip, Ordering::Relaxed);
@@ -1057,7 +1023,7 @@ impl Pipeline {
         let (key, armored) = match checked {
             Ok(Ok(k)) => k,
             Ok(Err(e)) => return Reply::new(448, format!("Invalid key: {e}.")),
-            Err(e) => return Reply::new(750, format!("Temporary failure: {e}.")),
+            Err(e) => return temporary(e),
         };
         let record = mailgate_core::store::PublicKeyRecord {
             address: account.address.clone(),
@@ -1072,7 +1038,7 @@ impl Pipeline {
                     account.address, key.fingerprint
                 ),
             ),
-            Err(e) => Reply::new(750, format!("Temporary failure: {e}.")),
+            Err(e) => temporary(e),
         }
     }
 
@@ -1125,10 +1091,7 @@ impl Pipeline {
                 self.say(Reply::new(405, format!("No public key for {address}.")))
                     .await
             }
-            Err(e) => {
-                self.say(Reply::new(750, format!("Temporary failure: {e}.")))
-                    .await
-            }
+            Err(e) => self.say(temporary(e)).await,
         }
     }
 }
