@@ -12,6 +12,7 @@ pub mod federation;
 pub mod mailbox;
 mod payload;
 mod pipeline;
+mod pubsub;
 pub mod session;
 
 pub use config::ImmpConfig;
