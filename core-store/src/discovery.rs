@@ -22,8 +22,10 @@ pub struct SrvTarget {
 pub trait Discovery: Send + Sync {
     /// Targets of `_<service>._tcp.<domain>`, best first; empty when there are none.
     async fn srv(&self, service: &str, domain: &str) -> Result<Vec<SrvTarget>, String>;
-    /// Addresses of a host.
+    /// Addresses of a host (A and AAAA).
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String>;
+    /// The strings of the TXT records at `name`; empty when there are none.
+    async fn txt(&self, name: &str) -> Result<Vec<String>, String>;
 }
 
 /// Order SRV targets: priority ascending, then weight descending (RFC 2782 without the random

@@ -24,6 +24,15 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+/// Labels of an event: what happened and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// What (`xhmtp_notify_in`, `xhmtp_notify_out`, `xhmtp_fetch`, `xhmtp_feed`, …).
+    pub event: String,
+    /// How it ended (`ok`, `retry`, `failed`, or a refusal reason).
+    pub outcome: String,
+}
+
 /// All of mailgate's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -31,6 +40,7 @@ pub struct Metrics {
     connections_open: Family<ProtocolLabel, Gauge>,
     accepted: Family<ProtocolLabel, Counter>,
     refused: Family<RefusalLabels, Counter>,
+    events: Family<EventLabels, Counter>,
     queue_depth: Gauge,
     commit_seconds: Histogram,
     commit_batch: Histogram,
@@ -50,6 +60,7 @@ impl Metrics {
         let connections_open = Family::<ProtocolLabel, Gauge>::default();
         let accepted = Family::<ProtocolLabel, Counter>::default();
         let refused = Family::<RefusalLabels, Counter>::default();
+        let events = Family::<EventLabels, Counter>::default();
         let queue_depth = Gauge::default();
         let commit_seconds = Histogram::new([
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -77,6 +88,11 @@ impl Metrics {
             refused.clone(),
         );
         registry.register(
+            "events",
+            "Protocol events (notifications, fetches, feed requests, relay attempts) by outcome",
+            events.clone(),
+        );
+        registry.register(
             "queue_depth",
             "Outbound queue entries pending or in flight",
             queue_depth.clone(),
@@ -97,6 +113,7 @@ impl Metrics {
             connections_open,
             accepted,
             refused,
+            events,
             queue_depth,
             commit_seconds,
             commit_batch,
@@ -131,6 +148,16 @@ impl Metrics {
             .get_or_create(&RefusalLabels {
                 protocol: protocol.to_owned(),
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count one `event` that ended with `outcome`.
+    pub fn event(&self, event: &str, outcome: &str) {
+        self.events
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

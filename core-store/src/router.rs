@@ -275,9 +275,11 @@ impl Core {
                     return Err(SubmitError::RelayDenied(rcpt.clone()));
                 }
                 receipt.queued.push(rcpt.clone());
+                // Remember the protocol the message arrived in: the relay uses it when it
+                // has that transport, so mail stays in its protocol family when it can.
                 relays.push(RelayRequest {
                     recipient: rcpt.clone(),
-                    protocol: None,
+                    protocol: Some(origin.protocol.to_owned()),
                 });
             }
         }

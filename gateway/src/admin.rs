@@ -2,7 +2,8 @@
 //! runs an axum router on connections from the shared accept loop.
 
 use crate::listener::Accepted;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use tower::ServiceExt;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -46,8 +47,15 @@ async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
 
 /// Serve HTTP/1.1 with `app` on one accepted connection; on shutdown, finish the request in
 /// flight and close.
+/// Handlers find the peer's address as axum's `ConnectInfo<SocketAddr>`.
 pub async fn serve_http(app: Router, conn: Accepted, header_timeout: Duration) {
-    let service = TowerToHyperService::new(app);
+    let peer = conn.peer;
+    let service = TowerToHyperService::new(app.map_request(
+        move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        },
+    ));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use mailgate_core::Address;
 use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
+use mailgate_xhmtp::client::XhmtpClient;
+use mailgate_xhmtp::wire::SubmitRequest;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,6 +17,8 @@ pub enum ClientProtocol {
     Mmtp,
     /// IMMP (line protocol; always upgrades to TLS, so --ca is needed; --login is required).
     Immp,
+    /// XHMTP (HTTP; --login is required for send; receive logs in as --email).
+    Xhmtp,
 }
 
 /// Where and how to connect.
@@ -35,6 +39,9 @@ pub struct Connection {
     /// Authenticate as this account (password from the first line of standard input).
     #[arg(long)]
     login: Option<String>,
+    /// XHMTP path prefix of the server.
+    #[arg(long, default_value = "xhmtp")]
+    prefix: String,
 }
 
 /// `mailgate send` options.
@@ -76,6 +83,9 @@ pub struct ReceiveArgs {
     /// At most this many messages.
     #[arg(long)]
     limit: Option<u32>,
+    /// XHMTP: also fetch each feed item's message from the sender's server.
+    #[arg(long)]
+    fetch: bool,
 }
 
 impl Connection {
@@ -84,6 +94,7 @@ impl Connection {
             match self.protocol {
                 ClientProtocol::Mmtp => "127.0.0.1:8025",
                 ClientProtocol::Immp => "127.0.0.1:1025",
+                ClientProtocol::Xhmtp => "127.0.0.1:8080",
             }
             .to_owned()
         })
@@ -139,24 +150,16 @@ async fn connect(conn: &Connection) -> anyhow::Result<MmtpClient> {
 
 /// Run `mailgate send`.
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
-    if let ClientProtocol::Immp = args.conn.protocol {
-        return send_immp(args).await;
+    match args.conn.protocol {
+        ClientProtocol::Immp => return send_immp(args).await,
+        ClientProtocol::Xhmtp => return send_xhmtp(args).await,
+        ClientProtocol::Mmtp => {}
     }
     let mut client = connect(&args.conn).await?;
     let from = Address::parse_any(&args.from).context("--from")?;
     let to = Address::parse_any(&args.to).context("--to")?;
     let mut builder = PacketBuilder::new(from, to, &args.subject, &args.body);
-    for t in &args.tags {
-        let (cat, value) = t.split_once('=').context("--tag takes CATEGORY=VALUE")?;
-        let list = match cat {
-            "priority" => &mut builder.tags.priority,
-            "category" => &mut builder.tags.category,
-            "status" => &mut builder.tags.status,
-            "custom" => &mut builder.tags.custom,
-            other => anyhow::bail!("unknown tag category {other:?}"),
-        };
-        list.push(value.to_owned());
-    }
+    builder.tags = parse_tags(&args.tags)?;
     if let Some(p) = &args.sign_key {
         builder.sign_with = Some(std::fs::read_to_string(p).context("--sign-key")?);
     }
@@ -179,8 +182,10 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
 
 /// Run `mailgate receive`.
 pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
-    if let ClientProtocol::Immp = args.conn.protocol {
-        return receive_immp(args).await;
+    match args.conn.protocol {
+        ClientProtocol::Immp => return receive_immp(args).await,
+        ClientProtocol::Xhmtp => return receive_xhmtp(args).await,
+        ClientProtocol::Mmtp => {}
     }
     let mut client = connect(&args.conn).await?;
     let email = Address::parse_any(&args.email).context("--email")?;
@@ -225,5 +230,95 @@ async fn receive_immp(args: ReceiveArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     client.quit().await;
+    Ok(())
+}
+
+/// An XHMTP client logged in as `user` (password from standard input).
+async fn connect_xhmtp(conn: &Connection, user: &str) -> anyhow::Result<XhmtpClient> {
+    let tls = if conn.tls {
+        let ca = conn.ca.as_ref().context("--tls needs --ca PEM-FILE")?;
+        Some(crate::tls::client_config(ca)?)
+    } else {
+        None
+    };
+    let server = tokio::net::lookup_host(conn.server())
+        .await?
+        .next()
+        .with_context(|| format!("{} has no address", conn.server()))?;
+    Ok(XhmtpClient::new(
+        server,
+        &conn.host()?,
+        tls,
+        &conn.prefix,
+        user,
+        &conn.password()?,
+    ))
+}
+
+fn parse_tags(tags: &[String]) -> anyhow::Result<mailgate_core::Tags> {
+    let mut out = mailgate_core::Tags::default();
+    for t in tags {
+        let (cat, value) = t.split_once('=').context("--tag takes CATEGORY=VALUE")?;
+        let list = match cat {
+            "priority" => &mut out.priority,
+            "category" => &mut out.category,
+            "status" => &mut out.status,
+            "custom" => &mut out.custom,
+            other => anyhow::bail!("unknown tag category {other:?}"),
+        };
+        list.push(value.to_owned());
+    }
+    Ok(out)
+}
+
+/// `mailgate send --protocol xhmtp`: `POST /<prefix>/submit` as --login.
+async fn send_xhmtp(args: SendArgs) -> anyhow::Result<()> {
+    let login = args.conn.login.as_ref().context("XHMTP needs --login ACCOUNT")?;
+    let client = connect_xhmtp(&args.conn, login).await?;
+    let req = SubmitRequest {
+        to: vec![args.to.clone()],
+        subject: args.subject.clone(),
+        body: args.body.clone(),
+        tags: parse_tags(&args.tags)?,
+        ..SubmitRequest::default()
+    };
+    let answer = client.submit(&req).await?;
+    println!("{}", serde_json::to_string(&answer)?);
+    Ok(())
+}
+
+/// `mailgate receive --protocol xhmtp`: the feed's items as JSON lines; with --fetch, each
+/// item's message as fetched from its link.
+async fn receive_xhmtp(args: ReceiveArgs) -> anyhow::Result<()> {
+    let client = connect_xhmtp(&args.conn, &args.email).await?;
+    let feed = client.feed(None).await?;
+    let channel = rss::Channel::read_from(&feed.body[..]).context("the feed is not RSS")?;
+    let limit = args.limit.map_or(usize::MAX, |l| l as usize);
+    for item in channel.items().iter().take(limit) {
+        let link = item.link().unwrap_or_default();
+        if args.fetch {
+            let url = url::Url::parse(link).context("feed item link")?;
+            let target = format!(
+                "{}:{}",
+                url.host_str().unwrap_or_default(),
+                url.port_or_known_default().unwrap_or(80)
+            );
+            let addr = tokio::net::lookup_host(&target)
+                .await?
+                .next()
+                .with_context(|| format!("{target} has no address"))?;
+            let message = client.fetch_url(link, addr).await?;
+            println!("{}", serde_json::to_string(&message)?);
+        } else {
+            let line = serde_json::json!({
+                "title": item.title(),
+                "link": link,
+                "guid": item.guid().map(|g| g.value()),
+                "author": item.author(),
+                "pubDate": item.pub_date(),
+            });
+            println!("{line}");
+        }
+    }
     Ok(())
 }

@@ -166,6 +166,16 @@ impl Default for RelayConfig {
     }
 }
 
+impl RelayConfig {
+    /// The retry schedule.
+    pub fn backoff(&self) -> mailgate_core::relay::Backoff {
+        mailgate_core::relay::Backoff {
+            base_ms: (self.retry_base_secs * 1000) as i64,
+            max_ms: (self.retry_max_secs * 1000) as i64,
+        }
+    }
+}
+
 impl Config {
     /// Read `path`, or the defaults when `None`; then validate.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -248,6 +258,9 @@ impl Config {
         }
         if self.xhmtp.enabled {
             v.push((self.xhmtp.listen, "xhmtp.listen"));
+            if let Some(t) = self.xhmtp.tls_listen {
+                v.push((t, "xhmtp.tls_listen"));
+            }
         }
         v
     }

@@ -1,4 +1,6 @@
-//! Route discovery over DNS with hickory-resolver: SRV targets and their addresses.
+//! Route discovery over DNS with hickory-resolver: SRV and TXT records and host addresses.
+//! hickory's resolver caches answers for their TTL (bounded, 32 entries by default raised to
+//! 1024 here), so repeated look-ups for a busy peer cost no queries.
 
 use async_trait::async_trait;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
@@ -26,6 +28,8 @@ impl DnsDiscovery {
             }
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
         };
+        let mut builder = builder;
+        builder.options_mut().cache_size = 1024;
         Ok(DnsDiscovery {
             resolver: builder.build(),
         })
@@ -57,6 +61,23 @@ impl Discovery for DnsDiscovery {
                     .filter(|t| !t.host.is_empty())
                     .collect(),
             )),
+            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        match self.resolver.txt_lookup(absolute(name)).await {
+            Ok(found) => Ok(found
+                .iter()
+                .map(|txt| {
+                    // One record may hold several character-strings: they form one value.
+                    txt.txt_data()
+                        .iter()
+                        .map(|d| String::from_utf8_lossy(d))
+                        .collect::<String>()
+                })
+                .collect()),
             Err(e) if e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(e.to_string()),
         }

@@ -29,10 +29,7 @@ pub struct Relay {
 impl Relay {
     /// A pool over `core` with the given transports (in preference order).
     pub fn new(core: Arc<Core>, transports: Vec<Arc<dyn Transport>>, config: RelayConfig) -> Self {
-        let backoff = Backoff {
-            base_ms: (config.retry_base_secs * 1000) as i64,
-            max_ms: (config.retry_max_secs * 1000) as i64,
-        };
+        let backoff = config.backoff();
         Relay {
             core,
             transports,
@@ -76,10 +73,13 @@ impl Relay {
     }
 
     fn transport_for(&self, entry: &QueueEntry) -> Option<&Arc<dyn Transport>> {
-        match &entry.protocol {
-            Some(p) => self.transports.iter().find(|t| t.protocol() == p),
-            None => self.transports.first(),
-        }
+        // The protocol the message arrived in when there is a transport for it; otherwise
+        // the first transport (the preference order).
+        entry
+            .protocol
+            .as_deref()
+            .and_then(|p| self.transports.iter().find(|t| t.protocol() == p))
+            .or_else(|| self.transports.first())
     }
 
     async fn attempt(&self, entry: QueueEntry) {

@@ -7,7 +7,14 @@ use crate::listener::{self, ListenerContext};
 use crate::relay::Relay;
 use crate::tls;
 use anyhow::Context;
+use mailgate_core::discovery::Discovery;
 use mailgate_core::relay::Transport;
+use mailgate_xhmtp::access::AccessCodes;
+use mailgate_xhmtp::discovery::Locator;
+use mailgate_xhmtp::fetcher::Fetcher;
+use mailgate_xhmtp::http::HttpClient;
+use mailgate_xhmtp::notifier::XhmtpTransport;
+use mailgate_xhmtp::Xhmtp;
 use mailgate_core::Address;
 use mailgate_core::{Core, Metrics, Policy, SqliteOptions, SqliteStore};
 use mailgate_immp::federation::{Federation, ImmpTransport};
@@ -58,6 +65,49 @@ pub fn domain_key(config: &Config) -> anyhow::Result<DomainKey> {
     })
 }
 
+/// The XHMTP front-end's state (`None` when disabled): access-code key from
+/// `<data_dir>/xhmtp-access.key` (generated at first start), peer discovery, outbound HTTP.
+fn xhmtp_state(
+    config: &Config,
+    core: &Arc<Core>,
+    dns: Option<Arc<dyn Discovery>>,
+    trust: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Option<Arc<Xhmtp>>> {
+    if !config.xhmtp.enabled {
+        return Ok(None);
+    }
+    let x = &config.xhmtp;
+    let locator = Locator::new(x.routes.clone(), dns, x.outbound_https);
+    let http = HttpClient::new(
+        trust,
+        x.outbound_ip,
+        Duration::from_secs(x.http_timeout_secs),
+        // A message as JSON: base64 parts grow by a third, plus the envelope.
+        config.max_message_size.saturating_mul(2).saturating_add(64 * 1024),
+    );
+    Ok(Some(Xhmtp::new(
+        core.clone(),
+        x.clone(),
+        AccessCodes::new(access_key(config)?),
+        locator,
+        http,
+        config.primary_domain(),
+    )))
+}
+
+/// 32 random bytes in `<data_dir>/xhmtp-access.key`, created (mode 0600) at first start.
+fn access_key(config: &Config) -> anyhow::Result<[u8; 32]> {
+    let path = config.data_dir.join("xhmtp-access.key");
+    if !path.exists() {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let key: [u8; 32] = rand::random();
+        tls::write_private(&path, &key)?;
+    }
+    let raw = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    raw.try_into()
+        .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))
+}
+
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     let l = TcpListener::bind(addr)
         .await
@@ -90,10 +140,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         Some(tls::client_config_from(&config.tls.trust)?)
     };
-    let mut federation = Federation::new(config.immp.routes.clone(), trust);
-    match crate::dns::DnsDiscovery::new(&config.dns.servers) {
-        Ok(dns) => federation = federation.with_discovery(Arc::new(dns)),
-        Err(e) => tracing::warn!(error = %e, "no DNS resolver: only configured routes are used"),
+    let mut federation = Federation::new(config.immp.routes.clone(), trust.clone());
+    let dns: Option<Arc<dyn Discovery>> = match crate::dns::DnsDiscovery::new(&config.dns.servers)
+    {
+        Ok(dns) => Some(Arc::new(dns)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver: only configured routes are used");
+            None
+        }
+    };
+    if let Some(dns) = &dns {
+        federation = federation.with_discovery(dns.clone());
     }
     let mut servers = tokio::task::JoinSet::new();
 
@@ -149,12 +206,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }));
     }
 
-    if config.xhmtp.enabled {
-        let app = mailgate_xhmtp::router(core.clone(), &config.xhmtp);
+    let xhmtp = xhmtp_state(&config, &core, dns, trust)?;
+    if let Some(x) = &xhmtp {
+        let app = mailgate_xhmtp::router(x.clone());
         let l = bind(config.xhmtp.listen, "xhmtp.listen").await?;
+        let a = app.clone();
         servers.spawn(listener::serve("xhmtp", l, None, ctx.clone(), move |c| {
-            admin::serve_http(app.clone(), c, read_timeout)
+            admin::serve_http(a.clone(), c, read_timeout)
         }));
+        if let Some(addr) = config.xhmtp.tls_listen {
+            let l = bind(addr, "xhmtp.tls_listen").await?;
+            servers.spawn(listener::serve(
+                "xhmtp",
+                l,
+                Some(acceptor.clone()),
+                ctx.clone(),
+                move |c| admin::serve_http(app.clone(), c, read_timeout),
+            ));
+        }
+        let fetcher = Arc::new(Fetcher::new(
+            x.clone(),
+            config.relay.backoff(),
+            (config.relay.max_age_secs * 1000) as i64,
+            Duration::from_millis(config.relay.poll_interval_ms.max(10)),
+        ));
+        tracker.spawn(fetcher.run(shutdown.clone()));
     }
 
     let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
@@ -164,6 +240,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.primary_domain().to_owned(),
             federation.clone(),
         )));
+    }
+    if let Some(x) = &xhmtp {
+        transports.push(Arc::new(XhmtpTransport::new(x.clone())));
     }
     let relay = Arc::new(Relay::new(core.clone(), transports, config.relay.clone()));
     tracker.spawn(relay.run(shutdown.clone()));

@@ -3,6 +3,7 @@
 //! The trait speaks only the model's types, so another back-end (PostgreSQL) can be added
 //! without touching the front-ends.
 
+mod hosted;
 mod schema;
 mod sqlite;
 mod writer;
@@ -295,6 +296,88 @@ pub struct StoreStats {
 }
 
 /// The durable store behind every front-end.
+/// A recipient's grant to fetch a sender-hosted message (XHMTP): only the access code's
+/// hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessGrant {
+    /// The hosted message.
+    pub message: MessageId,
+    /// The recipient (account form).
+    pub recipient: Address,
+    /// SHA-256 of the access code.
+    pub code_hash: Vec<u8>,
+    /// When the recipient first fetched the message.
+    pub fetched_at: Option<i64>,
+}
+
+/// State of an inbound notification's fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchState {
+    /// Not fetched yet (or being retried).
+    Pending,
+    /// Fetched and in the recipient's INBOX.
+    Fetched,
+    /// The sender's server refused for good.
+    Failed,
+}
+
+/// A notification an XHMTP peer sent for a local account, as accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNotification {
+    /// The recipient account.
+    pub account: AccountId,
+    /// Message URL at the sender's server (with the access code).
+    pub url: String,
+    /// The sender, unless anonymous.
+    pub sender: Option<Address>,
+    /// Subject, unless withheld.
+    pub subject: Option<String>,
+    /// The sender's date, ms since the epoch.
+    pub date: Option<i64>,
+    /// Announced size, bytes.
+    pub size: Option<u64>,
+    /// The notifier's IP address.
+    pub peer: String,
+}
+
+/// A stored inbound notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// Row id.
+    pub id: i64,
+    /// What was accepted.
+    pub notice: NewNotification,
+    /// When it was accepted, ms.
+    pub received_at: i64,
+    /// Fetch state.
+    pub state: FetchState,
+    /// The local copy once fetched.
+    pub message: Option<MessageId>,
+    /// Fetch attempts so far.
+    pub attempts: u32,
+    /// Last fetch error.
+    pub last_error: Option<String>,
+}
+
+/// How a fetch attempt ended.
+#[derive(Debug, Clone)]
+pub enum FetchOutcome {
+    /// Fetched: store this submission (the local copy) in the same transaction.
+    Fetched(Box<Submission>),
+    /// Try again at `next_attempt`.
+    Retry {
+        /// When, ms.
+        next_attempt: i64,
+        /// Why it failed.
+        error: String,
+    },
+    /// Give up.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Write message, mailbox entries, queue entries and spent stamp in one transaction;
@@ -440,6 +523,53 @@ pub trait Store: Send + Sync + 'static {
     async fn remote_subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError>;
     /// The addresses of the local accounts subscribed to a node.
     async fn subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError>;
+
+    /// Record a recipient's access grant to a hosted message (idempotent: a second grant for
+    /// the same message and recipient keeps the first).
+    async fn grant_access(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+        code_hash: Vec<u8>,
+    ) -> Result<(), StoreError>;
+    /// A recipient's grant to a hosted message.
+    async fn access(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+    ) -> Result<Option<AccessGrant>, StoreError>;
+    /// Note that `recipient` fetched `message` (the first time counts).
+    async fn mark_fetched(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Delete hosted messages every recipient fetched more than `retention_ms` ago (and that
+    /// no mailbox or pending queue entry still needs). Returns how many were deleted.
+    async fn expire_hosted(&self, now: i64, retention_ms: i64) -> Result<u64, StoreError>;
+
+    /// Store an inbound notification; a repeat of one already stored (same account and URL)
+    /// returns the stored one and `false`.
+    async fn put_notification(
+        &self,
+        notice: NewNotification,
+    ) -> Result<(Notification, bool), StoreError>;
+    /// An account's notifications, newest first.
+    async fn notifications(
+        &self,
+        account: AccountId,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// Lease pending notifications whose fetch is due.
+    async fn claim_fetches(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// Record a fetch attempt's outcome (a fetched message is stored in the same commit).
+    async fn finish_fetch(&self, id: i64, outcome: FetchOutcome) -> Result<(), StoreError>;
 
     /// Counts for metrics.
     async fn stats(&self) -> Result<StoreStats, StoreError>;

@@ -125,6 +125,37 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (node, subscriber)
     ) WITHOUT ROWID;
     "#,
+    // 4: XHMTP: access grants to sender-hosted messages; inbound notifications and their fetches.
+    r#"
+    CREATE TABLE access_grants (
+        message_id BLOB NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        recipient  TEXT NOT NULL,
+        code_hash  BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        fetched_at INTEGER,
+        PRIMARY KEY (message_id, recipient)
+    ) WITHOUT ROWID;
+    CREATE TABLE notifications (
+        id           INTEGER PRIMARY KEY,
+        account_id   INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        url          TEXT NOT NULL,
+        sender       TEXT,
+        subject      TEXT,
+        sent_at      INTEGER,
+        size         INTEGER,
+        peer         TEXT NOT NULL,
+        received_at  INTEGER NOT NULL,
+        state        INTEGER NOT NULL DEFAULT 0,
+        message_id   BLOB REFERENCES messages(id) ON DELETE SET NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_attempt INTEGER NOT NULL,
+        lease_until  INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        UNIQUE (account_id, url)
+    );
+    CREATE INDEX notifications_due ON notifications (state, next_attempt);
+    CREATE INDEX notifications_feed ON notifications (account_id, id);
+    "#,
 ];
 
 /// Bring the schema up to date; refuses a database newer than this binary.

@@ -2,8 +2,9 @@
 
 use super::schema::migrate;
 use super::writer::Writer;
+use super::hosted;
 use super::{
-    Account, AccountId, EntryQuery, Flags, FolderInfo, MailboxEntry, MessageSummary, NodeInfo,
+    AccessGrant, Account, AccountId, FetchOutcome, NewNotification, Notification, EntryQuery, Flags, FolderInfo, MailboxEntry, MessageSummary, NodeInfo,
     PublicKeyRecord, QueueEntry, QueueState, RelayOutcome, Store, StoreError, StoreStats,
     Submission, Subscription,
 };
@@ -146,7 +147,7 @@ struct MessageMeta {
     trace: Vec<TraceHop>,
 }
 
-fn parse_stored_address(s: &str) -> Result<Address, StoreError> {
+pub(super) fn parse_stored_address(s: &str) -> Result<Address, StoreError> {
     Address::parse_imid(s).map_err(|e| StoreError::Corrupt(format!("address {s:?}: {e}")))
 }
 
@@ -235,7 +236,7 @@ fn insert_entry(
     Ok(conn.last_insert_rowid())
 }
 
-fn write_submission(conn: &Connection, s: &Submission) -> Result<(), StoreError> {
+pub(super) fn write_submission(conn: &Connection, s: &Submission) -> Result<(), StoreError> {
     if let Some(stamp) = &s.stamp {
         let inserted = conn
             .prepare_cached("INSERT OR IGNORE INTO stamps (stamp, expires_at) VALUES (?1, ?2)")?
@@ -383,7 +384,7 @@ fn load_message(conn: &Connection, id: MessageId) -> Result<Option<Message>, Sto
     }))
 }
 
-fn message_id_from_blob(b: Vec<u8>) -> Result<MessageId, StoreError> {
+pub(super) fn message_id_from_blob(b: Vec<u8>) -> Result<MessageId, StoreError> {
     Uuid::from_slice(&b)
         .map(MessageId)
         .map_err(|e| StoreError::Corrupt(format!("message id: {e}")))
@@ -1157,6 +1158,81 @@ impl Store for SqliteStore {
             rows.iter().map(|a| parse_stored_address(a)).collect()
         })
         .await
+    }
+
+    async fn grant_access(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+        code_hash: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let recipient = recipient.clone();
+        self.writer
+            .write(move |c| hosted::grant_access(c, &message, &recipient, &code_hash, now_ms()))
+            .await
+    }
+
+    async fn access(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+    ) -> Result<Option<AccessGrant>, StoreError> {
+        let recipient = recipient.clone();
+        self.read(move |c| hosted::access(c, &message, &recipient))
+            .await
+    }
+
+    async fn mark_fetched(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let recipient = recipient.clone();
+        self.writer
+            .write(move |c| hosted::mark_fetched(c, &message, &recipient, now))
+            .await
+    }
+
+    async fn expire_hosted(&self, now: i64, retention_ms: i64) -> Result<u64, StoreError> {
+        self.writer
+            .write(move |c| hosted::expire_hosted(c, now.saturating_sub(retention_ms)))
+            .await
+    }
+
+    async fn put_notification(
+        &self,
+        notice: NewNotification,
+    ) -> Result<(Notification, bool), StoreError> {
+        self.writer
+            .write(move |c| hosted::put_notification(c, &notice, now_ms()))
+            .await
+    }
+
+    async fn notifications(
+        &self,
+        account: AccountId,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.read(move |c| hosted::notifications(c, account, limit))
+            .await
+    }
+
+    async fn claim_fetches(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.writer
+            .write(move |c| hosted::claim_fetches(c, now, limit, lease_ms))
+            .await
+    }
+
+    async fn finish_fetch(&self, id: i64, outcome: FetchOutcome) -> Result<(), StoreError> {
+        self.writer
+            .write(move |c| hosted::finish_fetch(c, id, &outcome))
+            .await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

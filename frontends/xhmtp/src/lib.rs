@@ -1,11 +1,28 @@
-//! mailgate-xhmtp: the XHMTP front-end (HTTP notifications, sender-hosted messages, RSS).
+//! mailgate-xhmtp: the XHMTP front-end — sender-hosted messages, HTTP notifications checked
+//! against DNS, RSS feeds. The profile is docs/protocols/xhmtp.md.
 //!
-//! This foundation holds the configuration and the axum router skeleton: a service document at
-//! `GET /<prefix>` and JSON 404s elsewhere. Submission, notification, serving and feeds arrive
-//! with the XHMTP issue.
+//! - [`routes`]: the axum routes (submit, notify, feed, filters, serve a message).
+//! - [`notifier`]: the relay transport that notifies other domains' servers.
+//! - [`fetcher`]: fetches notified messages from senders' servers into INBOXes.
+//! - [`discovery`]: SRV/TXT/A look-ups and the notifier check.
+//! - [`feed`], [`filters`], [`access`], [`wire`]: RSS, per-account filters, access codes, JSON.
+//! - [`client`]: submit, read a feed, fetch a message (`mailgate send/receive --protocol xhmtp`).
 
+pub mod access;
+pub mod auth;
+pub mod client;
 pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod feed;
+pub mod fetcher;
+pub mod filters;
+pub mod http;
+pub mod notifier;
 pub mod routes;
+pub mod service;
+pub mod wire;
 
 pub use config::XhmtpConfig;
 pub use routes::router;
+pub use service::Xhmtp;

@@ -1,0 +1,257 @@
+//! SQLite statements of the XHMTP tables: access grants to sender-hosted messages and inbound
+//! notifications with their fetch queue. [`super::SqliteStore`] runs them on its writer and
+//! readers.
+
+use super::sqlite::{message_id_from_blob, parse_stored_address, write_submission};
+use super::{
+    AccessGrant, AccountId, FetchOutcome, FetchState, NewNotification, Notification, StoreError,
+};
+use crate::address::Address;
+use crate::message::MessageId;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+pub(super) fn grant_access(
+    c: &Connection,
+    message: &MessageId,
+    recipient: &Address,
+    code_hash: &[u8],
+    now: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO access_grants (message_id, recipient, code_hash, created_at)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        &message.0.as_bytes()[..],
+        recipient.account_key(),
+        code_hash,
+        now
+    ])?;
+    Ok(())
+}
+
+pub(super) fn access(
+    c: &Connection,
+    message: &MessageId,
+    recipient: &Address,
+) -> Result<Option<AccessGrant>, StoreError> {
+    let row: Option<(Vec<u8>, Option<i64>)> = c
+        .prepare_cached(
+            "SELECT code_hash, fetched_at FROM access_grants
+             WHERE message_id = ?1 AND recipient = ?2",
+        )?
+        .query_row(
+            params![&message.0.as_bytes()[..], recipient.account_key()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.map(|(code_hash, fetched_at)| AccessGrant {
+        message: *message,
+        recipient: recipient.account(),
+        code_hash,
+        fetched_at,
+    }))
+}
+
+pub(super) fn mark_fetched(
+    c: &Connection,
+    message: &MessageId,
+    recipient: &Address,
+    now: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE access_grants SET fetched_at = ?3
+         WHERE message_id = ?1 AND recipient = ?2 AND fetched_at IS NULL",
+    )?
+    .execute(params![
+        &message.0.as_bytes()[..],
+        recipient.account_key(),
+        now
+    ])?;
+    Ok(())
+}
+
+pub(super) fn expire_hosted(c: &Connection, cutoff: i64) -> Result<u64, StoreError> {
+    let victims: Vec<Vec<u8>> = c
+        .prepare_cached(
+            "SELECT message_id FROM access_grants GROUP BY message_id
+             HAVING COUNT(fetched_at) = COUNT(*) AND MAX(fetched_at) < ?1",
+        )?
+        .query_map(params![cutoff], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut grants = c.prepare_cached("DELETE FROM access_grants WHERE message_id = ?1")?;
+    let mut messages = c.prepare_cached(
+        "DELETE FROM messages WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.message_id = ?1)
+         AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.message_id = ?1 AND q.state < 2)",
+    )?;
+    let mut n = 0;
+    for id in &victims {
+        // Done queue entries (the notifications sent) go with the message.
+        c.prepare_cached("DELETE FROM queue WHERE message_id = ?1 AND state >= 2")?
+            .execute(params![id])?;
+        grants.execute(params![id])?;
+        n += messages.execute(params![id])? as u64;
+    }
+    Ok(n)
+}
+
+const COLUMNS: &str = "id, account_id, url, sender, subject, sent_at, size, peer, received_at,
+                       state, message_id, attempts, last_error";
+
+fn state_from_code(c: i64) -> FetchState {
+    match c {
+        1 => FetchState::Fetched,
+        2 => FetchState::Failed,
+        _ => FetchState::Pending,
+    }
+}
+
+type RawRow = (
+    i64,
+    AccountId,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    String,
+    i64,
+    i64,
+    Option<Vec<u8>>,
+    i64,
+    Option<String>,
+);
+
+fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+    ))
+}
+
+fn notification(row: RawRow) -> Result<Notification, StoreError> {
+    let (id, account, url, sender, subject, date, size, peer, received_at, state, msg, attempts, last_error) =
+        row;
+    Ok(Notification {
+        id,
+        notice: NewNotification {
+            account,
+            url,
+            sender: sender.as_deref().map(parse_stored_address).transpose()?,
+            subject,
+            date,
+            size: size.map(|s| s.max(0) as u64),
+            peer,
+        },
+        received_at,
+        state: state_from_code(state),
+        message: msg.map(message_id_from_blob).transpose()?,
+        attempts: attempts.max(0) as u32,
+        last_error,
+    })
+}
+
+fn query(c: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Notification>, StoreError> {
+    let rows = c
+        .prepare_cached(sql)?
+        .query_map(args, raw)?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(notification).collect()
+}
+
+pub(super) fn put_notification(
+    c: &Connection,
+    n: &NewNotification,
+    now: i64,
+) -> Result<(Notification, bool), StoreError> {
+    let inserted = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO notifications
+               (account_id, url, sender, subject, sent_at, size, peer, received_at, next_attempt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+        )?
+        .execute(params![
+            n.account,
+            n.url,
+            n.sender.as_ref().map(ToString::to_string),
+            n.subject,
+            n.date,
+            n.size.map(|s| s as i64),
+            n.peer,
+            now
+        ])?;
+    let sql = format!("SELECT {COLUMNS} FROM notifications WHERE account_id = ?1 AND url = ?2");
+    let stored = query(c, &sql, params![n.account, n.url])?
+        .pop()
+        .ok_or_else(|| StoreError::NotFound("notification".into()))?;
+    Ok((stored, inserted > 0))
+}
+
+pub(super) fn notifications(
+    c: &Connection,
+    account: AccountId,
+    limit: u32,
+) -> Result<Vec<Notification>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM notifications WHERE account_id = ?1 ORDER BY id DESC LIMIT ?2"
+    );
+    query(c, &sql, params![account, limit])
+}
+
+pub(super) fn claim_fetches(
+    c: &Connection,
+    now: i64,
+    limit: u32,
+    lease_ms: i64,
+) -> Result<Vec<Notification>, StoreError> {
+    let sql = format!(
+        "UPDATE notifications SET lease_until = ?2
+         WHERE id IN (SELECT id FROM notifications
+                      WHERE state = 0 AND next_attempt <= ?1 AND lease_until <= ?1
+                      ORDER BY next_attempt LIMIT ?3)
+         RETURNING {COLUMNS}"
+    );
+    query(c, &sql, params![now, now + lease_ms, limit])
+}
+
+pub(super) fn finish_fetch(c: &Connection, id: i64, outcome: &FetchOutcome) -> Result<(), StoreError> {
+    let n = match outcome {
+        FetchOutcome::Fetched(submission) => {
+            write_submission(c, submission)?;
+            c.execute(
+                "UPDATE notifications SET state = 1, message_id = ?2, attempts = attempts + 1,
+                        last_error = NULL, lease_until = 0 WHERE id = ?1",
+                params![id, &submission.message.id.0.as_bytes()[..]],
+            )?
+        }
+        FetchOutcome::Retry {
+            next_attempt,
+            error,
+        } => c.execute(
+            "UPDATE notifications SET attempts = attempts + 1, next_attempt = ?2,
+                    last_error = ?3, lease_until = 0 WHERE id = ?1",
+            params![id, next_attempt, error],
+        )?,
+        FetchOutcome::Failed { error } => c.execute(
+            "UPDATE notifications SET state = 2, attempts = attempts + 1, last_error = ?2,
+                    lease_until = 0 WHERE id = ?1",
+            params![id, error],
+        )?,
+    };
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("notification {id}")));
+    }
+    Ok(())
+}
