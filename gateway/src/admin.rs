@@ -3,7 +3,6 @@
 
 use crate::listener::Accepted;
 use axum::extract::{ConnectInfo, State};
-use tower::ServiceExt;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -13,6 +12,7 @@ use hyper_util::service::TowerToHyperService;
 use mailgate_core::Core;
 use std::sync::Arc;
 use std::time::Duration;
+use tower::ServiceExt;
 
 /// The admin router.
 pub fn router(core: Arc<Core>) -> Router {

@@ -273,7 +273,11 @@ fn parse_tags(tags: &[String]) -> anyhow::Result<mailgate_core::Tags> {
 
 /// `mailgate send --protocol xhmtp`: `POST /<prefix>/submit` as --login.
 async fn send_xhmtp(args: SendArgs) -> anyhow::Result<()> {
-    let login = args.conn.login.as_ref().context("XHMTP needs --login ACCOUNT")?;
+    let login = args
+        .conn
+        .login
+        .as_ref()
+        .context("XHMTP needs --login ACCOUNT")?;
     let client = connect_xhmtp(&args.conn, login).await?;
     let req = SubmitRequest {
         to: vec![args.to.clone()],

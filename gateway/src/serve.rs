@@ -9,18 +9,18 @@ use crate::tls;
 use anyhow::Context;
 use mailgate_core::discovery::Discovery;
 use mailgate_core::relay::Transport;
-use mailgate_xhmtp::access::AccessCodes;
-use mailgate_xhmtp::discovery::Locator;
-use mailgate_xhmtp::fetcher::Fetcher;
-use mailgate_xhmtp::http::HttpClient;
-use mailgate_xhmtp::notifier::XhmtpTransport;
-use mailgate_xhmtp::Xhmtp;
 use mailgate_core::Address;
 use mailgate_core::{Core, Metrics, Policy, SqliteOptions, SqliteStore};
 use mailgate_immp::federation::{Federation, ImmpTransport};
 use mailgate_immp::session::DomainKey;
 use mailgate_immp::ImmpServer;
 use mailgate_mmtp::MmtpServer;
+use mailgate_xhmtp::access::AccessCodes;
+use mailgate_xhmtp::discovery::Locator;
+use mailgate_xhmtp::fetcher::Fetcher;
+use mailgate_xhmtp::http::HttpClient;
+use mailgate_xhmtp::notifier::XhmtpTransport;
+use mailgate_xhmtp::Xhmtp;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +83,10 @@ fn xhmtp_state(
         x.outbound_ip,
         Duration::from_secs(x.http_timeout_secs),
         // A message as JSON: base64 parts grow by a third, plus the envelope.
-        config.max_message_size.saturating_mul(2).saturating_add(64 * 1024),
+        config
+            .max_message_size
+            .saturating_mul(2)
+            .saturating_add(64 * 1024),
     );
     Ok(Some(Xhmtp::new(
         core.clone(),
@@ -141,8 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(tls::client_config_from(&config.tls.trust)?)
     };
     let mut federation = Federation::new(config.immp.routes.clone(), trust.clone());
-    let dns: Option<Arc<dyn Discovery>> = match crate::dns::DnsDiscovery::new(&config.dns.servers)
-    {
+    let dns: Option<Arc<dyn Discovery>> = match crate::dns::DnsDiscovery::new(&config.dns.servers) {
         Ok(dns) => Some(Arc::new(dns)),
         Err(e) => {
             tracing::warn!(error = %e, "no DNS resolver: only configured routes are used");

@@ -142,8 +142,21 @@ fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
 }
 
 fn notification(row: RawRow) -> Result<Notification, StoreError> {
-    let (id, account, url, sender, subject, date, size, peer, received_at, state, msg, attempts, last_error) =
-        row;
+    let (
+        id,
+        account,
+        url,
+        sender,
+        subject,
+        date,
+        size,
+        peer,
+        received_at,
+        state,
+        msg,
+        attempts,
+        last_error,
+    ) = row;
     Ok(Notification {
         id,
         notice: NewNotification {
@@ -163,7 +176,11 @@ fn notification(row: RawRow) -> Result<Notification, StoreError> {
     })
 }
 
-fn query(c: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Notification>, StoreError> {
+fn query(
+    c: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Notification>, StoreError> {
     let rows = c
         .prepare_cached(sql)?
         .query_map(args, raw)?
@@ -226,7 +243,11 @@ pub(super) fn claim_fetches(
     query(c, &sql, params![now, now + lease_ms, limit])
 }
 
-pub(super) fn finish_fetch(c: &Connection, id: i64, outcome: &FetchOutcome) -> Result<(), StoreError> {
+pub(super) fn finish_fetch(
+    c: &Connection,
+    id: i64,
+    outcome: &FetchOutcome,
+) -> Result<(), StoreError> {
     let n = match outcome {
         FetchOutcome::Fetched(submission) => {
             write_submission(c, submission)?;

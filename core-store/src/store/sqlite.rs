@@ -1,12 +1,12 @@
 //! SQLite back-end: WAL, `synchronous=FULL`, one group-commit writer, a pool of readers.
 
+use super::hosted;
 use super::schema::migrate;
 use super::writer::Writer;
-use super::hosted;
 use super::{
-    AccessGrant, Account, AccountId, FetchOutcome, NewNotification, Notification, EntryQuery, Flags, FolderInfo, MailboxEntry, MessageSummary, NodeInfo,
-    PublicKeyRecord, QueueEntry, QueueState, RelayOutcome, Store, StoreError, StoreStats,
-    Submission, Subscription,
+    AccessGrant, Account, AccountId, EntryQuery, FetchOutcome, Flags, FolderInfo, MailboxEntry,
+    MessageSummary, NewNotification, NodeInfo, Notification, PublicKeyRecord, QueueEntry,
+    QueueState, RelayOutcome, Store, StoreError, StoreStats, Submission, Subscription,
 };
 use crate::address::Address;
 use crate::message::{

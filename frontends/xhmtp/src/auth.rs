@@ -114,7 +114,11 @@ mod tests {
 
     #[test]
     fn parses_and_refuses() {
-        let ok = basic(&with(&format!("Basic {}", STANDARD.encode("bob@b.test:s3:cret")))).unwrap();
+        let ok = basic(&with(&format!(
+            "Basic {}",
+            STANDARD.encode("bob@b.test:s3:cret")
+        )))
+        .unwrap();
         assert_eq!(ok.user, "bob@b.test");
         assert_eq!(ok.password, "s3:cret");
         assert!(basic(&with(&format!("basic {}", STANDARD.encode("a:b")))).is_ok());

@@ -109,7 +109,9 @@ impl XhmtpClient {
         connect: SocketAddr,
     ) -> Result<MessageJson, ClientError> {
         let u = url::Url::parse(url).map_err(|e| ClientError::Body(format!("url: {e}")))?;
-        let user = percent_decode_str(u.username()).decode_utf8_lossy().into_owned();
+        let user = percent_decode_str(u.username())
+            .decode_utf8_lossy()
+            .into_owned();
         let code = percent_decode_str(u.password().unwrap_or(""))
             .decode_utf8_lossy()
             .into_owned();

@@ -105,18 +105,25 @@ impl XhmtpConfig {
         if let Some(u) = &self.public_url {
             let parsed = url::Url::parse(u).map_err(|e| format!("xhmtp.public_url: {e}"))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(format!("xhmtp.public_url = {u:?}: use http(s)://host[:port]"));
+                return Err(format!(
+                    "xhmtp.public_url = {u:?}: use http(s)://host[:port]"
+                ));
             }
         }
         for r in &self.routes {
             if let Some(p) = &r.prefix {
                 if !valid_prefix(p) {
-                    return Err(format!("xhmtp.routes: prefix {p:?} of {} is invalid", r.domain));
+                    return Err(format!(
+                        "xhmtp.routes: prefix {p:?} of {} is invalid",
+                        r.domain
+                    ));
                 }
             }
         }
         if self.max_notification_bytes == 0 || self.max_body_bytes == 0 || self.feed_items == 0 {
-            return Err("xhmtp: max_body_bytes, max_notification_bytes and feed_items must be > 0".into());
+            return Err(
+                "xhmtp: max_body_bytes, max_notification_bytes and feed_items must be > 0".into(),
+            );
         }
         Ok(())
     }

@@ -74,11 +74,10 @@ pub fn render(account: &str, link: &str, items: &[Notification]) -> Feed {
                     .size
                     .map(|s| format!(", {s} bytes"))
                     .unwrap_or_default();
-                let from = n
-                    .notice
-                    .sender
-                    .as_ref()
-                    .map_or_else(|| "an anonymous sender".to_owned(), crate::wire::format_address);
+                let from = n.notice.sender.as_ref().map_or_else(
+                    || "an anonymous sender".to_owned(),
+                    crate::wire::format_address,
+                );
                 item.set_description(Some(format!("Message from {from}{size}")));
                 item
             })

@@ -112,7 +112,9 @@ impl Fetcher {
     async fn fetch(&self, n: &Notification) -> Result<Submission, TransportError> {
         let perm = |m: String| TransportError::Permanent(m);
         let url = url::Url::parse(&n.notice.url).map_err(|e| perm(format!("message URL: {e}")))?;
-        let user = percent_decode_str(url.username()).decode_utf8_lossy().into_owned();
+        let user = percent_decode_str(url.username())
+            .decode_utf8_lossy()
+            .into_owned();
         let code = percent_decode_str(url.password().unwrap_or(""))
             .decode_utf8_lossy()
             .into_owned();

@@ -137,7 +137,10 @@ impl HttpClient {
             .method(call.method.clone())
             .uri(call.path)
             .header(HOST, host)
-            .header("user-agent", concat!("mailgate/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "user-agent",
+                concat!("mailgate/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some((user, pass)) = call.basic {
             req = req.header(
                 AUTHORIZATION,

@@ -123,12 +123,15 @@ impl Transport for XhmtpTransport {
 
 impl XhmtpTransport {
     async fn notify(&self, rcpt: &Address, message: &Message) -> Result<(), TransportError> {
-        let recipient = rcpt.account().to_xhmtp().map_err(|e| {
-            TransportError::Permanent(format!("{rcpt} has no XHMTP form: {e}"))
-        })?;
+        let recipient = rcpt
+            .account()
+            .to_xhmtp()
+            .map_err(|e| TransportError::Permanent(format!("{rcpt} has no XHMTP form: {e}")))?;
         let endpoints = match self.x.locator.endpoints(&rcpt.domain).await {
             Ok(e) => e,
-            Err(e @ LookupError::NoRoute(_)) => return Err(TransportError::Permanent(e.to_string())),
+            Err(e @ LookupError::NoRoute(_)) => {
+                return Err(TransportError::Permanent(e.to_string()))
+            }
             Err(e) => return Err(TransportError::Temporary(e.to_string())),
         };
         let code = self.x.codes.code(message.id, rcpt);

@@ -43,7 +43,10 @@ pub fn router(x: Arc<Xhmtp>) -> Router {
         .route(&format!("/{p}/submit"), post(submit))
         .route(&format!("/{p}/{{user}}"), post(notify))
         .route(&format!("/{p}/{{user}}/feed"), get(feed))
-        .route(&format!("/{p}/{{user}}/filters"), get(get_filters).put(put_filters))
+        .route(
+            &format!("/{p}/{{user}}/filters"),
+            get(get_filters).put(put_filters),
+        )
         .route(&format!("/{p}/{{user}}/{{id}}"), get(message))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -132,7 +135,11 @@ async fn submit(
         .into_message(account.address.clone())
         .map_err(|e| ApiError::bad_request("invalid_message", e.to_string()))?;
     let id = message.id;
-    let recipients: Vec<String> = message.recipients.iter().map(wire::format_address).collect();
+    let recipients: Vec<String> = message
+        .recipients
+        .iter()
+        .map(wire::format_address)
+        .collect();
     let origin = Origin {
         protocol: "xhmtp",
         submitter: Submitter::Account(account),
@@ -196,8 +203,7 @@ fn check_url(raw: &str, recipient: &Address) -> Result<MessageUrl, ApiError> {
 }
 
 async fn filters_of(x: &Xhmtp, account: &Account) -> Result<Filters, ApiError> {
-    Ok(x
-        .core
+    Ok(x.core
         .store
         .secret(account.id, FILTERS_KIND)
         .await?
@@ -319,17 +325,16 @@ async fn feed(
     let link = format!("{}{}", x.base_url, x.path(&[&user, "feed"]));
     let feed = feed::render(&wire::format_address(&account.address), &link, &items);
     let not_modified = match headers.get(header::IF_NONE_MATCH) {
-        Some(v) => v
-            .to_str()
-            .is_ok_and(|v| feed::etag_matches(v, &feed.etag)),
+        Some(v) => v.to_str().is_ok_and(|v| feed::etag_matches(v, &feed.etag)),
         None => headers
             .get(header::IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| feed::not_modified_since(v, feed.last_modified)),
     };
-    x.core
-        .metrics
-        .event("xhmtp_feed", if not_modified { "not_modified" } else { "ok" });
+    x.core.metrics.event(
+        "xhmtp_feed",
+        if not_modified { "not_modified" } else { "ok" },
+    );
     let mut resp = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -351,7 +356,10 @@ async fn feed(
             h.insert(header::LAST_MODIFIED, v);
         }
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
     Ok(resp)
 }
 

@@ -282,7 +282,10 @@ mod tests {
             to: vec!["not an address".into()],
             ..SubmitRequest::default()
         };
-        assert!(matches!(bad.into_message(alice.clone()), Err(WireError::Address(..))));
+        assert!(matches!(
+            bad.into_message(alice.clone()),
+            Err(WireError::Address(..))
+        ));
         let b64 = SubmitRequest {
             to: vec!["bob@b.test".into()],
             parts: vec![PartJson {

@@ -1,6 +1,8 @@
 //! Start and stop `mailgate serve` (as `mailgate-e2e`) for end-to-end tests.
 #![allow(dead_code)] // each test binary uses part of this module
 
+pub mod net;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

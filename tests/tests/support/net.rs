@@ -1,0 +1,108 @@
+//! Network fixtures for multi-gateway tests: a test CA with leaf certificates, and an
+//! in-process authoritative DNS server (hickory-server) for the `test.` zone.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use std::path::Path;
+
+/// A test certificate authority.
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    pub key: KeyPair,
+}
+
+pub fn test_ca(dir: &Path) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "mailgate test CA");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+    Ca { cert, key }
+}
+
+/// A server certificate for `name` (and `mx.<name>`), signed by the test CA, written to `dir`.
+pub fn leaf(ca: &Ca, dir: &Path, name: &str) {
+    let params = CertificateParams::new(vec![name.to_owned(), format!("mx.{name}")]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+/// An authoritative DNS server for `test.` on 127.0.0.1 (UDP), serving `records`.
+pub async fn dns_server(records: Vec<hickory_proto::rr::Record>) -> std::net::SocketAddr {
+    use hickory_proto::rr::rdata::SOA;
+    use hickory_proto::rr::{LowerName, Name, RData, Record};
+    use hickory_server::authority::{Catalog, ZoneType};
+    use hickory_server::store::in_memory::InMemoryAuthority;
+    use std::sync::Arc;
+    let origin = Name::from_ascii("test.").unwrap();
+    let mut zone = InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false);
+    let soa = SOA::new(
+        Name::from_ascii("ns.test.").unwrap(),
+        Name::from_ascii("admin.test.").unwrap(),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    );
+    zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+    for r in records {
+        zone.upsert_mut(r, 1);
+    }
+    let mut catalog = Catalog::new();
+    catalog.upsert(LowerName::from(&origin), vec![Arc::new(zone)]);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut server = hickory_server::ServerFuture::new(catalog);
+    server.register_socket(socket);
+    tokio::spawn(async move {
+        let _ = server.block_until_done().await;
+    });
+    addr
+}
+
+/// SRV `_<service>._tcp.<domain>` → `<target>:<port>`.
+pub fn srv_to(service: &str, domain: &str, target: &str, port: u16) -> hickory_proto::rr::Record {
+    use hickory_proto::rr::rdata::SRV;
+    use hickory_proto::rr::{Name, RData, Record};
+    Record::from_rdata(
+        Name::from_ascii(format!("_{service}._tcp.{domain}.")).unwrap(),
+        60,
+        RData::SRV(SRV::new(
+            10,
+            5,
+            port,
+            Name::from_ascii(format!("{target}.")).unwrap(),
+        )),
+    )
+}
+
+pub fn a(host: &str, ip: [u8; 4]) -> hickory_proto::rr::Record {
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record};
+    Record::from_rdata(
+        Name::from_ascii(format!("{host}.")).unwrap(),
+        60,
+        RData::A(A(ip.into())),
+    )
+}
+
+/// SRV `_immp._tcp.<domain>` → `mx.<domain>:<port>`.
+pub fn srv(domain: &str, port: u16) -> hickory_proto::rr::Record {
+    srv_to("immp", domain, &format!("mx.{domain}"), port)
+}
+
+/// TXT record at `name`.
+pub fn txt(name: &str, value: &str) -> hickory_proto::rr::Record {
+    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::{Name, RData, Record};
+    Record::from_rdata(
+        Name::from_ascii(format!("{name}.")).unwrap(),
+        60,
+        RData::TXT(TXT::new(vec![value.to_owned()])),
+    )
+}
