@@ -150,6 +150,10 @@ pub struct Step {
     pub status: Option<u16>,
     /// http: response headers that must match these regexes (names lower-case).
     pub headers: Option<BTreeMap<String, String>>,
+    /// http: a regex searched in the body text (for bodies that are not JSON).
+    pub body: Option<String>,
+    /// http: save response headers into variables (variable → lower-case header name).
+    pub capture_headers: Option<BTreeMap<String, String>>,
 }
 
 /// A suite's description (`suite.toml`): what the server under test must provide.

@@ -5,6 +5,7 @@ pub mod case;
 pub mod http;
 
 use anyhow::{bail, Context};
+use base64::Engine;
 use case::{Case, CaseFile, HttpRequest, PacketSpec, Step, SuiteInfo, Transport, When};
 use clap::Args;
 use include_dir::{include_dir, Dir};
@@ -255,6 +256,10 @@ impl Runner {
         let mut v = HashMap::new();
         v.insert("domain".into(), self.domain.clone());
         v.insert("host".into(), self.host.clone());
+        v.insert(
+            "port".into(),
+            self.target.rsplit_once(':').map_or("", |t| t.1).to_owned(),
+        );
         v.insert("uniq".into(), format!("{:016x}", rand::random::<u64>()));
         v.insert(
             "now_ms".into(),
@@ -461,6 +466,20 @@ impl Runner {
                 None => bail!("header {name} missing"),
             }
         }
+        for (var, name) in step.capture_headers.iter().flatten() {
+            let v = resp
+                .headers
+                .get(&name.to_ascii_lowercase())
+                .with_context(|| format!("capture {var}: header {name} missing"))?;
+            vars.insert(var.clone(), v.clone());
+        }
+        if let Some(pattern) = &step.body {
+            let re = Regex::new(&subst(pattern, vars, true)?)?;
+            let text = String::from_utf8_lossy(&resp.body);
+            if !re.is_match(&text) {
+                bail!("body does not match {pattern:?}: {text}");
+            }
+        }
         if step.expect.is_some() || step.matches.is_some() || step.capture.is_some() {
             let json: Value = serde_json::from_slice(&resp.body).with_context(|| {
                 format!("body is not JSON: {}", String::from_utf8_lossy(&resp.body))
@@ -648,6 +667,21 @@ fn anchored(pattern: &str) -> anyhow::Result<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).with_context(|| format!("bad regex {pattern:?}"))
 }
 
+/// The index of the `}` closing a `${` whose name starts `text`, skipping nested `${…}`.
+fn closing_brace(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let b = text.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'{' if i > 0 && b[i - 1] == b'$' => depth += 1,
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Replace `${name}` with variables; `escape` quotes values for use inside a regex.
 fn subst(text: &str, vars: &HashMap<String, String>, escape: bool) -> anyhow::Result<String> {
     let mut out = String::with_capacity(text.len());
@@ -655,10 +689,9 @@ fn subst(text: &str, vars: &HashMap<String, String>, escape: bool) -> anyhow::Re
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .with_context(|| format!("unclosed ${{ in {text:?}"))?;
-        let name = &after[..end];
+        let end = closing_brace(after).with_context(|| format!("unclosed ${{ in {text:?}"))?;
+        // Variables may nest: `${base64:${account0}:x}`.
+        let name = &subst(&after[..end], vars, false)?;
         let value = if let Some(n) = name.strip_prefix("immp_response:") {
             // The IMMP AUTH RESPONSE of account N for the captured nonces n1 and n2.
             let get = |k: &str| {
@@ -666,6 +699,17 @@ fn subst(text: &str, vars: &HashMap<String, String>, escape: bool) -> anyhow::Re
                     .with_context(|| format!("${{{name}}} needs the variable {k}"))
             };
             mailgate_immp::auth::response(get(&format!("immp_h{n}"))?, get("n1")?, get("n2")?)
+        } else if let Some(text) = name.strip_prefix("base64:") {
+            base64::engine::general_purpose::STANDARD.encode(text)
+        } else if let Some(n) = name.strip_prefix("basic:") {
+            // HTTP Basic credentials of account N: base64("<address>:<password>").
+            let get = |k: String| {
+                vars.get(&k)
+                    .cloned()
+                    .with_context(|| format!("${{{name}}} needs the variable {k}"))
+            };
+            let (user, pass) = (get(format!("account{n}"))?, get(format!("password{n}"))?);
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
         } else if let Some((piece, count)) = name
             .strip_prefix("repeat:")
             .and_then(|r| r.rsplit_once(':'))
@@ -733,6 +777,10 @@ mod tests {
         assert!(subst("${b}", &v, false).is_err());
         assert!(subst("${a", &v, false).is_err());
         assert_eq!(subst("${repeat:ab:3}", &v, false).unwrap(), "ababab");
+        assert_eq!(subst("${base64:a:b}", &v, false).unwrap(), "YTpi");
+        let mut v2 = v.clone();
+        v2.insert("who".into(), "a".into());
+        assert_eq!(subst("x${base64:${who}:b}y", &v2, false).unwrap(), "xYTpiy");
         assert!(subst("${repeat:ab:x}", &v, false).is_err());
     }
 
