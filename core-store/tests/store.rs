@@ -458,3 +458,132 @@ async fn data_survives_reopen_and_backup_is_consistent() {
     assert_eq!(copy.message(id).await.unwrap().unwrap().subject, "keep");
     assert_eq!(copy.accounts().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn hosted_messages_grants_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let alice = store
+        .create_account(&addr("alice@a.test"), "x")
+        .await
+        .unwrap();
+    let m = Message::new(
+        addr("alice@a.test"),
+        vec![addr("bob@b.test"), addr("carol@c.test")],
+        "s",
+        "b",
+    );
+    let id = m.id;
+    store
+        .submit(Submission {
+            message: m,
+            deliveries: vec![],
+            relays: vec![],
+            stamp: None,
+        })
+        .await
+        .unwrap();
+    let (bob, carol) = (addr("bob@b.test"), addr("carol@c.test"));
+    store.grant_access(id, &bob, vec![1; 32]).await.unwrap();
+    // A second grant keeps the first hash.
+    store.grant_access(id, &bob, vec![2; 32]).await.unwrap();
+    store.grant_access(id, &carol, vec![3; 32]).await.unwrap();
+    assert_eq!(
+        store.access(id, &bob).await.unwrap().unwrap().code_hash,
+        vec![1; 32]
+    );
+    assert!(store
+        .access(id, &addr("eve@b.test"))
+        .await
+        .unwrap()
+        .is_none());
+    // Not everyone fetched: kept.
+    store.mark_fetched(id, &bob, 1_000).await.unwrap();
+    assert_eq!(store.expire_hosted(10_000_000, 1_000).await.unwrap(), 0);
+    // Everyone fetched, but within the retention: kept; after it: deleted.
+    store.mark_fetched(id, &carol, 2_000).await.unwrap();
+    assert_eq!(store.expire_hosted(2_500, 1_000).await.unwrap(), 0);
+    assert!(store.message(id).await.unwrap().is_some());
+    assert_eq!(store.expire_hosted(3_001, 1_000).await.unwrap(), 1);
+    assert!(store.message(id).await.unwrap().is_none());
+    assert!(store.access(id, &bob).await.unwrap().is_none());
+    let _ = alice;
+}
+
+#[tokio::test]
+async fn notifications_deduplicate_and_fetch_atomically() {
+    use mailgate_core::store::{FetchOutcome, FetchState, NewNotification};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let notice = NewNotification {
+        account: bob.id,
+        url: "http://bob%40a.test:c@b.test/xhmtp/alice/1".into(),
+        sender: Some(addr("alice@b.test")),
+        subject: Some("hi".into()),
+        date: Some(5),
+        size: Some(10),
+        peer: "127.0.0.1".into(),
+    };
+    let (first, created) = store.put_notification(notice.clone()).await.unwrap();
+    assert!(created);
+    let (again, created) = store.put_notification(notice).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    // Claimed once while leased.
+    let now = now_ms();
+    assert_eq!(store.claim_fetches(now, 10, 60_000).await.unwrap().len(), 1);
+    assert!(store
+        .claim_fetches(now, 10, 60_000)
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .finish_fetch(
+            first.id,
+            FetchOutcome::Retry {
+                next_attempt: now,
+                error: "down".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let retry = store.claim_fetches(now, 10, 60_000).await.unwrap();
+    assert_eq!(retry[0].attempts, 1);
+    assert_eq!(retry[0].last_error.as_deref(), Some("down"));
+    // The fetched copy and the state change commit together.
+    let copy = Message::new(addr("alice@b.test"), vec![addr("bob@a.test")], "hi", "body");
+    let copy_id = copy.id;
+    store
+        .finish_fetch(
+            first.id,
+            FetchOutcome::Fetched(Box::new(Submission {
+                message: copy,
+                deliveries: vec![LocalDelivery {
+                    account: bob.id,
+                    folder: "INBOX".into(),
+                }],
+                relays: vec![],
+                stamp: None,
+            })),
+        )
+        .await
+        .unwrap();
+    let listed = store.notifications(bob.id, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, FetchState::Fetched);
+    assert_eq!(listed[0].message, Some(copy_id));
+    let inbox = store
+        .entries(bob.id, "INBOX", EntryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert!(store
+        .claim_fetches(now + 1_000_000, 10, 60_000)
+        .await
+        .unwrap()
+        .is_empty());
+}

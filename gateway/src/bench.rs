@@ -18,6 +18,42 @@ pub enum BenchTarget {
     /// MMTP SENDs over concurrent connections to a running server, stamps minted beforehand.
     /// The server needs an account for --to and `mmtp.requests_per_sec = 0` (or high enough).
     Mmtp(MmtpBench),
+    /// XHMTP against a running server: notifications accepted per second (each names a URL on
+    /// the server itself, from 127.0.0.1, so the notifier check passes), then feed requests per
+    /// second for --to. The server needs `xhmtp.notify_rate_per_sec = 0` and --to's password.
+    Xhmtp(XhmtpBench),
+}
+
+/// `mailgate bench xhmtp` options.
+#[derive(Args)]
+pub struct XhmtpBench {
+    /// XHMTP server, HOST:PORT (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: String,
+    /// URL prefix.
+    #[arg(long, default_value = "xhmtp")]
+    prefix: String,
+    /// Recipient: a local account of the server.
+    #[arg(long)]
+    to: String,
+    /// Its password (for the feed requests).
+    #[arg(long)]
+    password: String,
+    /// Concurrent requests.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Notifications to send.
+    #[arg(long, default_value_t = 5_000)]
+    notifications: u64,
+    /// Feed requests to make.
+    #[arg(long, default_value_t = 5_000)]
+    feeds: u64,
+    /// Upper bound on each phase, seconds.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// Print JSON objects instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `mailgate bench mmtp` options.
@@ -108,6 +144,7 @@ pub async fn run(target: BenchTarget) -> anyhow::Result<()> {
     match target {
         BenchTarget::Store(opts) => store(opts).await,
         BenchTarget::Mmtp(opts) => mmtp(opts).await,
+        BenchTarget::Xhmtp(opts) => xhmtp(opts).await,
     }
 }
 
@@ -311,6 +348,158 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         &format!(
             "mmtp: {} connections, SENDs of {} B bodies (acknowledged = durably stored)",
             opts.connections, opts.size
+        ),
+    );
+    Ok(())
+}
+
+/// Run `count` requests made by `call(i)` on `connections` concurrent tasks, at most `seconds`;
+/// every answer must have status `want`. Returns the latencies.
+async fn http_load<F, Fut>(
+    count: u64,
+    connections: usize,
+    seconds: u64,
+    quiet: bool,
+    call: F,
+) -> anyhow::Result<Summary>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let call = Arc::new(call);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(count)
+    };
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (next, call, bar) = (next.clone(), call.clone(), bar.clone());
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count || Instant::now() > deadline {
+                    break;
+                }
+                let t = Instant::now();
+                call(i).await?;
+                lat.push(t.elapsed());
+                bar.inc(1);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        lat.extend(r??);
+    }
+    bar.finish_and_clear();
+    Ok(summarise(lat, started.elapsed()))
+}
+
+async fn xhmtp(opts: XhmtpBench) -> anyhow::Result<()> {
+    use mailgate_xhmtp::http::{Call, HttpClient};
+    use mailgate_xhmtp::service::path;
+    let server: std::net::SocketAddr = tokio::net::lookup_host(&opts.target)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{} has no address", opts.target))?;
+    let to = Address::parse_xhmtp(&opts.to)?;
+    let http = HttpClient::new(None, None, Duration::from_secs(30), 16 * 1024 * 1024);
+    let run = format!("{:08x}", rand::random::<u32>());
+
+    let notify_path = Arc::new(path(&opts.prefix, &[&opts.to]));
+    let (h, p, user) = (
+        http.clone(),
+        notify_path.clone(),
+        opts.to.replace('@', "%40"),
+    );
+    let prefix = opts.prefix.clone();
+    let port = server.port();
+    let s = http_load(opts.notifications, opts.connections, opts.seconds, opts.json, move |i| {
+        let (h, p) = (h.clone(), p.clone());
+        let url = format!(
+            "http://{user}:bench{run}{i}@127.0.0.1:{port}/{prefix}/bench/{}",
+            mailgate_core::MessageId::new()
+        );
+        async move {
+            let body = json!({"url": url, "from": "load@bench.test", "subject": "bench", "size": 4096});
+            let resp = h
+                .send(Call {
+                    method: hyper::Method::POST,
+                    connect: server,
+                    https: false,
+                    host: "localhost",
+                    path: &p,
+                    basic: None,
+                    headers: Vec::new(),
+                    json: Some(body.to_string().into_bytes()),
+                })
+                .await?;
+            anyhow::ensure!(
+                resp.status == 202,
+                "notification answered {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    report(
+        &s,
+        opts.json,
+        json!({"bench": "xhmtp-notify", "connections": opts.connections}),
+        &format!(
+            "xhmtp notifications: {} concurrent, each on a new connection (202 = durably stored)",
+            opts.connections
+        ),
+    );
+
+    let feed_path = Arc::new(path(&opts.prefix, &[&to.to_xhmtp()?, "feed"]));
+    let (h, p, user, pw) = (
+        http.clone(),
+        feed_path,
+        opts.to.clone(),
+        opts.password.clone(),
+    );
+    let s = http_load(
+        opts.feeds,
+        opts.connections,
+        opts.seconds,
+        opts.json,
+        move |_| {
+            let (h, p, user, pw) = (h.clone(), p.clone(), user.clone(), pw.clone());
+            async move {
+                let resp = h
+                    .send(Call {
+                        method: hyper::Method::GET,
+                        connect: server,
+                        https: false,
+                        host: "localhost",
+                        path: &p,
+                        basic: Some((&user, &pw)),
+                        headers: Vec::new(),
+                        json: None,
+                    })
+                    .await?;
+                anyhow::ensure!(resp.status == 200, "feed answered {}", resp.status);
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    report(
+        &s,
+        opts.json,
+        json!({"bench": "xhmtp-feed", "connections": opts.connections}),
+        &format!(
+            "xhmtp feed requests: {} concurrent, each on a new connection, full feed (no 304)",
+            opts.connections
         ),
     );
     Ok(())
