@@ -260,6 +260,25 @@ async fn lifecycle_between_two_gateways_over_dns_and_https() {
         link.starts_with("https://bob%40b.test:") && link.contains("@a.test:8443/xhmtp/alice/"),
         "{link}"
     );
+    // The CLI reads the same feed (`mailgate receive --protocol xhmtp`, plain listener).
+    let out = support::run_ok(
+        &[
+            "receive",
+            "--protocol",
+            "xhmtp",
+            "--server",
+            gw_b.addr("xhmtp.listen"),
+            "--prefix",
+            "mail",
+            "--email",
+            "bob@b.test",
+        ],
+        Some("bob-pw\n"),
+        dir_b.path(),
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["title"], "Lunch?");
+    assert_eq!(line["guid"], receipt.id.as_str());
     // Feed readers poll: an unchanged feed is a 304.
     let again = bob.feed(Some(&etag)).await.unwrap();
     assert_eq!(again.status, 304);
@@ -385,23 +404,31 @@ async fn a_peer_that_is_down_is_notified_and_fetched_from_after_it_returns() {
     gw_c.add_user("carol@c.test", "carol-pw");
 
     // d.test is down: the notification is queued and retried.
-    let carol = client(
-        "127.0.0.6:8080",
-        "c.test",
-        None,
-        "xhmtp",
-        "carol@c.test",
-        "carol-pw",
+    // Submitted with the CLI client (`mailgate send --protocol xhmtp`).
+    let out = support::run_ok(
+        &[
+            "send",
+            "--protocol",
+            "xhmtp",
+            "--server",
+            "127.0.0.6:8080",
+            "--login",
+            "carol@c.test",
+            "--from",
+            "carol@c.test",
+            "--to",
+            "dave@d.test",
+            "--subject",
+            "while you were out",
+            "--body",
+            "queued",
+        ],
+        Some("carol-pw\n"),
+        dir_c.path(),
     );
-    let receipt = carol
-        .submit(&SubmitRequest {
-            to: vec!["dave@d.test".into()],
-            subject: "while you were out".into(),
-            body: "queued".into(),
-            ..SubmitRequest::default()
-        })
-        .await
-        .unwrap();
+    let receipt: mailgate_xhmtp::wire::SubmitResponse =
+        serde_json::from_slice(&out.stdout).expect("send prints the JSON receipt");
+    assert_eq!(receipt.notified, vec!["dave@d.test".to_owned()]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(
         &gw_c,
