@@ -302,11 +302,17 @@ async fn receive_xhmtp(args: ReceiveArgs) -> anyhow::Result<()> {
         let link = item.link().unwrap_or_default();
         if args.fetch {
             let url = url::Url::parse(link).context("feed item link")?;
-            let target = format!(
-                "{}:{}",
-                url.host_str().unwrap_or_default(),
-                url.port_or_known_default().unwrap_or(80)
-            );
+            // Links into the account's own mailbox (no credentials in them) are on --server;
+            // a sender's URL is on the sender's server.
+            let target = if url.username().is_empty() {
+                args.conn.server()
+            } else {
+                format!(
+                    "{}:{}",
+                    url.host_str().unwrap_or_default(),
+                    url.port_or_known_default().unwrap_or(80)
+                )
+            };
             let addr = tokio::net::lookup_host(&target)
                 .await?
                 .next()

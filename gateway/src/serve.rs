@@ -65,18 +65,17 @@ pub fn domain_key(config: &Config) -> anyhow::Result<DomainKey> {
     })
 }
 
-/// The XHMTP front-end's state (`None` when disabled): access-code key from
-/// `<data_dir>/xhmtp-access.key` (generated at first start), peer discovery, outbound HTTP.
+/// The XHMTP front-end's state: access-code key from `<data_dir>/xhmtp-access.key` (generated
+/// at first start), peer discovery, outbound HTTP; `port` is the bound HTTP port.
 fn xhmtp_state(
     config: &Config,
+    port: u16,
     core: &Arc<Core>,
     dns: Option<Arc<dyn Discovery>>,
     trust: Option<Arc<rustls::ClientConfig>>,
-) -> anyhow::Result<Option<Arc<Xhmtp>>> {
-    if !config.xhmtp.enabled {
-        return Ok(None);
-    }
-    let x = &config.xhmtp;
+) -> anyhow::Result<Arc<Xhmtp>> {
+    let mut x = config.xhmtp.clone();
+    x.listen.set_port(port);
     let locator = Locator::new(x.routes.clone(), dns, x.outbound_https);
     let http = HttpClient::new(
         trust,
@@ -88,14 +87,14 @@ fn xhmtp_state(
             .saturating_mul(2)
             .saturating_add(64 * 1024),
     );
-    Ok(Some(Xhmtp::new(
+    Ok(Xhmtp::new(
         core.clone(),
-        x.clone(),
+        x,
         AccessCodes::new(access_key(config)?),
         locator,
         http,
         config.primary_domain(),
-    )))
+    ))
 }
 
 /// 32 random bytes in `<data_dir>/xhmtp-access.key`, created (mode 0600) at first start.
@@ -208,10 +207,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }));
     }
 
-    let xhmtp = xhmtp_state(&config, &core, dns, trust)?;
-    if let Some(x) = &xhmtp {
-        let app = mailgate_xhmtp::router(x.clone());
+    let mut xhmtp = None;
+    if config.xhmtp.enabled {
         let l = bind(config.xhmtp.listen, "xhmtp.listen").await?;
+        // The default public URL names the bound port (the configured one may be 0).
+        let x = xhmtp_state(&config, l.local_addr()?.port(), &core, dns, trust)?;
+        xhmtp = Some(x.clone());
+        let app = mailgate_xhmtp::router(x.clone());
         let a = app.clone();
         servers.spawn(listener::serve("xhmtp", l, None, ctx.clone(), move |c| {
             admin::serve_http(a.clone(), c, read_timeout)

@@ -526,3 +526,57 @@ async fn a_peer_that_is_down_is_notified_and_fetched_from_after_it_returns() {
     );
     drop(gw_c);
 }
+
+/// Inside one gateway: `mailgate send --protocol xhmtp` to a local account, then
+/// `mailgate receive --protocol xhmtp --fetch` finds it in the feed and fetches it from the
+/// account's own mailbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mail_through_the_cli_feed_and_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        Some(&support::config_with(dir.path(), "e2e.test", "")),
+    );
+    gw.add_user("alice@e2e.test", "alice-pw");
+    gw.add_user("bob@e2e.test", "bob-pw");
+    let server = gw.addr("xhmtp.listen");
+    support::run_ok(
+        &[
+            "send",
+            "--protocol",
+            "xhmtp",
+            "--server",
+            server,
+            "--login",
+            "alice@e2e.test",
+            "--from",
+            "alice@e2e.test",
+            "--to",
+            "bob@e2e.test",
+            "--subject",
+            "local",
+            "--body",
+            "through the feed",
+        ],
+        Some("alice-pw\n"),
+        dir.path(),
+    );
+    let out = support::run_ok(
+        &[
+            "receive",
+            "--protocol",
+            "xhmtp",
+            "--server",
+            server,
+            "--email",
+            "bob@e2e.test",
+            "--fetch",
+        ],
+        Some("bob-pw\n"),
+        dir.path(),
+    );
+    let message: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(message["subject"], "local");
+    assert_eq!(message["body"], "through the feed");
+    assert_eq!(message["from"], "alice@e2e.test");
+}

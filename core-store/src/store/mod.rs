@@ -205,8 +205,10 @@ pub struct EntryQuery {
     pub unseen_only: bool,
     /// Include entries flagged deleted.
     pub include_deleted: bool,
-    /// At most this many, oldest first (`None`: all).
+    /// At most this many (`None`: all).
     pub limit: Option<u32>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
 }
 
 /// State of an outbound queue entry.
@@ -434,6 +436,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<MailboxEntry>, StoreError>;
     /// Load a stored message.
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;
+    /// The account's (not deleted) mailbox entry holding `message`, in any folder.
+    async fn find_entry(
+        &self,
+        account: AccountId,
+        message: MessageId,
+    ) -> Result<Option<MailboxEntry>, StoreError>;
     /// Load summaries (no parts) of several messages, in the order asked; unknown ids are
     /// left out.
     async fn summaries(&self, ids: &[MessageId]) -> Result<Vec<MessageSummary>, StoreError>;

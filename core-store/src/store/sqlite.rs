@@ -390,6 +390,46 @@ pub(super) fn message_id_from_blob(b: Vec<u8>) -> Result<MessageId, StoreError> 
         .map_err(|e| StoreError::Corrupt(format!("message id: {e}")))
 }
 
+const ENTRY_COLUMNS: &str = "id, account_id, folder, message_id, seen, deleted, added_at";
+
+struct EntryRow {
+    id: i64,
+    account: AccountId,
+    folder: String,
+    message: Vec<u8>,
+    seen: bool,
+    deleted: bool,
+    added_at: i64,
+}
+
+fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<EntryRow> {
+    Ok(EntryRow {
+        id: r.get(0)?,
+        account: r.get(1)?,
+        folder: r.get(2)?,
+        message: r.get(3)?,
+        seen: r.get(4)?,
+        deleted: r.get(5)?,
+        added_at: r.get(6)?,
+    })
+}
+
+impl EntryRow {
+    fn into_entry(self) -> Result<MailboxEntry, StoreError> {
+        Ok(MailboxEntry {
+            id: self.id,
+            account: self.account,
+            folder: self.folder,
+            message: message_id_from_blob(self.message)?,
+            flags: Flags {
+                seen: self.seen,
+                deleted: self.deleted,
+            },
+            added_at: self.added_at,
+        })
+    }
+}
+
 const QUEUE_COLUMNS: &str =
     "id, message_id, recipient, protocol, state, attempts, next_attempt, last_error, created_at";
 
@@ -697,12 +737,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<MailboxEntry>, StoreError> {
         let folder = folder.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, folder, message_id, seen, deleted, added_at FROM entries
+            let order = if query.newest_first { "DESC" } else { "ASC" };
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries
                  WHERE account_id = ?1 AND folder = ?2
                    AND (?3 = 0 OR seen = 0) AND (?4 = 1 OR deleted = 0)
-                 ORDER BY id LIMIT ?5",
-            )?;
+                 ORDER BY id {order} LIMIT ?5"
+            ))?;
             let limit = query.limit.map_or(-1, i64::from);
             let rows = stmt
                 .query_map(
@@ -713,36 +754,34 @@ impl Store for SqliteStore {
                         query.include_deleted,
                         limit
                     ],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, Vec<u8>>(2)?,
-                            r.get::<_, bool>(3)?,
-                            r.get::<_, bool>(4)?,
-                            r.get::<_, i64>(5)?,
-                        ))
-                    },
+                    entry_from_row,
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(id, folder, mid, seen, deleted, added_at)| {
-                    Ok(MailboxEntry {
-                        id,
-                        account,
-                        folder,
-                        message: message_id_from_blob(mid)?,
-                        flags: Flags { seen, deleted },
-                        added_at,
-                    })
-                })
-                .collect()
+            rows.into_iter().map(EntryRow::into_entry).collect()
         })
         .await
     }
 
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
         self.read(move |c| load_message(c, id)).await
+    }
+
+    async fn find_entry(
+        &self,
+        account: AccountId,
+        message: MessageId,
+    ) -> Result<Option<MailboxEntry>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries
+                 WHERE message_id = ?1 AND account_id = ?2 AND deleted = 0 LIMIT 1"
+            ))?
+            .query_row(params![&message.0.as_bytes()[..], account], entry_from_row)
+            .optional()?
+            .map(EntryRow::into_entry)
+            .transpose()
+        })
+        .await
     }
 
     async fn summaries(&self, ids: &[MessageId]) -> Result<Vec<MessageSummary>, StoreError> {

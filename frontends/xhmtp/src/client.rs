@@ -101,20 +101,28 @@ impl XhmtpClient {
         check(self.http.send(call).await?)
     }
 
-    /// Fetch a message from a URL with credentials in it (a feed item's link), connecting to
-    /// `connect` (the URL host's address).
+    /// Fetch a message from a feed item's link (a sender's URL with credentials in it, or a
+    /// link into this account's mailbox), connecting to `connect` (the URL host's address).
     pub async fn fetch_url(
         &self,
         url: &str,
         connect: SocketAddr,
     ) -> Result<MessageJson, ClientError> {
         let u = url::Url::parse(url).map_err(|e| ClientError::Body(format!("url: {e}")))?;
-        let user = percent_decode_str(u.username())
-            .decode_utf8_lossy()
-            .into_owned();
-        let code = percent_decode_str(u.password().unwrap_or(""))
-            .decode_utf8_lossy()
-            .into_owned();
+        // A sender's message URL carries its credentials; a link into this account's own
+        // mailbox does not, and takes the account's.
+        let (user, code) = if u.username().is_empty() {
+            (self.user.clone(), self.password.clone())
+        } else {
+            (
+                percent_decode_str(u.username())
+                    .decode_utf8_lossy()
+                    .into_owned(),
+                percent_decode_str(u.password().unwrap_or(""))
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        };
         let host = u.host_str().unwrap_or_default().to_owned();
         let call = Call {
             method: Method::GET,

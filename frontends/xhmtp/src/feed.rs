@@ -1,6 +1,7 @@
-//! The RSS 2.0 feed of an account's notifications (the `rss` crate writes the XML), with the
-//! validators feed readers poll with: a strong `ETag` over the body and `Last-Modified` from
-//! the newest item.
+//! The RSS 2.0 feed of an account (the `rss` crate writes the XML): one item per XHMTP
+//! notification (linking to the sender's server) and per other INBOX message (linking to
+//! `/<prefix>/<user>/inbox/<id>` here), with the validators feed readers poll with: a strong
+//! `ETag` over the body and `Last-Modified` from the newest item.
 
 use mailgate_core::store::Notification;
 use sha2::{Digest, Sha256};
@@ -21,8 +22,27 @@ fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
+/// One feed item, from a notification or from a message in the INBOX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedItem {
+    /// Subject.
+    pub title: String,
+    /// Where the reader fetches the message.
+    pub link: String,
+    /// The message id.
+    pub guid: String,
+    /// The sender's date, ms.
+    pub date: i64,
+    /// When it arrived here, ms (the order and `Last-Modified`).
+    pub arrived: i64,
+    /// Sender, unless anonymous.
+    pub author: Option<String>,
+    /// Size, bytes, when known.
+    pub size: Option<u64>,
+}
+
 /// The id a notification names: the last path segment of its message URL.
-pub fn guid(n: &Notification) -> String {
+pub fn notification_guid(n: &Notification) -> String {
     url::Url::parse(&n.notice.url)
         .ok()
         .and_then(|u| {
@@ -33,16 +53,31 @@ pub fn guid(n: &Notification) -> String {
         .unwrap_or_else(|| format!("notification-{}", n.id))
 }
 
+impl FeedItem {
+    /// The item of a notification: its link is the sender's message URL.
+    pub fn from_notification(n: &Notification) -> Self {
+        FeedItem {
+            title: n.notice.subject.clone().unwrap_or_default(),
+            link: n.notice.url.clone(),
+            guid: notification_guid(n),
+            date: n.notice.date.unwrap_or(n.received_at),
+            arrived: n.received_at,
+            author: n.notice.sender.as_ref().map(crate::wire::format_address),
+            size: n.notice.size,
+        }
+    }
+}
+
 /// Render `items` (newest first) as the feed of `account` at `link`.
-pub fn render(account: &str, link: &str, items: &[Notification]) -> Feed {
+pub fn render(account: &str, link: &str, items: &[FeedItem]) -> Feed {
     let mut channel = rss::Channel::default();
     channel.set_title(format!("Messages for {account}"));
     channel.set_link(link.to_owned());
     channel.set_description(format!(
-        "XHMTP notifications received for {account}, newest first"
+        "Mail and notifications for {account}, newest first"
     ));
     channel.set_generator(Some("mailgate".to_owned()));
-    let newest = items.iter().map(|n| n.received_at).max();
+    let newest = items.iter().map(|n| n.arrived).max();
     if let Some(ms) = newest {
         channel.set_last_build_date(Some(httpdate::fmt_http_date(time(ms))));
     }
@@ -51,33 +86,21 @@ pub fn render(account: &str, link: &str, items: &[Notification]) -> Feed {
             .iter()
             .map(|n| {
                 let mut item = rss::Item::default();
-                item.set_title(Some(
-                    n.notice
-                        .subject
-                        .clone()
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| "(no subject)".to_owned()),
-                ));
-                item.set_link(Some(n.notice.url.clone()));
+                let title = if n.title.is_empty() {
+                    "(no subject)".to_owned()
+                } else {
+                    n.title.clone()
+                };
+                item.set_title(Some(title));
+                item.set_link(Some(n.link.clone()));
                 let mut guid = rss::Guid::default();
-                guid.set_value(self::guid(n));
+                guid.set_value(n.guid.clone());
                 guid.set_permalink(false);
                 item.set_guid(Some(guid));
-                item.set_pub_date(Some(httpdate::fmt_http_date(time(
-                    n.notice.date.unwrap_or(n.received_at),
-                ))));
-                if let Some(sender) = &n.notice.sender {
-                    item.set_author(Some(crate::wire::format_address(sender)));
-                }
-                let size = n
-                    .notice
-                    .size
-                    .map(|s| format!(", {s} bytes"))
-                    .unwrap_or_default();
-                let from = n.notice.sender.as_ref().map_or_else(
-                    || "an anonymous sender".to_owned(),
-                    crate::wire::format_address,
-                );
+                item.set_pub_date(Some(httpdate::fmt_http_date(time(n.date))));
+                item.set_author(n.author.clone());
+                let size = n.size.map(|s| format!(", {s} bytes")).unwrap_or_default();
+                let from = n.author.as_deref().unwrap_or("an anonymous sender");
                 item.set_description(Some(format!("Message from {from}{size}")));
                 item
             })

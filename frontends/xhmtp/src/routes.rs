@@ -8,6 +8,7 @@
 //! | `GET /<prefix>/<user@domain>/feed` | the account's RSS feed (Basic auth) |
 //! | `GET, PUT /<prefix>/<user@domain>/filters` | the account's notification filters |
 //! | `GET /<prefix>/<sender-local>/<id>` | a hosted message (access code or sender's password) |
+//! | `GET /<prefix>/<user@domain>/inbox/<id>` | a message in the account's mailbox (Basic auth) |
 //!
 //! Every error is JSON (`{"error", "message"}`). Handlers expect the connection's peer address
 //! as `ConnectInfo<SocketAddr>` in the request extensions (the gateway's HTTP glue adds it).
@@ -15,7 +16,7 @@
 use crate::access;
 use crate::auth::{basic, Basic};
 use crate::error::ApiError;
-use crate::feed;
+use crate::feed::{self, FeedItem};
 use crate::filters::{Filters, FILTERS_KIND};
 use crate::service::Xhmtp;
 use crate::wire::{self, MessageJson, NotifyRequest, SubmitRequest, SubmitResponse};
@@ -25,8 +26,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mailgate_core::store::{Account, NewNotification};
-use mailgate_core::{Address, Origin, SubmitError, Submitter};
+use mailgate_core::store::{Account, EntryQuery, NewNotification};
+use mailgate_core::{Address, MessageId, Origin, SubmitError, Submitter};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub fn router(x: Arc<Xhmtp>) -> Router {
             get(get_filters).put(put_filters),
         )
         .route(&format!("/{p}/{{user}}/{{id}}"), get(message))
+        .route(&format!("/{p}/{{user}}/inbox/{{id}}"), get(inbox_message))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(x)
@@ -317,11 +319,7 @@ async fn feed(
 ) -> Result<Response, ApiError> {
     let account = local_account(&x, &user).await?;
     login(&x, &headers, Some(&account.address)).await?;
-    let items = x
-        .core
-        .store
-        .notifications(account.id, x.config.feed_items)
-        .await?;
+    let items = feed_items(&x, &account, &user).await?;
     let link = format!("{}{}", x.base_url, x.path(&[&user, "feed"]));
     let feed = feed::render(&wire::format_address(&account.address), &link, &items);
     let not_modified = match headers.get(header::IF_NONE_MATCH) {
@@ -361,6 +359,69 @@ async fn feed(
         HeaderValue::from_static("private, no-cache"),
     );
     Ok(resp)
+}
+
+/// The newest notifications and INBOX messages of `account`, merged, newest first. INBOX
+/// copies of fetched notifications are represented by their notification.
+async fn feed_items(x: &Xhmtp, account: &Account, user: &str) -> Result<Vec<FeedItem>, ApiError> {
+    let limit = x.config.feed_items;
+    let store = &x.core.store;
+    let notes = store.notifications(account.id, limit).await?;
+    let entries = store
+        .entries(
+            account.id,
+            "INBOX",
+            EntryQuery {
+                limit: Some(limit),
+                newest_first: true,
+                ..EntryQuery::default()
+            },
+        )
+        .await?;
+    let copies: std::collections::HashSet<MessageId> =
+        notes.iter().filter_map(|n| n.message).collect();
+    let ids: Vec<MessageId> = entries
+        .iter()
+        .map(|e| e.message)
+        .filter(|m| !copies.contains(m))
+        .collect();
+    let arrived: std::collections::HashMap<MessageId, i64> =
+        entries.iter().map(|e| (e.message, e.added_at)).collect();
+    let mut items: Vec<FeedItem> = notes.iter().map(FeedItem::from_notification).collect();
+    for m in store.summaries(&ids).await? {
+        let id = m.id.to_string();
+        items.push(FeedItem {
+            title: m.subject,
+            link: format!("{}{}", x.base_url, x.path(&[user, "inbox", &id])),
+            guid: id,
+            date: m.received_at,
+            arrived: arrived.get(&m.id).copied().unwrap_or(m.received_at),
+            author: Some(wire::format_address(&m.sender)),
+            size: Some(m.size),
+        });
+    }
+    items.sort_by(|a, b| b.arrived.cmp(&a.arrived).then_with(|| b.guid.cmp(&a.guid)));
+    items.truncate(limit as usize);
+    Ok(items)
+}
+
+/// `GET /<prefix>/<user>/inbox/<id>`: a message in the account's mailbox, for the account.
+async fn inbox_message(
+    State(x): Shared,
+    Path((user, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let account = local_account(&x, &user).await?;
+    login(&x, &headers, Some(&account.address)).await?;
+    let missing = || ApiError::not_found("no such message in this mailbox");
+    let id = wire::parse_id(&id).ok_or_else(missing)?;
+    x.core
+        .store
+        .find_entry(account.id, id)
+        .await?
+        .ok_or_else(missing)?;
+    let msg = x.core.store.message(id).await?.ok_or_else(missing)?;
+    Ok(Json(MessageJson::from_message(&msg)).into_response())
 }
 
 async fn get_filters(
