@@ -112,6 +112,84 @@ pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
     result
 }
 
+/// `mailgate queue …`
+#[derive(Subcommand)]
+pub enum QueueAction {
+    /// List entries waiting, in flight or failed (one line each: id, state, protocol,
+    /// recipient, attempts, next attempt, last error).
+    List {
+        /// Only entries for this recipient domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Make entries due now (failed ones too, with their attempts kept).
+    Retry {
+        /// The entry id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every waiting and failed entry.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove an entry: it is not delivered and not bounced.
+    Drop {
+        /// The entry id.
+        id: i64,
+    },
+}
+
+/// Run a `queue` action.
+pub async fn queue(config: &Config, action: QueueAction) -> anyhow::Result<()> {
+    let core = open_core(config)?;
+    let result = match action {
+        QueueAction::List { domain } => {
+            let entries = core.store.queue(domain.as_deref()).await?;
+            for e in &entries {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    e.id,
+                    e.state.as_str(),
+                    e.protocol.as_deref().unwrap_or("-"),
+                    e.recipient,
+                    e.attempts,
+                    mailgate_core::message::rfc3339(e.next_attempt),
+                    e.last_error.as_deref().unwrap_or("-")
+                );
+            }
+            eprintln!("{} entries", entries.len());
+            Ok(())
+        }
+        QueueAction::Retry { id, all } => {
+            let n = core
+                .store
+                .retry_now(
+                    if all { None } else { id },
+                    mailgate_core::message::now_ms(),
+                )
+                .await?;
+            if n == 0 && !all {
+                Err(anyhow::anyhow!(
+                    "no waiting or failed queue entry {}",
+                    id.unwrap_or(0)
+                ))
+            } else {
+                println!("{n} entries due now");
+                Ok(())
+            }
+        }
+        QueueAction::Drop { id } => {
+            if core.store.drop_queued(id).await? {
+                println!("dropped queue entry {id}");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("no queue entry {id}"))
+            }
+        }
+    };
+    core.store.close().await?;
+    result
+}
+
 /// `mailgate backup PATH`.
 pub async fn backup(config: &Config, path: &Path) -> anyhow::Result<()> {
     let core = open_core(config)?;

@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         action: commands::UserAction,
     },
+    /// Inspect and manage the outbound relay queue (safe while the gateway runs).
+    Queue {
+        #[command(subcommand)]
+        action: commands::QueueAction,
+    },
     /// Write a consistent copy of the store to PATH (safe while the gateway runs).
     Backup {
         /// Destination file; must not exist.
@@ -111,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::User { action } => commands::user(&load()?, action).await.map(|()| ok),
+        Command::Queue { action } => commands::queue(&load()?, action).await.map(|()| ok),
         Command::Backup { path } => commands::backup(&load()?, &path).await.map(|()| ok),
         Command::Health { url } => commands::health(&load()?, url).await,
         Command::Bench { target } => bench::run(target).await.map(|()| ok),

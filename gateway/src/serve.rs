@@ -248,7 +248,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(x) = &xhmtp {
         transports.push(Arc::new(XhmtpTransport::new(x.clone())));
     }
-    let relay = Arc::new(Relay::new(core.clone(), transports, config.relay.clone()));
+    let relay = Arc::new(Relay::new(
+        core.clone(),
+        transports,
+        config.relay.clone(),
+        config.primary_domain(),
+    ));
     tracker.spawn(relay.run(shutdown.clone()));
 
     println!("mailgate: ready");

@@ -104,7 +104,7 @@ pub struct SpentStamp {
 }
 
 /// Everything `submit` writes in one durable transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submission {
     /// The message.
     pub message: Message,
@@ -279,10 +279,13 @@ pub enum RelayOutcome {
         /// What went wrong.
         error: String,
     },
-    /// Permanent failure: the entry failed.
+    /// Permanent failure: the entry failed; `bounce` (the delivery-status message for the
+    /// sender) is stored in the same commit.
     Failed {
         /// What went wrong.
         error: String,
+        /// The bounce, when the sender is a local account.
+        bounce: Option<Box<Submission>>,
     },
 }
 

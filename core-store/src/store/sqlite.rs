@@ -940,11 +940,16 @@ impl Store for SqliteStore {
                                           last_error = ?3 WHERE id = ?1",
                         params![id, next_attempt, error],
                     )?,
-                    RelayOutcome::Failed { error } => c.execute(
-                        "UPDATE queue SET state = 3, attempts = attempts + 1, last_error = ?2
-                         WHERE id = ?1",
-                        params![id, error],
-                    )?,
+                    RelayOutcome::Failed { error, bounce } => {
+                        if let Some(b) = &bounce {
+                            write_submission(c, b)?;
+                        }
+                        c.execute(
+                            "UPDATE queue SET state = 3, attempts = attempts + 1, last_error = ?2
+                             WHERE id = ?1",
+                            params![id, error],
+                        )?
+                    }
                 };
                 if n == 0 {
                     Err(StoreError::NotFound(format!("queue entry {id}")))
