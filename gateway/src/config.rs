@@ -38,7 +38,29 @@ pub struct Config {
     pub immp: ImmpConfig,
     /// XHMTP front-end.
     pub xhmtp: XhmtpConfig,
+    /// Static routes to other domains (`[[route]]`), tried before DNS.
+    pub route: Vec<RouteConfig>,
 }
+
+/// `[[route]]`: where a domain's server is, and which protocol to speak to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The remote domain.
+    pub domain: String,
+    /// `immp`, `mmtp` or `xhmtp`.
+    pub protocol: String,
+    /// Host name or address of its server.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Use TLS (MMTP's TLS port, XHMTP over HTTPS; IMMP always upgrades).
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// The relay protocols, in the default preference order.
+pub const PROTOCOLS: [&str; 3] = ["immp", "mmtp", "xhmtp"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -55,6 +77,7 @@ impl Default for Config {
             mmtp: MmtpConfig::default(),
             immp: ImmpConfig::default(),
             xhmtp: XhmtpConfig::default(),
+            route: Vec::new(),
         }
     }
 }
@@ -152,6 +175,11 @@ pub struct RelayConfig {
     pub retry_max_secs: u64,
     /// Age after which an undelivered entry fails, seconds (default 5 days).
     pub max_age_secs: u64,
+    /// Deliveries in flight to one destination domain at a time.
+    pub per_domain: usize,
+    /// Protocols tried for a domain when it does not speak the one the message arrived in, in
+    /// order (`immp`, `mmtp`, `xhmtp`).
+    pub preference: Vec<String>,
 }
 
 impl Default for RelayConfig {
@@ -162,6 +190,8 @@ impl Default for RelayConfig {
             retry_base_secs: 60,
             retry_max_secs: 4 * 3600,
             max_age_secs: 5 * 24 * 3600,
+            per_domain: 4,
+            preference: vec!["immp".into(), "mmtp".into(), "xhmtp".into()],
         }
     }
 }
@@ -231,6 +261,23 @@ impl Config {
         if self.relay.retry_base_secs == 0 || self.relay.retry_max_secs < self.relay.retry_base_secs
         {
             bail!("relay.retry_base_secs must be > 0 and <= relay.retry_max_secs");
+        }
+        for p in &self.relay.preference {
+            if !PROTOCOLS.contains(&p.as_str()) {
+                bail!("relay.preference: unknown protocol {p:?} (use immp, mmtp, xhmtp)");
+            }
+        }
+        if self.relay.per_domain == 0 {
+            bail!("relay.per_domain must be greater than 0");
+        }
+        for r in &self.route {
+            if !PROTOCOLS.contains(&r.protocol.as_str()) {
+                bail!(
+                    "[[route]] {}: unknown protocol {:?} (use immp, mmtp, xhmtp)",
+                    r.domain,
+                    r.protocol
+                );
+            }
         }
         self.mmtp.validate().map_err(anyhow::Error::msg)?;
         self.xhmtp.validate().map_err(anyhow::Error::msg)?;

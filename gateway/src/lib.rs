@@ -12,6 +12,7 @@ mod conformance;
 mod dns;
 mod listener;
 mod relay;
+mod routing;
 mod serve;
 pub mod tls;
 

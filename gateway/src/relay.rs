@@ -1,20 +1,26 @@
-//! Relay workers: claim due outbound queue entries and hand them to the transport of their
-//! protocol; record delivered / retry with backoff / failed. Also the store's housekeeping
+//! Relay workers: claim due outbound queue entries, choose each domain's protocol
+//! ([`RouteChooser`]), hand the entry to that protocol's transport (MMTP, IMMP, XHMTP) with at
+//! most `relay.per_domain` deliveries per domain in flight, and record the outcome: delivered,
+//! retry with backoff and jitter, or failed with a bounce to the sender's INBOX (permanent
+//! errors, and entries older than `relay.max_age_secs`). Also the store's housekeeping
 //! (expired tokens and stamps).
 //!
-//! The transports (MMTP, IMMP, XHMTP clients) and route discovery are added by the bridging
-//! issue; until a transport is registered, entries wait and are retried with backoff, and fail
-//! once they are older than `relay.max_age_secs`.
+//! Delivery is at least once: an entry is marked done only after the far end accepted it, and a
+//! lease that runs out (a crash mid-delivery) makes it due again; receiving gateways drop the
+//! repeat by origin id and recipient.
 
 use crate::config::RelayConfig;
+use crate::routing::RouteChooser;
 use mailgate_core::message::now_ms;
 use mailgate_core::message::rfc3339;
 use mailgate_core::relay::{Backoff, Transport, TransportError};
 use mailgate_core::store::{LocalDelivery, QueueEntry, RelayOutcome, Submission};
 use mailgate_core::Core;
 use mailgate_core::{Address, Message};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// The local part bounces come from (`mailer-daemon@<first domain>`).
@@ -27,9 +33,11 @@ const LEASE_MS: i64 = 10 * 60 * 1000;
 pub struct Relay {
     core: Arc<Core>,
     transports: Vec<Arc<dyn Transport>>,
+    routes: RouteChooser,
     config: RelayConfig,
     backoff: Backoff,
     domain: String,
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Relay {
@@ -38,6 +46,7 @@ impl Relay {
     pub fn new(
         core: Arc<Core>,
         transports: Vec<Arc<dyn Transport>>,
+        routes: RouteChooser,
         config: RelayConfig,
         domain: &str,
     ) -> Self {
@@ -45,9 +54,11 @@ impl Relay {
         Relay {
             core,
             transports,
+            routes,
             config,
             backoff,
             domain: domain.to_owned(),
+            per_domain: Mutex::new(HashMap::new()),
         }
     }
 
@@ -85,29 +96,58 @@ impl Relay {
         }
     }
 
-    fn transport_for(&self, entry: &QueueEntry) -> Option<&Arc<dyn Transport>> {
-        // The protocol the message arrived in when there is a transport for it; otherwise
-        // the first transport (the preference order).
-        entry
-            .protocol
-            .as_deref()
-            .and_then(|p| self.transports.iter().find(|t| t.protocol() == p))
-            .or_else(|| self.transports.first())
+    /// The transport for `entry`'s domain (see [`RouteChooser`]).
+    async fn transport_for(
+        &self,
+        entry: &QueueEntry,
+    ) -> Result<&Arc<dyn Transport>, TransportError> {
+        let available: Vec<&str> = self.transports.iter().map(|t| t.protocol()).collect();
+        let protocol = self
+            .routes
+            .choose(
+                &entry.recipient.domain,
+                entry.protocol.as_deref(),
+                &available,
+            )
+            .await?;
+        self.transports
+            .iter()
+            .find(|t| t.protocol() == protocol)
+            .ok_or_else(|| TransportError::Permanent(format!("no {protocol} transport")))
+    }
+
+    /// The per-domain concurrency limit of `domain`.
+    fn domain_slots(&self, domain: &str) -> Arc<Semaphore> {
+        let mut map = self.per_domain.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(domain.to_ascii_lowercase())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_domain.max(1))))
+            .clone()
     }
 
     async fn attempt(&self, entry: QueueEntry) {
+        let slots = self.domain_slots(&entry.recipient.domain);
+        let Ok(_slot) = slots.acquire().await else {
+            return;
+        };
         let now = now_ms();
-        let transport = self.transport_for(&entry);
-        let protocol = transport.map_or("none", |t| t.protocol());
         let message = self.core.store.message(entry.message).await;
+        let transport = match &message {
+            Ok(Some(_)) => Some(self.transport_for(&entry).await),
+            _ => None,
+        };
+        let protocol = match &transport {
+            Some(Ok(t)) => t.protocol(),
+            _ => "none",
+        };
         let result = match (transport, &message) {
             (_, Err(e)) => Err(TransportError::Temporary(format!("store: {e}"))),
             (_, Ok(None)) => Err(TransportError::Permanent("message no longer stored".into())),
-            (None, Ok(Some(_))) => Err(TransportError::Temporary(format!(
-                "no outbound transport available for {}",
-                entry.recipient.domain
-            ))),
-            (Some(t), Ok(Some(message))) => t.deliver(&entry, message).await,
+            (Some(Err(e)), Ok(Some(_))) => Err(e),
+            (Some(Ok(t)), Ok(Some(message))) => t.deliver(&entry, message).await,
+            (None, Ok(Some(_))) => Err(TransportError::Temporary("no route chosen".into())),
         };
         let too_old = now - entry.created_at > (self.config.max_age_secs * 1000) as i64;
         let give_up = match result {

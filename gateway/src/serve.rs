@@ -5,17 +5,20 @@ use crate::admin;
 use crate::config::Config;
 use crate::listener::{self, ListenerContext};
 use crate::relay::Relay;
+use crate::routing::RouteChooser;
 use crate::tls;
 use anyhow::Context;
 use mailgate_core::discovery::Discovery;
 use mailgate_core::relay::Transport;
 use mailgate_core::Address;
 use mailgate_core::{Core, Metrics, Policy, SqliteOptions, SqliteStore};
-use mailgate_immp::federation::{Federation, ImmpTransport};
+use mailgate_immp::federation::{Federation, ImmpRoute, ImmpTransport};
 use mailgate_immp::session::DomainKey;
 use mailgate_immp::ImmpServer;
+use mailgate_mmtp::relay::{MmtpRoute, MmtpTransport};
 use mailgate_mmtp::MmtpServer;
 use mailgate_xhmtp::access::AccessCodes;
+use mailgate_xhmtp::config::XhmtpRoute;
 use mailgate_xhmtp::discovery::Locator;
 use mailgate_xhmtp::fetcher::Fetcher;
 use mailgate_xhmtp::http::HttpClient;
@@ -76,7 +79,21 @@ fn xhmtp_state(
 ) -> anyhow::Result<Arc<Xhmtp>> {
     let mut x = config.xhmtp.clone();
     x.listen.set_port(port);
-    let locator = Locator::new(x.routes.clone(), dns, x.outbound_https);
+    let mut routes = x.routes.clone();
+    routes.extend(
+        config
+            .route
+            .iter()
+            .filter(|r| r.protocol == "xhmtp")
+            .map(|r| XhmtpRoute {
+                domain: r.domain.clone(),
+                host: r.host.clone(),
+                port: r.port,
+                https: r.tls,
+                prefix: None,
+            }),
+    );
+    let locator = Locator::new(routes, dns, x.outbound_https);
     let http = HttpClient::new(
         trust,
         x.outbound_ip,
@@ -95,6 +112,30 @@ fn xhmtp_state(
         http,
         config.primary_domain(),
     ))
+}
+
+/// `(domain, protocol)` of every configured route.
+fn static_routes(config: &Config) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = config
+        .route
+        .iter()
+        .map(|r| (r.domain.clone(), r.protocol.clone()))
+        .collect();
+    out.extend(
+        config
+            .immp
+            .routes
+            .iter()
+            .map(|r| (r.domain.clone(), "immp".into())),
+    );
+    out.extend(
+        config
+            .xhmtp
+            .routes
+            .iter()
+            .map(|r| (r.domain.clone(), "xhmtp".into())),
+    );
+    out
 }
 
 /// 32 random bytes in `<data_dir>/xhmtp-access.key`, created (mode 0600) at first start.
@@ -142,7 +183,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         Some(tls::client_config_from(&config.tls.trust)?)
     };
-    let mut federation = Federation::new(config.immp.routes.clone(), trust.clone());
+    let mut immp_routes = config.immp.routes.clone();
+    immp_routes.extend(
+        config
+            .route
+            .iter()
+            .filter(|r| r.protocol == "immp")
+            .map(|r| {
+                ImmpRoute {
+                    domain: r.domain.clone(),
+                    address: format!("{}:{}", r.host, r.port),
+                    // A host name is what the peer's certificate names; for an address, the domain.
+                    server_name: r
+                        .host
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                        .then(|| r.host.clone()),
+                }
+            }),
+    );
+    let mut federation = Federation::new(immp_routes, trust.clone());
     let dns: Option<Arc<dyn Discovery>> = match crate::dns::DnsDiscovery::new(&config.dns.servers) {
         Ok(dns) => Some(Arc::new(dns)),
         Err(e) => {
@@ -211,7 +271,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.xhmtp.enabled {
         let l = bind(config.xhmtp.listen, "xhmtp.listen").await?;
         // The default public URL names the bound port (the configured one may be 0).
-        let x = xhmtp_state(&config, l.local_addr()?.port(), &core, dns, trust)?;
+        let x = xhmtp_state(
+            &config,
+            l.local_addr()?.port(),
+            &core,
+            dns.clone(),
+            trust.clone(),
+        )?;
         xhmtp = Some(x.clone());
         let app = mailgate_xhmtp::router(x.clone());
         let a = app.clone();
@@ -245,12 +311,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             federation.clone(),
         )));
     }
+    if config.mmtp.enabled {
+        let routes = config
+            .route
+            .iter()
+            .filter(|r| r.protocol == "mmtp")
+            .map(|r| MmtpRoute {
+                domain: r.domain.clone(),
+                host: r.host.clone(),
+                port: r.port,
+                tls: r.tls,
+            })
+            .collect();
+        transports.push(Arc::new(MmtpTransport::new(
+            routes,
+            dns.clone(),
+            trust.clone(),
+            config.mmtp.outbound_tls,
+        )));
+    }
     if let Some(x) = &xhmtp {
         transports.push(Arc::new(XhmtpTransport::new(x.clone())));
     }
     let relay = Arc::new(Relay::new(
         core.clone(),
         transports,
+        RouteChooser::new(static_routes(&config), dns, config.relay.preference.clone()),
         config.relay.clone(),
         config.primary_domain(),
     ));

@@ -227,6 +227,13 @@ pub struct PacketBuilder {
     pub encrypt_to: Option<String>,
     /// Timestamp (Unix ms) of the packet and its stamp; `None`: now.
     pub timestamp: Option<i64>,
+    /// A detached signature made elsewhere, carried as it is (relaying a signed message).
+    pub signature: Option<String>,
+    /// Armored OpenPGP content made elsewhere, carried as it is (relaying an encrypted
+    /// message), with the plaintext hash it came with.
+    pub encrypted: Option<(String, Option<String>)>,
+    /// `meta.messageId`; `None`: a new one.
+    pub message_id: Option<String>,
 }
 
 /// A built packet and what minting its stamp took.
@@ -254,7 +261,60 @@ impl PacketBuilder {
             sign_with: None,
             encrypt_to: None,
             timestamp: None,
+            signature: None,
+            encrypted: None,
+            message_id: None,
         }
+    }
+
+    /// The packet that carries a stored message to `recipient` (relaying mail that did not
+    /// arrive over MMTP): subject, body, attachments, tags with importance as a `priority`
+    /// tag, the message type, a signature or encrypted payload as they are, and the origin id.
+    pub fn from_message(message: &mailgate_core::Message, recipient: Address) -> Self {
+        let body = message
+            .content_part()
+            .map(|p| String::from_utf8_lossy(&p.data).into_owned())
+            .unwrap_or_default();
+        let mut b = PacketBuilder::new(message.sender.clone(), recipient, &message.subject, &body);
+        b.attachments = message
+            .parts
+            .iter()
+            .filter(|p| !p.content)
+            .cloned()
+            .collect();
+        b.tags = message.tags.clone();
+        let level = match message.importance {
+            mailgate_core::Importance::High => Some("high"),
+            mailgate_core::Importance::Low => Some("low"),
+            mailgate_core::Importance::Normal => None,
+        };
+        if let Some(level) = level {
+            if !b.tags.priority.iter().any(|p| p == level) {
+                b.tags.priority.push(level.to_owned());
+            }
+        }
+        if let Some(kind) = b
+            .tags
+            .custom
+            .iter()
+            .find_map(|c| c.strip_prefix("mmtp-type:"))
+        {
+            b.kind = kind.to_owned();
+        }
+        b.tags.custom.retain(|c| !c.starts_with("mmtp-type:"));
+        b.signature = message.security.signature.clone();
+        b.encrypted = message
+            .security
+            .encrypted
+            .clone()
+            .map(|e| (e, message.security.content_hash.clone()));
+        b.message_id = Some(
+            message
+                .origin_id
+                .clone()
+                .unwrap_or_else(|| message.id.0.simple().to_string()),
+        );
+        b
     }
 
     /// Build the packet, minting its stamp at `difficulty` on every core (CPU-bound: call off
@@ -270,19 +330,29 @@ impl PacketBuilder {
         let recipient = mmtp(&self.recipient);
         let content = packet::plain_content(&self.subject, &self.body, self.attachments.iter());
         let text = jsjson::stringify(&Value::Object(content.clone()));
-        let message_hash = hex::encode(Sha256::digest(text.as_bytes()));
+        let mut message_hash = hex::encode(Sha256::digest(text.as_bytes()));
         let signature = match &self.sign_with {
             Some(key) => Some(pgp::sign_detached_text(key, text.as_bytes())?),
-            None => None,
+            None => self.signature.clone(),
         };
-        let wire_content = match &self.encrypt_to {
-            Some(key) => json!({ "encrypted": pgp::encrypt_to(key, text.as_bytes())? }),
-            None => Value::Object(content),
+        let wire_content = match (&self.encrypt_to, &self.encrypted) {
+            (Some(key), _) => json!({ "encrypted": pgp::encrypt_to(key, text.as_bytes())? }),
+            (None, Some((armored, hash))) => {
+                if let Some(h) = hash {
+                    message_hash = h.clone();
+                }
+                json!({ "encrypted": armored })
+            }
+            (None, None) => Value::Object(content),
         };
+        let encrypted = self.encrypt_to.is_some() || self.encrypted.is_some();
         let timestamp = self.timestamp.unwrap_or_else(now_ms);
         let (stamp, hashes) =
             hashcash::mint_parallel(difficulty, timestamp, &sender, &recipient, threads);
-        let message_id = uuid::Uuid::now_v7().simple().to_string();
+        let message_id = self
+            .message_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
         let mut verification = json!({ "messageHash": message_hash });
         if let Some(sig) = &signature {
             verification["signature"] = json!(sig);
@@ -293,7 +363,7 @@ impl PacketBuilder {
                 "messageId": message_id,
                 "timestamp": timestamp,
                 "hashcashToken": { "token": stamp.token, "counter": stamp.counter },
-                "encrypted": self.encrypt_to.is_some(),
+                "encrypted": encrypted,
                 "signed": signature.is_some(),
                 "signatureVerified": false,
                 "tags": self.tags,

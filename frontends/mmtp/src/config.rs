@@ -28,6 +28,8 @@ pub struct MmtpConfig {
     pub request_burst: u32,
     /// Most messages one RECEIVE returns when the request sets no `limit`.
     pub max_receive: u32,
+    /// Use TLS when relaying to MMTP peers found through DNS (SRV carries no scheme).
+    pub outbound_tls: bool,
 }
 
 impl Default for MmtpConfig {
@@ -43,6 +45,7 @@ impl Default for MmtpConfig {
             requests_per_sec: 100.0,
             request_burst: 200,
             max_receive: 1000,
+            outbound_tls: false,
         }
     }
 }

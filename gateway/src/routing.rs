@@ -1,0 +1,191 @@
+//! Route choice for a remote domain: which protocol the relay speaks to it.
+//!
+//! In order: a static route (`[[route]]`, and the per-protocol `[[immp.routes]]` /
+//! `[[xhmtp.routes]]`); else DNS — SRV `_immp._tcp`, `_mmtp._tcp`, `_xhmtp._tcp` of the domain.
+//! Among the protocols the domain offers, the one the message arrived in wins (its original
+//! wire form can then go out unchanged); otherwise `[relay] preference` decides. A domain that
+//! offers none of the enabled protocols has no route: the entry fails and bounces. Where to
+//! connect within the chosen protocol (SRV priority and weight, TXT prefix) is the transport's
+//! business. The resolver caches every answer for its TTL.
+
+use mailgate_core::discovery::Discovery;
+use mailgate_core::relay::TransportError;
+use std::sync::Arc;
+
+/// Chooses a protocol per destination domain.
+pub struct RouteChooser {
+    statics: Vec<(String, String)>,
+    dns: Option<Arc<dyn Discovery>>,
+    preference: Vec<String>,
+}
+
+impl RouteChooser {
+    /// `statics` are `(domain, protocol)` pairs from the configuration; `preference` orders the
+    /// protocols.
+    pub fn new(
+        statics: Vec<(String, String)>,
+        dns: Option<Arc<dyn Discovery>>,
+        preference: Vec<String>,
+    ) -> Self {
+        RouteChooser {
+            statics,
+            dns,
+            preference,
+        }
+    }
+
+    /// The protocol to relay to `domain` with, given the one the message `arrived` in and the
+    /// protocols there are transports for.
+    pub async fn choose(
+        &self,
+        domain: &str,
+        arrived: Option<&str>,
+        available: &[&str],
+    ) -> Result<String, TransportError> {
+        let mut order: Vec<&str> = Vec::new();
+        for p in arrived
+            .into_iter()
+            .chain(self.preference.iter().map(String::as_str))
+        {
+            if available.contains(&p) && !order.contains(&p) {
+                order.push(p);
+            }
+        }
+        let statics: Vec<&str> = self
+            .statics
+            .iter()
+            .filter(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map(|(_, p)| p.as_str())
+            .collect();
+        if !statics.is_empty() {
+            return order
+                .iter()
+                .find(|p| statics.contains(p))
+                .map(|p| (*p).to_owned())
+                .ok_or_else(|| {
+                    TransportError::Permanent(format!(
+                        "the configured route to {domain} uses {}, which is not enabled here",
+                        statics.join(", ")
+                    ))
+                });
+        }
+        let Some(dns) = &self.dns else {
+            return Err(TransportError::Permanent(format!(
+                "no route to {domain}: no static route and no DNS resolver"
+            )));
+        };
+        let mut dns_error = None;
+        for p in &order {
+            match dns.srv(p, domain).await {
+                Ok(targets) if !targets.is_empty() => return Ok((*p).to_owned()),
+                Ok(_) => {}
+                Err(e) => dns_error = Some(e),
+            }
+        }
+        match dns_error {
+            Some(e) => Err(TransportError::Temporary(format!(
+                "DNS lookup for {domain}: {e}"
+            ))),
+            None => Err(TransportError::Permanent(format!(
+                "no route to {domain}: no static route and no SRV record for {}",
+                order
+                    .iter()
+                    .map(|p| format!("_{p}._tcp"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use mailgate_core::discovery::SrvTarget;
+    use std::net::IpAddr;
+
+    /// A fixed set of SRV answers (service, domain), standing in for a zone.
+    struct Zone(Vec<(&'static str, &'static str)>);
+
+    #[async_trait]
+    impl Discovery for Zone {
+        async fn srv(&self, service: &str, domain: &str) -> Result<Vec<SrvTarget>, String> {
+            if domain == "broken.test" {
+                return Err("SERVFAIL".into());
+            }
+            Ok(self
+                .0
+                .iter()
+                .filter(|(s, d)| *s == service && *d == domain)
+                .map(|_| SrvTarget {
+                    host: format!("mx.{domain}"),
+                    port: 1,
+                    priority: 0,
+                    weight: 0,
+                })
+                .collect())
+        }
+        async fn addresses(&self, _: &str) -> Result<Vec<IpAddr>, String> {
+            Ok(Vec::new())
+        }
+        async fn txt(&self, _: &str) -> Result<Vec<String>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn chooser() -> RouteChooser {
+        RouteChooser::new(
+            vec![("static.test".into(), "xhmtp".into())],
+            Some(Arc::new(Zone(vec![
+                ("immp", "all.test"),
+                ("mmtp", "all.test"),
+                ("xhmtp", "all.test"),
+                ("mmtp", "mmtp.test"),
+            ]))),
+            vec!["immp".into(), "mmtp".into(), "xhmtp".into()],
+        )
+    }
+
+    const ALL: &[&str] = &["immp", "mmtp", "xhmtp"];
+
+    #[tokio::test]
+    async fn arrival_protocol_then_preference_then_nothing() {
+        let c = chooser();
+        assert_eq!(
+            c.choose("all.test", Some("xhmtp"), ALL).await.unwrap(),
+            "xhmtp"
+        );
+        assert_eq!(
+            c.choose("all.test", Some("mmtp"), ALL).await.unwrap(),
+            "mmtp"
+        );
+        assert_eq!(c.choose("all.test", None, ALL).await.unwrap(), "immp");
+        assert_eq!(
+            c.choose("mmtp.test", Some("immp"), ALL).await.unwrap(),
+            "mmtp"
+        );
+        assert_eq!(
+            c.choose("all.test", Some("immp"), &["xhmtp"])
+                .await
+                .unwrap(),
+            "xhmtp"
+        );
+        assert_eq!(
+            c.choose("static.test", Some("immp"), ALL).await.unwrap(),
+            "xhmtp"
+        );
+        assert!(matches!(
+            c.choose("static.test", None, &["immp"]).await,
+            Err(TransportError::Permanent(_))
+        ));
+        assert!(matches!(
+            c.choose("none.test", None, ALL).await,
+            Err(TransportError::Permanent(_))
+        ));
+        assert!(matches!(
+            c.choose("broken.test", None, ALL).await,
+            Err(TransportError::Temporary(_))
+        ));
+    }
+}
