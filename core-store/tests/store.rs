@@ -587,3 +587,54 @@ async fn notifications_deduplicate_and_fetch_atomically() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_repeat_of_relayed_mail_is_dropped_per_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path());
+    let c = core(store.clone(), metrics);
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let carol = store
+        .create_account(&addr("carol@a.test"), "x")
+        .await
+        .unwrap();
+    let relayed = |to: Vec<Address>| {
+        let mut m = Message::new(addr("alice@b.test"), to, "once", "body");
+        m.origin_id = Some("origin-1".into());
+        m
+    };
+    c.submit(relayed(vec![addr("bob@a.test")]), &peer(), None)
+        .await
+        .unwrap();
+    // The same message again (a retry), now also for carol: bob keeps one copy, carol gets hers.
+    c.submit(
+        relayed(vec![addr("bob@a.test"), addr("carol@a.test")]),
+        &peer(),
+        None,
+    )
+    .await
+    .unwrap();
+    c.submit(relayed(vec![addr("bob@a.test")]), &peer(), None)
+        .await
+        .unwrap();
+    let count = |id| {
+        let store = store.clone();
+        async move {
+            store
+                .entries(id, "INBOX", EntryQuery::default())
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(count(bob.id).await, 1);
+    assert_eq!(count(carol.id).await, 1);
+    // Another sender with the same origin id is another message.
+    let mut other = Message::new(addr("eve@c.test"), vec![addr("bob@a.test")], "x", "y");
+    other.origin_id = Some("origin-1".into());
+    c.submit(other, &peer(), None).await.unwrap();
+    assert_eq!(count(bob.id).await, 2);
+}

@@ -156,6 +156,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX notifications_due ON notifications (state, next_attempt);
     CREATE INDEX notifications_feed ON notifications (account_id, id);
     "#,
+    // 5: the origin key of relayed mail (sender and the id it had where it was first
+    // accepted), so a repeat delivery of the same message to the same account is dropped.
+    r#"
+    ALTER TABLE messages ADD COLUMN origin_key TEXT;
+    CREATE INDEX messages_origin ON messages (origin_key) WHERE origin_key IS NOT NULL;
+    "#,
 ];
 
 /// Bring the schema up to date; refuses a database newer than this binary.

@@ -4,9 +4,10 @@ use super::hosted;
 use super::schema::migrate;
 use super::writer::Writer;
 use super::{
-    AccessGrant, Account, AccountId, EntryQuery, FetchOutcome, Flags, FolderInfo, MailboxEntry,
-    MessageSummary, NewNotification, NodeInfo, Notification, PublicKeyRecord, QueueEntry,
-    QueueState, RelayOutcome, Store, StoreError, StoreStats, Submission, Subscription,
+    AccessGrant, Account, AccountId, EntryQuery, FetchOutcome, Flags, FolderInfo, LocalDelivery,
+    MailboxEntry, MessageSummary, NewNotification, NodeInfo, Notification, PublicKeyRecord,
+    QueueEntry, QueueState, RelayOutcome, RelayRequest, Store, StoreError, StoreStats, Submission,
+    Subscription,
 };
 use crate::address::Address;
 use crate::message::{
@@ -178,7 +179,8 @@ fn insert_message(conn: &Connection, m: &Message) -> Result<(), StoreError> {
     let id = m.id.0.as_bytes();
     conn.prepare_cached(
         "INSERT INTO messages (id, sender, subject, kind, importance, received_at, size, meta,
-                               wire_protocol, wire) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+                               wire_protocol, wire, origin_key)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
     )?
     .execute(params![
         &id[..],
@@ -191,6 +193,7 @@ fn insert_message(conn: &Connection, m: &Message) -> Result<(), StoreError> {
         meta,
         m.wire.as_ref().map(|w| w.protocol.as_str()),
         m.wire.as_ref().map(|w| &w.bytes[..]),
+        origin_key(m),
     ])?;
     let mut part_stmt = conn.prepare_cached(
         "INSERT INTO parts (message_id, idx, name, media_type, is_content, data)
@@ -236,7 +239,27 @@ fn insert_entry(
     Ok(conn.last_insert_rowid())
 }
 
+/// `<sender account>\n<origin id>` for mail that carries an origin id.
+fn origin_key(m: &Message) -> Option<String> {
+    m.origin_id
+        .as_ref()
+        .map(|o| format!("{}\n{o}", m.sender.account_key()))
+}
+
+/// Does `account` already hold a message with `key`?
+fn already_delivered(conn: &Connection, key: &str, account: AccountId) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM messages m JOIN entries e ON e.message_id = m.id
+             WHERE m.origin_key = ?1 AND e.account_id = ?2 LIMIT 1",
+        )?
+        .query_row(params![key, account], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 pub(super) fn write_submission(conn: &Connection, s: &Submission) -> Result<(), StoreError> {
+    // The stamp is spent first: a replayed stamp is refused even when the mail is a repeat.
     if let Some(stamp) = &s.stamp {
         let inserted = conn
             .prepare_cached("INSERT OR IGNORE INTO stamps (stamp, expires_at) VALUES (?1, ?2)")?
@@ -245,19 +268,44 @@ pub(super) fn write_submission(conn: &Connection, s: &Submission) -> Result<(), 
             return Err(StoreError::StampSpent);
         }
     }
-    insert_message(conn, &s.message)?;
-    let now = s.message.received_at;
-    for d in &s.deliveries {
-        insert_entry(conn, d.account, &d.folder, &s.message.id, now)?;
+    // A repeat of mail an account already holds (a relay retried after a crash or a lost
+    // answer) is dropped for that account: at-least-once delivery, seen once.
+    if let Some(key) = origin_key(&s.message) {
+        let mut fresh = Vec::with_capacity(s.deliveries.len());
+        for d in &s.deliveries {
+            if !already_delivered(conn, &key, d.account)? {
+                fresh.push(d.clone());
+            }
+        }
+        if fresh.len() < s.deliveries.len() {
+            if fresh.is_empty() && s.relays.is_empty() {
+                return Ok(());
+            }
+            return write_fresh(conn, &s.message, &fresh, &s.relays);
+        }
     }
-    if !s.relays.is_empty() {
+    write_fresh(conn, &s.message, &s.deliveries, &s.relays)
+}
+
+fn write_fresh(
+    conn: &Connection,
+    message: &Message,
+    deliveries: &[LocalDelivery],
+    relays: &[RelayRequest],
+) -> Result<(), StoreError> {
+    insert_message(conn, message)?;
+    let now = message.received_at;
+    for d in deliveries {
+        insert_entry(conn, d.account, &d.folder, &message.id, now)?;
+    }
+    if !relays.is_empty() {
         let mut q = conn.prepare_cached(
             "INSERT INTO queue (message_id, recipient, domain, protocol, next_attempt, created_at)
              VALUES (?1,?2,?3,?4,?5,?5)",
         )?;
-        for r in &s.relays {
+        for r in relays {
             q.execute(params![
-                &s.message.id.0.as_bytes()[..],
+                &message.id.0.as_bytes()[..],
                 r.recipient.to_string(),
                 r.recipient.domain,
                 r.protocol,

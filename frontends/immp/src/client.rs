@@ -4,6 +4,7 @@
 
 use crate::auth;
 use crate::codec::{encode, Command, CommandKind, TlsLevel};
+use crate::envelope::{Envelope, ENVELOPE_PART, ENVELOPE_TYPE};
 use mailgate_core::io::BoxedIo;
 use mailgate_core::{Address, Importance, Part};
 use std::time::Duration;
@@ -221,6 +222,19 @@ impl ImmpClient {
         parts: &[Part],
         importance: Importance,
     ) -> Result<String, ClientError> {
+        self.deliver_with(recipients, subject, parts, importance, None)
+            .await
+    }
+
+    /// [`ImmpClient::deliver`] with a relay envelope (server to server, after AUTH COOKIE).
+    pub async fn deliver_with(
+        &mut self,
+        recipients: &[Address],
+        subject: &str,
+        parts: &[Part],
+        importance: Importance,
+        envelope: Option<&Envelope>,
+    ) -> Result<String, ClientError> {
         self.send(CommandKind::DeliverTo {
             recipients: recipients.iter().map(ToString::to_string).collect(),
             important: match importance {
@@ -243,6 +257,17 @@ impl ImmpClient {
                 Some(p.media_type.clone()),
                 p.content,
                 &p.data,
+            )
+            .await?;
+        }
+        if let Some(env) = envelope {
+            let json =
+                serde_json::to_vec(env).map_err(|e| ClientError::Io(std::io::Error::other(e)))?;
+            self.data_block(
+                Some(ENVELOPE_PART.into()),
+                Some(ENVELOPE_TYPE.into()),
+                false,
+                &json,
             )
             .await?;
         }

@@ -8,6 +8,7 @@
 //! as Remotely Authenticated for the issuer's domain.
 
 use crate::client::{ClientError, ImmpClient};
+use crate::envelope::Envelope;
 use async_trait::async_trait;
 use mailgate_core::discovery::Discovery;
 use mailgate_core::message::now_ms;
@@ -215,11 +216,12 @@ impl Transport for ImmpTransport {
                 .map(|()| String::new()),
             _ => {
                 client
-                    .deliver(
+                    .deliver_with(
                         std::slice::from_ref(&entry.recipient),
                         &message.subject,
                         &message.parts,
                         message.importance,
+                        Some(&Envelope::of(message)),
                     )
                     .await
             }

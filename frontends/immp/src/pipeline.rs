@@ -4,6 +4,7 @@
 
 use crate::auth;
 use crate::codec::{CommandKind, Reply};
+use crate::envelope::{Envelope, ENVELOPE_PART, ENVELOPE_TYPE};
 use crate::mailbox::{self, temporary};
 use crate::payload::{decode, PartSpec, PayloadError};
 use crate::session::{ImmpServer, COMPRESSION_SETTING, NONCE_LIFETIME, PROTOCOL};
@@ -54,6 +55,8 @@ pub(crate) struct Delivery {
     subject: String,
     parts: Vec<Part>,
     size: usize,
+    /// The relay envelope of a Remotely Authenticated sender, with its checked sender.
+    envelope: Option<Box<(Envelope, Address)>>,
 }
 
 pub(crate) struct PendingAuth {
@@ -336,7 +339,21 @@ impl Pipeline {
                         .await;
                 }
                 txn.size += data.len();
-                if label.eq_ignore_ascii_case("subject") && spec.media_type.is_none() {
+                let remote = match self.shared.phase() {
+                    Phase::Remote(domain) => Some(domain),
+                    _ => None,
+                };
+                let is_envelope =
+                    label == ENVELOPE_PART && spec.media_type.as_deref() == Some(ENVELOPE_TYPE);
+                if let (true, Some(domain)) = (is_envelope, remote) {
+                    match Envelope::parse(&data, &domain) {
+                        Ok(env) => txn.envelope = Some(Box::new(env)),
+                        Err(e) => {
+                            self.txn = Some(Txn::Deliver(txn));
+                            return self.say(Reply::new(444, format!("{e}."))).await;
+                        }
+                    }
+                } else if label.eq_ignore_ascii_case("subject") && spec.media_type.is_none() {
                     txn.subject = String::from_utf8_lossy(&data).trim().to_owned();
                 } else {
                     txn.parts.push(Part {
@@ -511,6 +528,7 @@ impl Pipeline {
             subject: String::new(),
             parts: Vec::new(),
             size: 0,
+            envelope: None,
         }));
         self.say(Reply::new(270, "Ok, ready to deliver. Give me your DATA."))
             .await;
@@ -553,6 +571,10 @@ impl Pipeline {
                 first.content = true;
             }
         }
+        let (sender, envelope) = match txn.envelope.map(|b| *b) {
+            Some((env, from)) => (from, Some(env)),
+            None => (sender, None),
+        };
         let mut message = Message::new(sender, txn.recipients, txn.subject, "");
         message.parts = txn.parts;
         message.importance = txn.importance;
@@ -561,6 +583,11 @@ impl Pipeline {
             peer: self.shared.peer.ip().to_string(),
             at: now_ms(),
         });
+        if let Some(env) = envelope {
+            if let Err(e) = env.apply(&mut message) {
+                return self.say(Reply::new(444, format!("{e}."))).await;
+            }
+        }
         let id = message.id;
         let origin = Origin {
             protocol: PROTOCOL,
