@@ -51,6 +51,7 @@ impl ClientReply {
 pub struct ImmpClient {
     rd: BufReader<ReadHalf<BoxedIo>>,
     wr: WriteHalf<BoxedIo>,
+    server_domain: Option<String>,
 }
 
 async fn line<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Result<String, ClientError> {
@@ -96,15 +97,18 @@ impl ImmpClient {
             .map_err(|_| ClientError::Timeout)??;
         let _ = tcp.set_nodelay(true);
         let mut plain = BufReader::new(tcp);
-        loop {
+        let server_domain = loop {
             let l = line(&mut plain).await?;
-            if l.starts_with("101 ") {
-                break;
+            if let Some(params) = l.strip_prefix("101 ") {
+                break params
+                    .split_whitespace()
+                    .find_map(|p| p.strip_prefix("d="))
+                    .map(str::to_owned);
             }
             if !l.starts_with("100") {
                 return Err(ClientError::Refused(l));
             }
-        }
+        };
         let upgrade = encode(&Command {
             pipeline: None,
             kind: CommandKind::Upgrade(TlsLevel::Tls),
@@ -125,7 +129,13 @@ impl ImmpClient {
         Ok(ImmpClient {
             rd: BufReader::new(rd),
             wr,
+            server_domain,
         })
+    }
+
+    /// The domain the server named in its greeting (`101 … d=<domain>`).
+    pub fn server_domain(&self) -> Option<&str> {
+        self.server_domain.as_deref()
     }
 
     /// Send one command (or raw bytes) as written.

@@ -137,7 +137,8 @@ impl Federation {
         domain: &str,
     ) -> Result<ImmpClient, String> {
         let mut client = self.connect(domain).await?;
-        let cookie = issue_cookie(core, domain)
+        let server = client.server_domain().unwrap_or(domain).to_owned();
+        let cookie = issue_cookie(core, &server)
             .await
             .map_err(|e| e.to_string())?;
         client
@@ -200,7 +201,10 @@ impl Transport for ImmpTransport {
             .connect(target)
             .await
             .map_err(TransportError::Temporary)?;
-        let cookie = issue_cookie(&self.core, target)
+        // The cookie is for the server we talk to: the domain its greeting names (one server
+        // may hold several domains), else the recipient's.
+        let server = client.server_domain().unwrap_or(target).to_owned();
+        let cookie = issue_cookie(&self.core, &server)
             .await
             .map_err(|e| TransportError::Temporary(e.to_string()))?;
         let temporary = |e: ClientError| TransportError::Temporary(e.to_string());

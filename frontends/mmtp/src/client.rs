@@ -282,18 +282,7 @@ impl PacketBuilder {
             .filter(|p| !p.content)
             .cloned()
             .collect();
-        b.tags = message.tags.clone();
-        let level = match message.importance {
-            mailgate_core::Importance::High => Some("high"),
-            mailgate_core::Importance::Low => Some("low"),
-            mailgate_core::Importance::Normal => None,
-        };
-        if let Some(level) = level {
-            if !b.tags.priority.iter().any(|p| p == level) {
-                b.tags.priority.push(level.to_owned());
-            }
-        }
-        if let Some(kind) = b
+        if let Some(kind) = message
             .tags
             .custom
             .iter()
@@ -301,7 +290,7 @@ impl PacketBuilder {
         {
             b.kind = kind.to_owned();
         }
-        b.tags.custom.retain(|c| !c.starts_with("mmtp-type:"));
+        b.tags = packet::wire_tags(message);
         b.signature = message.security.signature.clone();
         b.encrypted = message
             .security

@@ -410,8 +410,7 @@ fn build_packet(m: &Message) -> String {
         .iter()
         .find_map(|c| c.strip_prefix("mmtp-type:"))
         .unwrap_or("SEND");
-    let mut tags = m.tags.clone();
-    tags.custom.retain(|c| !c.starts_with("mmtp-type:"));
+    let tags = wire_tags(m);
     let packet = json!({
         "meta": {
             "type": kind,
@@ -429,6 +428,24 @@ fn build_packet(m: &Message) -> String {
         "verification": verification,
     });
     jsjson::stringify(&packet)
+}
+
+/// A stored message's tags as MMTP carries them: importance as a `priority` tag (MMTP has no
+/// other place for it), without the internal `mmtp-type:` marker.
+pub fn wire_tags(m: &Message) -> Tags {
+    let mut tags = m.tags.clone();
+    let level = match m.importance {
+        Importance::High => Some("high"),
+        Importance::Low => Some("low"),
+        Importance::Normal => None,
+    };
+    if let Some(level) = level {
+        if !tags.priority.iter().any(|p| p == level) {
+            tags.priority.push(level.to_owned());
+        }
+    }
+    tags.custom.retain(|c| !c.starts_with("mmtp-type:"));
+    tags
 }
 
 /// Does a message match a tag filter (spec §8.3: any value within a category, every category)?

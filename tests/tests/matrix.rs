@@ -1,0 +1,488 @@
+//! The bridging matrices.
+//!
+//! Across gateways: alice@a.test (gateway A, 127.0.0.2) sends through each of A's front-ends
+//! (MMTP, IMMP, XHMTP) to an account on gateway B (127.0.0.3) whose domain B's DNS routes
+//! through one protocol only — `immp.b.test` (SRV `_immp._tcp`), `mmtp.b.test` (`_mmtp._tcp`),
+//! `xhmtp.b.test` (`_xhmtp._tcp`) — all records served by an in-process authoritative DNS
+//! server. Every one of the nine messages is then read at B through every front-end and checked
+//! for subject, body, attachment, importance, tags, and (sent signed over MMTP) a signature that
+//! still verifies.
+//!
+//! Inside one gateway: submit through X, read through Y, for all nine pairs.
+
+mod support;
+
+use base64::Engine;
+use mailgate_core::{Address, Importance, Part, Tags};
+use mailgate_immp::client::ImmpClient;
+use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
+use mailgate_xhmtp::client::XhmtpClient;
+use mailgate_xhmtp::wire::{MessageJson, PartJson, SubmitRequest};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::net::{a, dns_server, leaf, srv_to, test_ca};
+use support::Gateway;
+
+const VIA: [&str; 3] = ["mmtp", "immp", "xhmtp"];
+const ROUTES: [&str; 3] = ["immp", "mmtp", "xhmtp"];
+
+fn config(dir: &Path, ca: &Path, domains: &[&str], ip: &str, dns: std::net::SocketAddr) -> String {
+    let domain = domains[0];
+    let list = domains
+        .iter()
+        .map(|d| format!("\"{d}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"data_dir = "{data}"
+domains = [{list}]
+[tls]
+cert = "{ca}/{domain}.pem"
+key = "{ca}/{domain}.key"
+trust = ["{ca}/ca.pem"]
+[dns]
+servers = ["{dns}"]
+[relay]
+poll_interval_ms = 50
+retry_base_secs = 1
+retry_max_secs = 2
+[admin]
+listen = "{ip}:0"
+[mmtp]
+listen = "{ip}:8025"
+tls_listen = "{ip}:0"
+requests_per_sec = 0.0
+[immp]
+listen = "{ip}:1025"
+[xhmtp]
+listen = "{ip}:8080"
+public_url = "http://{domain}:8080"
+outbound_ip = "{ip}"
+"#,
+        data = dir.join("data").display(),
+        ca = ca.display(),
+    )
+}
+
+fn attachment(via: &str, route: &str) -> Vec<u8> {
+    format!("\u{0}\u{1}attachment {via} {route}\u{ff}").into_bytes()
+}
+
+fn subject(via: &str, route: &str) -> String {
+    format!("via {via} to {route}")
+}
+
+/// Tags the sender can set: IMMP has no syntax for tags at submission.
+fn carries_tags(via: &str) -> bool {
+    via != "immp"
+}
+
+async fn mmtp_client(gw: &Gateway, ca: &Path, domain: &str, who: &Address, pw: &str) -> MmtpClient {
+    let tls = mailgate::tls::connector(&ca.join("ca.pem"), domain).unwrap();
+    let mut c = MmtpClient::connect(gw.addr("mmtp.tls_listen"), Some(tls))
+        .await
+        .unwrap();
+    c.auth(who, pw).await.unwrap();
+    c
+}
+
+async fn immp_client(gw: &Gateway, ca: &Path, domain: &str, who: &Address, pw: &str) -> ImmpClient {
+    let (connector, name) = mailgate::tls::connector(&ca.join("ca.pem"), domain).unwrap();
+    let mut c = ImmpClient::connect(gw.addr("immp.listen"), connector, name)
+        .await
+        .unwrap();
+    c.auth_secret(who, pw).await.unwrap();
+    c
+}
+
+fn xhmtp_client(gw: &Gateway, domain: &str, who: &str, pw: &str) -> XhmtpClient {
+    let addr = gw.addr("xhmtp.listen").parse().unwrap();
+    XhmtpClient::new(addr, domain, None, "xhmtp", who, pw)
+}
+
+/// Send one message from `from` to `to` through front-end `via` of `gw`.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    gw: &Gateway,
+    ca: &Path,
+    domain: &str,
+    via: &str,
+    from: &Address,
+    pw: &str,
+    to: &Address,
+    subject: &str,
+    body: &str,
+    attachment: &[u8],
+    secret_key: &str,
+) {
+    let tags = Tags {
+        category: vec!["work".into()],
+        ..Tags::default()
+    };
+    match via {
+        "mmtp" => {
+            let mut c = mmtp_client(gw, ca, domain, from, pw).await;
+            let mut b = PacketBuilder::new(from.clone(), to.clone(), subject, body);
+            b.attachments = vec![Part {
+                name: "file.bin".into(),
+                media_type: "application/octet-stream".into(),
+                data: attachment.to_vec().into(),
+                content: false,
+            }];
+            b.tags = tags;
+            b.tags.priority.push("high".into());
+            b.sign_with = Some(secret_key.to_owned());
+            let difficulty = c.difficulty();
+            let built = tokio::task::spawn_blocking(move || b.build(difficulty))
+                .await
+                .unwrap()
+                .unwrap();
+            c.send(&built.text).await.unwrap();
+        }
+        "immp" => {
+            let mut c = immp_client(gw, ca, domain, from, pw).await;
+            let parts = [
+                Part::text_body(body),
+                Part {
+                    name: "file.bin".into(),
+                    media_type: "application/octet-stream".into(),
+                    data: attachment.to_vec().into(),
+                    content: false,
+                },
+            ];
+            c.deliver(std::slice::from_ref(to), subject, &parts, Importance::High)
+                .await
+                .unwrap();
+            c.quit().await;
+        }
+        _ => {
+            let c = xhmtp_client(gw, domain, &from.to_string(), pw);
+            c.submit(&SubmitRequest {
+                to: vec![to.to_string()],
+                subject: subject.into(),
+                body: body.into(),
+                parts: vec![PartJson {
+                    name: "file.bin".into(),
+                    media_type: "application/octet-stream".into(),
+                    data: base64::engine::general_purpose::STANDARD.encode(attachment),
+                }],
+                tags,
+                importance: Importance::High,
+            })
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// The INBOX index of `who` over IMMP (JSON lines), once it holds `n` messages.
+async fn wait_immp_index(
+    gw: &Gateway,
+    ca: &Path,
+    domain: &str,
+    who: &Address,
+    pw: &str,
+    n: usize,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut c = immp_client(gw, ca, domain, who, pw).await;
+        c.send_raw(b"MBOX INDEX /inbox +JSON\n").await.unwrap();
+        let reply = c.reply().await.unwrap();
+        c.quit().await;
+        let lines: Vec<Value> = reply
+            .lines
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= n {
+            assert_eq!(
+                lines.len(),
+                n,
+                "more messages than sent for {who}: {lines:?}"
+            );
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} has {} of {n} messages",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every message of `who`'s feed, fetched (links into B's own mailbox or to the sender's
+/// server), keyed by subject.
+async fn read_xhmtp(
+    gw: &Gateway,
+    domain: &str,
+    who: &str,
+    pw: &str,
+    sender_server: &str,
+) -> Vec<MessageJson> {
+    let c = xhmtp_client(gw, domain, who, pw);
+    let feed = c.feed(None).await.unwrap();
+    let parsed = feed_rs::parser::parse(&feed.body[..]).expect("RSS parses");
+    let mut out = Vec::new();
+    for item in parsed.entries {
+        let link = &item.links[0].href;
+        // A sender's URL carries the access code as credentials; mailbox links do not.
+        let connect = if !url::Url::parse(link).unwrap().username().is_empty() {
+            sender_server.parse().unwrap()
+        } else {
+            gw.addr("xhmtp.listen").parse().unwrap()
+        };
+        out.push(c.fetch_url(link, connect).await.unwrap());
+    }
+    out
+}
+
+fn check_xhmtp(m: &MessageJson, via: &str, route: &str, from: &str) {
+    let what = format!("{via}→{route} read over XHMTP");
+    assert_eq!(m.from, from, "{what}");
+    assert_eq!(m.body, format!("body {via} {route}"), "{what}");
+    assert_eq!(m.importance, Importance::High, "{what}");
+    let part = m
+        .parts
+        .iter()
+        .find(|p| p.name == "file.bin")
+        .expect("attachment");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(&part.data)
+        .unwrap();
+    assert_eq!(data, attachment(via, route), "{what}");
+    if carries_tags(via) {
+        assert!(
+            m.tags.category.contains(&"work".to_owned()),
+            "{what}: {:?}",
+            m.tags
+        );
+    }
+}
+
+fn check_immp(line: &Value, via: &str, route: &str, from: &str) {
+    let what = format!("{via}→{route} read over IMMP: {line}");
+    assert_eq!(line["from"], from, "{what}");
+    assert_eq!(line["importance"], "high", "{what}");
+}
+
+fn check_mmtp(packet: &Value, via: &str, route: &str, public_key: &str) {
+    let what = format!("{via}→{route} read over MMTP: {packet}");
+    let content = &packet["content"];
+    assert_eq!(content["body"], format!("body {via} {route}"), "{what}");
+    let att = &content["attachments"][0];
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(att["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, attachment(via, route), "{what}");
+    let tags = &packet["meta"]["tags"];
+    assert!(
+        tags["priority"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("high")),
+        "{what}"
+    );
+    if carries_tags(via) {
+        assert!(
+            tags["category"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("work")),
+            "{what}"
+        );
+    }
+    if via == "mmtp" {
+        // The sender's signature over the content still verifies at the far end.
+        let signature = packet["verification"]["signature"]
+            .as_str()
+            .expect("signature");
+        let text = mailgate_mmtp::jsjson::stringify(content);
+        assert!(
+            mailgate_core::pgp::verify_detached(public_key, signature, text.as_bytes()),
+            "{what}: signature does not verify"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_by_three_between_two_gateways_over_dns() {
+    let mut records = vec![
+        srv_to("immp", "a.test", "mx.a.test", 1025),
+        srv_to("mmtp", "a.test", "mx.a.test", 8025),
+        srv_to("xhmtp", "a.test", "mx.a.test", 8080),
+        a("mx.a.test", [127, 0, 0, 2]),
+        a("a.test", [127, 0, 0, 2]),
+        a("mx.b.test", [127, 0, 0, 3]),
+        a("b.test", [127, 0, 0, 3]),
+    ];
+    let ports = [("immp", 1025), ("mmtp", 8025), ("xhmtp", 8080)];
+    for (p, port) in ports {
+        records.push(srv_to(p, &format!("{p}.b.test"), "mx.b.test", port));
+    }
+    let dns = dns_server(records).await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path();
+    let ca = test_ca(ca_path);
+    leaf(&ca, ca_path, "a.test");
+    leaf(&ca, ca_path, "b.test");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gw_a = Gateway::start(
+        dir_a.path(),
+        Some(&config(
+            dir_a.path(),
+            ca_path,
+            &["a.test"],
+            "127.0.0.2",
+            dns,
+        )),
+    );
+    let b_domains = ["b.test", "immp.b.test", "mmtp.b.test", "xhmtp.b.test"];
+    let gw_b = Gateway::start(
+        dir_b.path(),
+        Some(&config(dir_b.path(), ca_path, &b_domains, "127.0.0.3", dns)),
+    );
+    let alice = Address::parse_xhmtp("alice@a.test").unwrap();
+    gw_a.add_user("alice@a.test", "alice-pw");
+    for route in ROUTES {
+        gw_b.add_user(&format!("bob@{route}.b.test"), "bob-pw");
+    }
+    let (secret, public) = mailgate_core::pgp::generate_key(&alice).unwrap();
+
+    for via in VIA {
+        for route in ROUTES {
+            let to = Address::parse_xhmtp(&format!("bob@{route}.b.test")).unwrap();
+            send(
+                &gw_a,
+                ca_path,
+                "a.test",
+                via,
+                &alice,
+                "alice-pw",
+                &to,
+                &subject(via, route),
+                &format!("body {via} {route}"),
+                &attachment(via, route),
+                &secret,
+            )
+            .await;
+        }
+    }
+
+    for route in ROUTES {
+        let who = format!("bob@{route}.b.test");
+        let bob = Address::parse_xhmtp(&who).unwrap();
+        // IMMP: the index (not destructive), once all three arrived.
+        let index = wait_immp_index(&gw_b, ca_path, "b.test", &bob, "bob-pw", 3).await;
+        for via in VIA {
+            let line = index
+                .iter()
+                .find(|l| l["subject"] == subject(via, route))
+                .unwrap_or_else(|| panic!("{via}→{route} missing over IMMP: {index:?}"));
+            check_immp(line, via, route, "alice@a.test");
+        }
+        // XHMTP: the feed and every message behind it.
+        let read = read_xhmtp(&gw_b, "b.test", &who, "bob-pw", "127.0.0.2:8080").await;
+        assert_eq!(read.len(), 3, "{who}: {read:?}");
+        for via in VIA {
+            let m = read
+                .iter()
+                .find(|m| m.subject == subject(via, route))
+                .unwrap_or_else(|| panic!("{via}→{route} missing over XHMTP"));
+            check_xhmtp(m, via, route, "alice@a.test");
+        }
+        // MMTP last: RECEIVE removes what it returns.
+        let mut m = mmtp_client(&gw_b, ca_path, "b.test", &bob, "bob-pw").await;
+        let packets = m.receive(&bob, None).await.unwrap();
+        assert_eq!(packets.len(), 3, "{who}: {packets:?}");
+        for via in VIA {
+            let p = packets
+                .iter()
+                .find(|p| p["content"]["subject"] == subject(via, route))
+                .unwrap_or_else(|| panic!("{via}→{route} missing over MMTP"));
+            check_mmtp(p, via, route, &public);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_by_three_inside_one_gateway() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path();
+    let ca = test_ca(ca_path);
+    leaf(&ca, ca_path, "one.test");
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns_server(Vec::new()).await;
+    let gw = Gateway::start(
+        dir.path(),
+        Some(&config(
+            dir.path(),
+            ca_path,
+            &["one.test"],
+            "127.0.0.10",
+            dns,
+        )),
+    );
+    let alice = Address::parse_xhmtp("alice@one.test").unwrap();
+    gw.add_user("alice@one.test", "alice-pw");
+    let (secret, public) = mailgate_core::pgp::generate_key(&alice).unwrap();
+    // One reader account per read protocol; each gets a message through every front-end.
+    for read in ROUTES {
+        gw.add_user(&format!("{read}-reader@one.test"), "pw");
+    }
+    for via in VIA {
+        for read in ROUTES {
+            let to = Address::parse_xhmtp(&format!("{read}-reader@one.test")).unwrap();
+            send(
+                &gw,
+                ca_path,
+                "one.test",
+                via,
+                &alice,
+                "alice-pw",
+                &to,
+                &subject(via, read),
+                &format!("body {via} {read}"),
+                &attachment(via, read),
+                &secret,
+            )
+            .await;
+        }
+    }
+    let reader = |p: &str| Address::parse_xhmtp(&format!("{p}-reader@one.test")).unwrap();
+    // Read through IMMP.
+    let index = wait_immp_index(&gw, ca_path, "one.test", &reader("immp"), "pw", 3).await;
+    for via in VIA {
+        let line = index
+            .iter()
+            .find(|l| l["subject"] == subject(via, "immp"))
+            .unwrap_or_else(|| panic!("{via}→immp missing: {index:?}"));
+        check_immp(line, via, "immp", "alice@one.test");
+    }
+    // Read through XHMTP.
+    let who = reader("xhmtp").to_string();
+    let read = read_xhmtp(&gw, "one.test", &who, "pw", "127.0.0.10:8080").await;
+    assert_eq!(read.len(), 3);
+    for via in VIA {
+        let m = read
+            .iter()
+            .find(|m| m.subject == subject(via, "xhmtp"))
+            .unwrap_or_else(|| panic!("{via}→xhmtp missing"));
+        check_xhmtp(m, via, "xhmtp", "alice@one.test");
+    }
+    // Read through MMTP.
+    let bob = reader("mmtp");
+    let mut m = mmtp_client(&gw, ca_path, "one.test", &bob, "pw").await;
+    let packets = m.receive(&bob, None).await.unwrap();
+    assert_eq!(packets.len(), 3);
+    for via in VIA {
+        let p = packets
+            .iter()
+            .find(|p| p["content"]["subject"] == subject(via, "mmtp"))
+            .unwrap_or_else(|| panic!("{via}→mmtp missing"));
+        check_mmtp(p, via, "mmtp", &public);
+    }
+}
