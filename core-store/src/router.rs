@@ -175,6 +175,8 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Per-peer rate limiter for submissions and logins.
     pub limiter: RateLimiter<IpAddr>,
+    /// Woken when a submission queued mail for relaying (the relay workers wait on it).
+    pub relay_wake: tokio::sync::Notify,
     derivers: Vec<Arc<dyn SecretDeriver>>,
 }
 
@@ -186,6 +188,7 @@ impl Core {
             policy,
             metrics,
             limiter: RateLimiter::new(0.0, 1),
+            relay_wake: tokio::sync::Notify::new(),
             derivers: Vec::new(),
         }
     }
@@ -211,7 +214,12 @@ impl Core {
     ) -> Result<Receipt, SubmitError> {
         let result = self.route_and_store(message, origin, stamp).await;
         match &result {
-            Ok(_) => self.metrics.message_accepted(origin.protocol),
+            Ok(receipt) => {
+                self.metrics.message_accepted(origin.protocol);
+                if !receipt.queued.is_empty() {
+                    self.relay_wake.notify_waiters();
+                }
+            }
             Err(e) => self.metrics.message_refused(origin.protocol, e.reason()),
         }
         result

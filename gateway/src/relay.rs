@@ -64,34 +64,47 @@ impl Relay {
 
     /// Poll the queue until `shutdown` fires.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut workers = tokio::task::JoinSet::new();
+        for n in 0..self.config.workers.max(1) {
+            workers.spawn(self.clone().worker(n == 0, shutdown.clone()));
+        }
+        while workers.join_next().await.is_some() {}
+    }
+
+    /// One worker: claim a due entry, deliver it, repeat; when nothing is due, wait for a
+    /// submission that queues something or the poll interval. The first worker also purges
+    /// expired tokens and stamps.
+    async fn worker(self: Arc<Self>, housekeeper: bool, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.config.poll_interval_ms.max(10));
         let mut last_purge = 0i64;
         loop {
             let now = now_ms();
-            if now - last_purge > 60_000 {
+            if housekeeper && now - last_purge > 60_000 {
                 last_purge = now;
                 if let Err(e) = self.core.store.purge_expired(now).await {
                     tracing::warn!(error = %e, "purging expired tokens failed");
                 }
             }
-            match self
-                .core
-                .store
-                .claim_due(now, self.config.workers as u32, LEASE_MS)
-                .await
-            {
-                Ok(entries) => {
-                    let attempts = entries.into_iter().map(|e| {
-                        let this = self.clone();
-                        async move { this.attempt(e).await }
-                    });
-                    futures_util::future::join_all(attempts).await;
+            let claimed = match self.core.store.claim_due(now, 1, LEASE_MS).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming queue entries failed");
+                    Vec::new()
                 }
-                Err(e) => tracing::warn!(error = %e, "claiming queue entries failed"),
+            };
+            let idle = claimed.is_empty();
+            for entry in claimed {
+                self.attempt(entry).await;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(interval) => {}
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if idle {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.core.relay_wake.notified() => {}
+                    _ = tokio::time::sleep(interval) => {}
+                }
             }
         }
     }

@@ -165,6 +165,14 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 /// Run the gateway until a stop signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let core = open_core(&config)?;
+    // Leases of a previous run (killed mid-delivery) end now: those entries are due again.
+    let released = core.store.release_leases().await?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "queue entries in flight at the last stop are due again"
+        );
+    }
     let server_tls = tls::server_config(&config)?;
     let acceptor = TlsAcceptor::from(server_tls.any);
     let shutdown = CancellationToken::new();

@@ -478,6 +478,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<QueueEntry>, StoreError>;
     /// Record how an attempt ended.
     async fn finish_relay(&self, id: i64, outcome: RelayOutcome) -> Result<(), StoreError>;
+    /// Make every leased relay entry and notification fetch due again (at start-up: the
+    /// process that held the leases is gone). Returns how many were released.
+    async fn release_leases(&self) -> Result<u64, StoreError>;
     /// Queue entries not done, optionally for one domain.
     async fn queue(&self, domain: Option<&str>) -> Result<Vec<QueueEntry>, StoreError>;
     /// Make entries due now (`None`: all pending and failed ones); returns how many.

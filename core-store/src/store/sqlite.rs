@@ -1008,6 +1008,22 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn release_leases(&self) -> Result<u64, StoreError> {
+        self.writer
+            .write(|c| {
+                let a = c.execute(
+                    "UPDATE queue SET state = 0, lease_until = 0 WHERE state = 1",
+                    [],
+                )?;
+                let b = c.execute(
+                    "UPDATE notifications SET lease_until = 0 WHERE state = 0 AND lease_until > 0",
+                    [],
+                )?;
+                Ok((a + b) as u64)
+            })
+            .await
+    }
+
     async fn queue(&self, domain: Option<&str>) -> Result<Vec<QueueEntry>, StoreError> {
         let domain = domain.map(str::to_ascii_lowercase);
         self.read(move |c| {
