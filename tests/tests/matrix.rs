@@ -308,55 +308,82 @@ fn check_mmtp(packet: &Value, via: &str, route: &str, public_key: &str) {
     }
 }
 
+/// Gateways A (a.test, 127.0.0.2) and B (127.0.0.3: b.test and immp.b.test, mmtp.b.test,
+/// xhmtp.b.test, each routed by DNS through that protocol only), with alice@a.test and
+/// bob@<protocol>.b.test.
+struct Pair {
+    a: Gateway,
+    b: Gateway,
+    ca: tempfile::TempDir,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let mut records = vec![
+            srv_to("immp", "a.test", "mx.a.test", 1025),
+            srv_to("mmtp", "a.test", "mx.a.test", 8025),
+            srv_to("xhmtp", "a.test", "mx.a.test", 8080),
+            a("mx.a.test", [127, 0, 0, 2]),
+            a("a.test", [127, 0, 0, 2]),
+            a("mx.b.test", [127, 0, 0, 3]),
+            a("b.test", [127, 0, 0, 3]),
+        ];
+        for (p, port) in [("immp", 1025), ("mmtp", 8025), ("xhmtp", 8080)] {
+            records.push(srv_to(p, &format!("{p}.b.test"), "mx.b.test", port));
+        }
+        let dns = dns_server(records).await;
+        let ca_dir = tempfile::tempdir().unwrap();
+        let ca = test_ca(ca_dir.path());
+        leaf(&ca, ca_dir.path(), "a.test");
+        leaf(&ca, ca_dir.path(), "b.test");
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let gw_a = Gateway::start(
+            dir_a.path(),
+            Some(&config(
+                dir_a.path(),
+                ca_dir.path(),
+                &["a.test"],
+                "127.0.0.2",
+                dns,
+            )),
+        );
+        let b_domains = ["b.test", "immp.b.test", "mmtp.b.test", "xhmtp.b.test"];
+        let gw_b = Gateway::start(
+            dir_b.path(),
+            Some(&config(
+                dir_b.path(),
+                ca_dir.path(),
+                &b_domains,
+                "127.0.0.3",
+                dns,
+            )),
+        );
+        gw_a.add_user("alice@a.test", "alice-pw");
+        for route in ROUTES {
+            gw_b.add_user(&format!("bob@{route}.b.test"), "bob-pw");
+        }
+        Pair {
+            a: gw_a,
+            b: gw_b,
+            ca: ca_dir,
+            _dirs: (dir_a, dir_b),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_by_three_between_two_gateways_over_dns() {
-    let mut records = vec![
-        srv_to("immp", "a.test", "mx.a.test", 1025),
-        srv_to("mmtp", "a.test", "mx.a.test", 8025),
-        srv_to("xhmtp", "a.test", "mx.a.test", 8080),
-        a("mx.a.test", [127, 0, 0, 2]),
-        a("a.test", [127, 0, 0, 2]),
-        a("mx.b.test", [127, 0, 0, 3]),
-        a("b.test", [127, 0, 0, 3]),
-    ];
-    let ports = [("immp", 1025), ("mmtp", 8025), ("xhmtp", 8080)];
-    for (p, port) in ports {
-        records.push(srv_to(p, &format!("{p}.b.test"), "mx.b.test", port));
-    }
-    let dns = dns_server(records).await;
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca_path = ca_dir.path();
-    let ca = test_ca(ca_path);
-    leaf(&ca, ca_path, "a.test");
-    leaf(&ca, ca_path, "b.test");
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let gw_a = Gateway::start(
-        dir_a.path(),
-        Some(&config(
-            dir_a.path(),
-            ca_path,
-            &["a.test"],
-            "127.0.0.2",
-            dns,
-        )),
-    );
-    let b_domains = ["b.test", "immp.b.test", "mmtp.b.test", "xhmtp.b.test"];
-    let gw_b = Gateway::start(
-        dir_b.path(),
-        Some(&config(dir_b.path(), ca_path, &b_domains, "127.0.0.3", dns)),
-    );
+    let pair = Pair::start().await;
+    let (gw_a, gw_b, ca_path) = (&pair.a, &pair.b, pair.ca.path());
     let alice = Address::parse_xhmtp("alice@a.test").unwrap();
-    gw_a.add_user("alice@a.test", "alice-pw");
-    for route in ROUTES {
-        gw_b.add_user(&format!("bob@{route}.b.test"), "bob-pw");
-    }
     let (secret, public) = mailgate_core::pgp::generate_key(&alice).unwrap();
 
     for via in VIA {
         for route in ROUTES {
             let to = Address::parse_xhmtp(&format!("bob@{route}.b.test")).unwrap();
             send(
-                &gw_a,
+                gw_a,
                 ca_path,
                 "a.test",
                 via,
@@ -376,7 +403,7 @@ async fn three_by_three_between_two_gateways_over_dns() {
         let who = format!("bob@{route}.b.test");
         let bob = Address::parse_xhmtp(&who).unwrap();
         // IMMP: the index (not destructive), once all three arrived.
-        let index = wait_immp_index(&gw_b, ca_path, "b.test", &bob, "bob-pw", 3).await;
+        let index = wait_immp_index(gw_b, ca_path, "b.test", &bob, "bob-pw", 3).await;
         for via in VIA {
             let line = index
                 .iter()
@@ -385,7 +412,7 @@ async fn three_by_three_between_two_gateways_over_dns() {
             check_immp(line, via, route, "alice@a.test");
         }
         // XHMTP: the feed and every message behind it.
-        let read = read_xhmtp(&gw_b, "b.test", &who, "bob-pw", "127.0.0.2:8080").await;
+        let read = read_xhmtp(gw_b, "b.test", &who, "bob-pw", "127.0.0.2:8080").await;
         assert_eq!(read.len(), 3, "{who}: {read:?}");
         for via in VIA {
             let m = read
@@ -395,7 +422,7 @@ async fn three_by_three_between_two_gateways_over_dns() {
             check_xhmtp(m, via, route, "alice@a.test");
         }
         // MMTP last: RECEIVE removes what it returns.
-        let mut m = mmtp_client(&gw_b, ca_path, "b.test", &bob, "bob-pw").await;
+        let mut m = mmtp_client(gw_b, ca_path, "b.test", &bob, "bob-pw").await;
         let packets = m.receive(&bob, None).await.unwrap();
         assert_eq!(packets.len(), 3, "{who}: {packets:?}");
         for via in VIA {
@@ -484,5 +511,62 @@ async fn three_by_three_inside_one_gateway() {
             .find(|p| p["content"]["subject"] == subject(via, "mmtp"))
             .unwrap_or_else(|| panic!("{via}→mmtp missing"));
         check_mmtp(p, via, "mmtp", &public);
+    }
+}
+
+/// Relay throughput A→B per protocol: N messages submitted to A over XHMTP (8 at a time) for
+/// bob@<protocol>.b.test, timed until B holds all N. A measurement, not a check: run it with
+/// `cargo test --release -p mailgate-tests --test matrix relay_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark; run explicitly"]
+async fn relay_throughput() {
+    const N: u64 = 1000;
+    let pair = Pair::start().await;
+    let alice = std::sync::Arc::new(xhmtp_client(&pair.a, "a.test", "alice@a.test", "alice-pw"));
+    for route in ROUTES {
+        let who = format!("bob@{route}.b.test");
+        let bob = Address::parse_xhmtp(&who).unwrap();
+        let started = Instant::now();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (alice, next, who) = (alice.clone(), next.clone(), who.clone());
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= N {
+                        break;
+                    }
+                    alice
+                        .submit(&SubmitRequest {
+                            to: vec![who.clone()],
+                            subject: format!("bench {i}"),
+                            body: "x".repeat(1024),
+                            ..SubmitRequest::default()
+                        })
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let submitted = started.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let mut c = mmtp_client(&pair.b, pair.ca.path(), "b.test", &bob, "bob-pw").await;
+            let n = c.check(&bob).await.unwrap()["totalCount"].as_u64().unwrap();
+            if n >= N {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{route}: {n} of {N}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let took = started.elapsed().as_secs_f64();
+        println!(
+            "relay A→B over {route}: {N} messages (1 KiB bodies) in {took:.2} s = {:.0} msg/s \
+             (submitted in {:.2} s)",
+            N as f64 / took,
+            submitted.as_secs_f64()
+        );
     }
 }
