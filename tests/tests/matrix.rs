@@ -59,6 +59,7 @@ listen = "{ip}:1025"
 listen = "{ip}:8080"
 public_url = "http://{domain}:8080"
 outbound_ip = "{ip}"
+notify_rate_per_sec = 0.0
 "#,
         data = dir.join("data").display(),
         ca = ca.display(),
