@@ -400,11 +400,30 @@ async fn three_by_three_between_two_gateways_over_dns() {
         }
     }
 
+    // And one OpenPGP-encrypted MMTP message per route: carried opaque, never decrypted.
+    let mut sealed = Vec::new();
     for route in ROUTES {
+        let to = Address::parse_xhmtp(&format!("bob@{route}.b.test")).unwrap();
+        let (_, bob_public) = mailgate_core::pgp::generate_key(&to).unwrap();
+        let mut c = mmtp_client(gw_a, ca_path, "a.test", &alice, "alice-pw").await;
+        let mut b = PacketBuilder::new(alice.clone(), to, "sealed", "secret body");
+        b.encrypt_to = Some(bob_public);
+        let difficulty = c.difficulty();
+        let built = tokio::task::spawn_blocking(move || b.build(difficulty))
+            .await
+            .unwrap()
+            .unwrap();
+        let packet: Value = serde_json::from_str(&built.text).unwrap();
+        sealed.push(packet["content"]["encrypted"].as_str().unwrap().to_owned());
+        c.send(&built.text).await.unwrap();
+    }
+
+    for (r, route) in ROUTES.iter().enumerate() {
+        let route = *route;
         let who = format!("bob@{route}.b.test");
         let bob = Address::parse_xhmtp(&who).unwrap();
-        // IMMP: the index (not destructive), once all three arrived.
-        let index = wait_immp_index(gw_b, ca_path, "b.test", &bob, "bob-pw", 3).await;
+        // IMMP: the index (not destructive), once all four arrived.
+        let index = wait_immp_index(gw_b, ca_path, "b.test", &bob, "bob-pw", 4).await;
         for via in VIA {
             let line = index
                 .iter()
@@ -414,7 +433,12 @@ async fn three_by_three_between_two_gateways_over_dns() {
         }
         // XHMTP: the feed and every message behind it.
         let read = read_xhmtp(gw_b, "b.test", &who, "bob-pw", "127.0.0.2:8080").await;
-        assert_eq!(read.len(), 3, "{who}: {read:?}");
+        assert_eq!(read.len(), 4, "{who}: {read:?}");
+        assert!(
+            read.iter()
+                .any(|m| m.encrypted.as_deref() == Some(sealed[r].as_str())),
+            "{who}: the encrypted payload did not arrive intact over XHMTP"
+        );
         for via in VIA {
             let m = read
                 .iter()
@@ -425,7 +449,13 @@ async fn three_by_three_between_two_gateways_over_dns() {
         // MMTP last: RECEIVE removes what it returns.
         let mut m = mmtp_client(gw_b, ca_path, "b.test", &bob, "bob-pw").await;
         let packets = m.receive(&bob, None).await.unwrap();
-        assert_eq!(packets.len(), 3, "{who}: {packets:?}");
+        assert_eq!(packets.len(), 4, "{who}: {packets:?}");
+        assert!(
+            packets
+                .iter()
+                .any(|p| p["content"]["encrypted"].as_str() == Some(sealed[r].as_str())),
+            "{who}: the encrypted payload did not arrive intact over MMTP"
+        );
         for via in VIA {
             let p = packets
                 .iter()

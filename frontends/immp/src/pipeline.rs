@@ -561,7 +561,13 @@ impl Pipeline {
                 return;
             }
         };
-        if txn.parts.is_empty() {
+        // An encrypted message relayed between servers has no parts: its payload is in the
+        // envelope.
+        let sealed = txn
+            .envelope
+            .as_ref()
+            .is_some_and(|e| e.0.security.encrypted.is_some());
+        if txn.parts.is_empty() && !sealed {
             self.say(Reply::new(421, "No DATA given; nothing to deliver."))
                 .await;
             return;
