@@ -285,3 +285,56 @@ async fn a_killed_sender_delivers_its_whole_queue_exactly_once_after_restart() {
     );
     eprintln!("delivered before the kill: {before} of {N}");
 }
+
+/// A static `[[route]]` (no DNS records at all for the domain) sends mail over the protocol it
+/// names.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_static_route_names_the_protocol_and_the_server() {
+    use support::net::{leaf, test_ca};
+    let dns = dns_server(Vec::new()).await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path();
+    let ca = test_ca(ca_path);
+    leaf(&ca, ca_path, "rs.test");
+    leaf(&ca, ca_path, "rt.test");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let conf_a = crash_config(dir_a.path(), ca_path, "rs.test", "127.0.0.13", dns)
+        + "[[route]]\ndomain = \"rt.test\"\nprotocol = \"mmtp\"\nhost = \"127.0.0.14\"\nport = 8025\n";
+    let gw_b = Gateway::start(
+        dir_b.path(),
+        Some(&crash_config(
+            dir_b.path(),
+            ca_path,
+            "rt.test",
+            "127.0.0.14",
+            dns,
+        )),
+    );
+    gw_b.add_user("bob@rt.test", "bob-pw");
+    let gw_a = Gateway::start(dir_a.path(), Some(&conf_a));
+    gw_a.add_user("alice@rs.test", "alice-pw");
+    let alice = XhmtpClient::new(
+        gw_a.addr("xhmtp.listen").parse().unwrap(),
+        "rs.test",
+        None,
+        "xhmtp",
+        "alice@rs.test",
+        "alice-pw",
+    );
+    alice
+        .submit(&SubmitRequest {
+            to: vec!["bob@rt.test".into()],
+            subject: "by static route".into(),
+            body: "x".into(),
+            ..SubmitRequest::default()
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while inbox_count(&gw_b, ca_path, "rt.test", "bob@rt.test", "bob-pw").await == 0 {
+        assert!(Instant::now() < deadline, "the static route was not used");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = queue(&gw_a, &["list"]);
+    assert!(listed.is_empty(), "{listed}");
+}
