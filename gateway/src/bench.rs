@@ -353,8 +353,8 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run `count` requests made by `call(i)` on `connections` concurrent tasks, at most `seconds`;
-/// every answer must have status `want`. Returns the latencies.
+/// Run `count` requests made by `call(i)` (which fails on an unexpected answer) on
+/// `connections` concurrent tasks, for at most `seconds`; returns the latency summary.
 async fn http_load<F, Fut>(
     count: u64,
     connections: usize,

@@ -124,21 +124,7 @@ type RawRow = (
 );
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-        r.get(10)?,
-        r.get(11)?,
-        r.get(12)?,
-    ))
+    RawRow::try_from(r)
 }
 
 fn notification(row: RawRow) -> Result<Notification, StoreError> {

@@ -372,18 +372,7 @@ fn load_message(conn: &Connection, id: MessageId) -> Result<Option<Message>, Sto
             "SELECT sender, subject, kind, importance, received_at, meta, wire_protocol, wire
              FROM messages WHERE id = ?1",
         )?
-        .query_row(params![idb], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })
+        .query_row(params![idb], |r| Head::try_from(r))
         .optional()?;
     let Some((sender, subject, kind, importance, received_at, meta, wire_protocol, wire)) = head
     else {
