@@ -21,7 +21,8 @@ use crate::filters::{Filters, FILTERS_KIND};
 use crate::service::Xhmtp;
 use crate::wire::{self, MessageJson, NotifyRequest, SubmitRequest, SubmitResponse};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -53,6 +54,20 @@ pub fn router(x: Arc<Xhmtp>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(x)
+}
+
+/// Path parameters, with a JSON `400` (not axum's plain-text one) when a segment is not UTF-8.
+struct Segments<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Segments<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Segments(v))
+            .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))
+    }
 }
 
 async fn service(State(x): Shared) -> Json<Value> {
@@ -161,7 +176,8 @@ async fn submit(
 
 /// The local account a path names, or `404`.
 async fn local_account(x: &Xhmtp, user: &str) -> Result<Account, ApiError> {
-    let missing = || ApiError::not_found(format!("no such recipient here: {user}"));
+    let shown: String = user.chars().take(256).collect();
+    let missing = || ApiError::not_found(format!("no such recipient here: {shown}"));
     let address = Address::parse_xhmtp(user).map_err(|_| missing())?;
     if !x.core.policy.is_local(&address.domain) {
         return Err(missing());
@@ -216,7 +232,7 @@ async fn filters_of(x: &Xhmtp, account: &Account) -> Result<Filters, ApiError> {
 async fn notify(
     State(x): Shared,
     ConnectInfo(peer): Peer,
-    Path(user): Path<String>,
+    Segments(user): Segments<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let result = accept_notification(&x, peer, &user, body).await;
@@ -314,7 +330,7 @@ async fn accept_notification(
 
 async fn feed(
     State(x): Shared,
-    Path(user): Path<String>,
+    Segments(user): Segments<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let account = local_account(&x, &user).await?;
@@ -408,7 +424,7 @@ async fn feed_items(x: &Xhmtp, account: &Account, user: &str) -> Result<Vec<Feed
 /// `GET /<prefix>/<user>/inbox/<id>`: a message in the account's mailbox, for the account.
 async fn inbox_message(
     State(x): Shared,
-    Path((user, id)): Path<(String, String)>,
+    Segments((user, id)): Segments<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let account = local_account(&x, &user).await?;
@@ -426,7 +442,7 @@ async fn inbox_message(
 
 async fn get_filters(
     State(x): Shared,
-    Path(user): Path<String>,
+    Segments(user): Segments<String>,
     headers: HeaderMap,
 ) -> Result<Json<Filters>, ApiError> {
     let account = local_account(&x, &user).await?;
@@ -436,7 +452,7 @@ async fn get_filters(
 
 async fn put_filters(
     State(x): Shared,
-    Path(user): Path<String>,
+    Segments(user): Segments<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Filters>, ApiError> {
@@ -456,7 +472,7 @@ async fn put_filters(
 
 async fn message(
     State(x): Shared,
-    Path((sender_local, id)): Path<(String, String)>,
+    Segments((sender_local, id)): Segments<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let missing = || ApiError::not_found("no such message");
