@@ -9,32 +9,17 @@ use mailgate_xhmtp::wire::SubmitRequest;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::net::{a, dns_server, srv_to};
+use support::site::Site;
 use support::Gateway;
 
 fn config(dir: &Path, dns: std::net::SocketAddr) -> String {
-    format!(
-        r#"data_dir = "{data}"
-domains = ["e.test"]
-[dns]
-servers = ["{dns}"]
-[relay]
-poll_interval_ms = 50
-retry_base_secs = 1
-retry_max_secs = 1
-max_age_secs = 4
-[admin]
-listen = "127.0.0.8:0"
-[mmtp]
-listen = "127.0.0.8:0"
-tls_listen = "127.0.0.8:0"
-[immp]
-listen = "127.0.0.8:0"
-[xhmtp]
-listen = "127.0.0.8:0"
-outbound_ip = "127.0.0.8"
-"#,
-        data = dir.join("data").display()
-    )
+    Site {
+        dns: Some(dns),
+        relay: "poll_interval_ms = 50\nretry_base_secs = 1\nretry_max_secs = 1\nmax_age_secs = 4",
+        xhmtp: "outbound_ip = \"127.0.0.8\"",
+        ..Site::new(&["e.test"], "127.0.0.8")
+    }
+    .config(dir)
 }
 
 fn queue(gw: &Gateway, args: &[&str]) -> String {
@@ -145,33 +130,15 @@ fn crash_config(
     ip: &str,
     dns: std::net::SocketAddr,
 ) -> String {
-    format!(
-        r#"data_dir = "{data}"
-domains = ["{domain}"]
-[tls]
-cert = "{ca}/{domain}.pem"
-key = "{ca}/{domain}.key"
-trust = ["{ca}/ca.pem"]
-[dns]
-servers = ["{dns}"]
-[relay]
-poll_interval_ms = 50
-retry_base_secs = 1
-retry_max_secs = 1
-[admin]
-listen = "{ip}:0"
-[mmtp]
-listen = "{ip}:8025"
-tls_listen = "{ip}:0"
-requests_per_sec = 0.0
-[immp]
-listen = "{ip}:0"
-[xhmtp]
-listen = "{ip}:0"
-"#,
-        data = dir.join("data").display(),
-        ca = ca.display(),
-    )
+    Site {
+        ca: Some(ca),
+        dns: Some(dns),
+        mmtp_port: 8025,
+        relay: "poll_interval_ms = 50\nretry_base_secs = 1\nretry_max_secs = 1",
+        mmtp: "requests_per_sec = 0.0",
+        ..Site::new(&[domain], ip)
+    }
+    .config(dir)
 }
 
 /// Messages in `who`'s INBOX at `gw` (MMTP CHECK over TLS).

@@ -9,48 +9,36 @@ use mailgate_immp::client::ImmpClient;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::net::{a, dns_server, leaf, srv, test_ca};
+use support::site::Site;
 use support::Gateway;
 
+/// A gateway on `ip` for `domain` (IMMP on port 1025) with a static IMMP route to its peer.
 fn config(dir: &Path, ca_dir: &Path, domain: &str, ip: &str, peer: &str, peer_ip: &str) -> String {
     let route = format!("[[immp.routes]]\ndomain = \"{peer}\"\naddress = \"{peer_ip}:1025\"\n");
-    base_config(dir, ca_dir, domain, ip, &route, "")
+    Site {
+        ca: Some(ca_dir),
+        immp_port: 1025,
+        immp: &route,
+        ..Site::new(&[domain], ip)
+    }
+    .config(dir)
 }
 
-/// A gateway config; `immp_extra` goes into `[immp]`, `top` before the first table.
-fn base_config(
+/// The same without routes, finding peers through `dns`.
+fn dns_config(
     dir: &Path,
     ca_dir: &Path,
     domain: &str,
     ip: &str,
-    immp_extra: &str,
-    top: &str,
+    dns: std::net::SocketAddr,
 ) -> String {
-    format!(
-        r#"data_dir = "{data}"
-domains = ["{domain}"]
-{top}
-[tls]
-cert = "{ca}/{domain}.pem"
-key = "{ca}/{domain}.key"
-trust = ["{ca}/ca.pem"]
-[relay]
-poll_interval_ms = 50
-retry_base_secs = 1
-retry_max_secs = 2
-[admin]
-listen = "{ip}:0"
-[mmtp]
-listen = "{ip}:0"
-tls_listen = "{ip}:0"
-[xhmtp]
-listen = "{ip}:0"
-[immp]
-listen = "{ip}:1025"
-{immp_extra}
-"#,
-        data = dir.join("data").display(),
-        ca = ca_dir.display(),
-    )
+    Site {
+        ca: Some(ca_dir),
+        dns: Some(dns),
+        immp_port: 1025,
+        ..Site::new(&[domain], ip)
+    }
+    .config(dir)
 }
 
 async fn login(ca: &Path, gw: &Gateway, domain: &str, account: &str, password: &str) -> ImmpClient {
@@ -204,27 +192,24 @@ async fn gateways_find_each_other_through_dns_srv() {
     leaf(&ca, ca_dir.path(), "a.test");
     leaf(&ca, ca_dir.path(), "b.test");
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dns_table = format!("[dns]\nservers = [\"{dns}\"]");
     let a_gw = Gateway::start(
         dir_a.path(),
-        Some(&base_config(
+        Some(&dns_config(
             dir_a.path(),
             ca_dir.path(),
             "a.test",
             "127.0.0.4",
-            "",
-            &dns_table,
+            dns,
         )),
     );
     let b_gw = Gateway::start(
         dir_b.path(),
-        Some(&base_config(
+        Some(&dns_config(
             dir_b.path(),
             ca_dir.path(),
             "b.test",
             "127.0.0.5",
-            "",
-            &dns_table,
+            dns,
         )),
     );
     a_gw.add_user("alice@a.test", "alice-pw");

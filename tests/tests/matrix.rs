@@ -22,48 +22,29 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::net::{a, dns_server, leaf, srv_to, test_ca};
+use support::site::Site;
 use support::Gateway;
 
 const VIA: [&str; 3] = ["mmtp", "immp", "xhmtp"];
 const ROUTES: [&str; 3] = ["immp", "mmtp", "xhmtp"];
 
+/// A gateway for `domains` on `ip` with fixed ports (DNS records name them).
 fn config(dir: &Path, ca: &Path, domains: &[&str], ip: &str, dns: std::net::SocketAddr) -> String {
-    let domain = domains[0];
-    let list = domains
-        .iter()
-        .map(|d| format!("\"{d}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"data_dir = "{data}"
-domains = [{list}]
-[tls]
-cert = "{ca}/{domain}.pem"
-key = "{ca}/{domain}.key"
-trust = ["{ca}/ca.pem"]
-[dns]
-servers = ["{dns}"]
-[relay]
-poll_interval_ms = 50
-retry_base_secs = 1
-retry_max_secs = 2
-[admin]
-listen = "{ip}:0"
-[mmtp]
-listen = "{ip}:8025"
-tls_listen = "{ip}:0"
-requests_per_sec = 0.0
-[immp]
-listen = "{ip}:1025"
-[xhmtp]
-listen = "{ip}:8080"
-public_url = "http://{domain}:8080"
-outbound_ip = "{ip}"
-notify_rate_per_sec = 0.0
-"#,
-        data = dir.join("data").display(),
-        ca = ca.display(),
-    )
+    let xhmtp = format!(
+        "public_url = \"http://{}:8080\"\noutbound_ip = \"{ip}\"\nnotify_rate_per_sec = 0.0",
+        domains[0]
+    );
+    Site {
+        ca: Some(ca),
+        dns: Some(dns),
+        mmtp_port: 8025,
+        immp_port: 1025,
+        xhmtp_port: 8080,
+        mmtp: "requests_per_sec = 0.0",
+        xhmtp: &xhmtp,
+        ..Site::new(domains, ip)
+    }
+    .config(dir)
 }
 
 fn attachment(via: &str, route: &str) -> Vec<u8> {

@@ -16,10 +16,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::net::{a, dns_server, leaf, srv_to, test_ca, txt};
+use support::site::Site;
 use support::Gateway;
 
 /// One gateway of a test: its domain, address, XHMTP port, scheme and prefix.
-struct Site {
+struct Peer {
     domain: &'static str,
     ip: &'static str,
     port: u16,
@@ -27,53 +28,32 @@ struct Site {
     prefix: &'static str,
 }
 
-/// A gateway config for `site`, with its data in `dir`, certificates from `ca`, DNS at `dns`.
-fn config(dir: &Path, ca: &Path, site: &Site, dns: SocketAddr) -> String {
-    let Site {
+/// A gateway config for `peer`, with its data in `dir`, certificates from `ca`, DNS at `dns`.
+fn config(dir: &Path, ca: &Path, peer: &Peer, dns: SocketAddr) -> String {
+    let Peer {
         domain,
         ip,
         port,
         https,
         prefix,
-    } = *site;
-    let (scheme, listeners) = if https {
-        (
-            "https",
-            format!("listen = \"{ip}:0\"\ntls_listen = \"{ip}:{port}\""),
-        )
+    } = *peer;
+    let (scheme, http_port, tls) = if https {
+        ("https", 0, format!("tls_listen = \"{ip}:{port}\"\n"))
     } else {
-        ("http", format!("listen = \"{ip}:{port}\""))
+        ("http", port, String::new())
     };
-    format!(
-        r#"data_dir = "{data}"
-domains = ["{domain}"]
-[tls]
-cert = "{ca}/{domain}.pem"
-key = "{ca}/{domain}.key"
-trust = ["{ca}/ca.pem"]
-[dns]
-servers = ["{dns}"]
-[relay]
-poll_interval_ms = 50
-retry_base_secs = 1
-retry_max_secs = 2
-[admin]
-listen = "{ip}:0"
-[mmtp]
-listen = "{ip}:0"
-tls_listen = "{ip}:0"
-[immp]
-listen = "{ip}:0"
-[xhmtp]
-{listeners}
-prefix = "{prefix}"
-public_url = "{scheme}://{domain}:{port}"
-outbound_ip = "{ip}"
-outbound_https = {https}
-"#,
-        data = dir.join("data").display(),
-        ca = ca.display(),
-    )
+    let xhmtp = format!(
+        "{tls}prefix = \"{prefix}\"\npublic_url = \"{scheme}://{domain}:{port}\"\n\
+         outbound_ip = \"{ip}\"\noutbound_https = {https}"
+    );
+    Site {
+        ca: Some(ca),
+        dns: Some(dns),
+        xhmtp_port: http_port,
+        xhmtp: &xhmtp,
+        ..Site::new(&[domain], ip)
+    }
+    .config(dir)
 }
 
 fn tls(ca: &Path) -> Option<Arc<rustls::ClientConfig>> {
@@ -183,7 +163,7 @@ async fn lifecycle_between_two_gateways_over_dns_and_https() {
         Some(&config(
             dir_a.path(),
             ca_path,
-            &Site {
+            &Peer {
                 domain: "a.test",
                 ip: "127.0.0.2",
                 port: 8443,
@@ -198,7 +178,7 @@ async fn lifecycle_between_two_gateways_over_dns_and_https() {
         Some(&config(
             dir_b.path(),
             ca_path,
-            &Site {
+            &Peer {
                 domain: "b.test",
                 ip: "127.0.0.3",
                 port: 8443,
@@ -379,7 +359,7 @@ async fn a_peer_that_is_down_is_notified_and_fetched_from_after_it_returns() {
     let conf_c = config(
         dir_c.path(),
         ca_path,
-        &Site {
+        &Peer {
             domain: "c.test",
             ip: "127.0.0.6",
             port: 8080,
@@ -391,7 +371,7 @@ async fn a_peer_that_is_down_is_notified_and_fetched_from_after_it_returns() {
     let conf_d = config(
         dir_d.path(),
         ca_path,
-        &Site {
+        &Peer {
             domain: "d.test",
             ip: "127.0.0.7",
             port: 8080,

@@ -24,7 +24,7 @@ use crate::listener::Conn;
 static SUITES: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/../tests/conformance");
 
 /// Time allowed for one reply.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for one whole case.
 const CASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest reply line read.

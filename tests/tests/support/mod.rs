@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses part of this module
 
 pub mod net;
+pub mod site;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
