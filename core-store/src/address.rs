@@ -80,6 +80,9 @@ fn valid_domain(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
 }
 
+/// The local part of the gateway's own address (bounces, server-to-server mail, its key).
+pub const MAILER_DAEMON: &str = "mailer-daemon";
+
 /// Is `s` a valid folder path (`Receipts`, `INBOX/Lists`)?
 pub fn valid_folder(s: &str) -> bool {
     !s.is_empty()

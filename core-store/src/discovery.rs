@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// One SRV target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,22 @@ pub trait Discovery: Send + Sync {
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String>;
     /// The strings of the TXT records at `name`; empty when there are none.
     async fn txt(&self, name: &str) -> Result<Vec<String>, String>;
+}
+
+/// The addresses of `host`: itself when it is an address literal (`[…]` allowed), else its
+/// A/AAAA records through `dns`.
+pub async fn host_addresses(
+    dns: Option<&Arc<dyn Discovery>>,
+    host: &str,
+) -> Result<Vec<IpAddr>, String> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    match dns {
+        Some(dns) => dns.addresses(host).await,
+        None => Err(format!("cannot resolve {host}: no resolver")),
+    }
 }
 
 /// Order SRV targets: priority ascending, then weight descending (RFC 2782 without the random

@@ -233,6 +233,13 @@ impl Message {
             + self.security.signature.as_ref().map_or(0, String::len)
     }
 
+    /// The body (the content part) as text; bytes that are not UTF-8 are replaced.
+    pub fn body_text(&self) -> String {
+        self.content_part()
+            .map(|p| String::from_utf8_lossy(&p.data).into_owned())
+            .unwrap_or_default()
+    }
+
     /// The content part, if any.
     pub fn content_part(&self) -> Option<&Part> {
         self.parts.iter().find(|p| p.content)

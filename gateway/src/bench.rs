@@ -306,40 +306,26 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
             mint_rate / 1e6
         );
     }
-    let queue = Arc::new(std::sync::Mutex::new(packets));
-    let deadline = Instant::now() + Duration::from_secs(opts.seconds);
-    let bar = if opts.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(opts.messages)
-    };
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..opts.connections.max(1) {
-        let (queue, target, bar) = (queue.clone(), opts.target.clone(), bar.clone());
-        tasks.spawn(async move {
-            let mut client = MmtpClient::connect(&target, None).await?;
-            let mut lat = Vec::new();
-            loop {
-                let next = queue.lock().ok().and_then(|mut q| q.pop());
-                let Some(packet) = next else { break };
-                if Instant::now() > deadline {
-                    break;
-                }
-                let t = Instant::now();
-                client.send(&packet).await?;
-                lat.push(t.elapsed());
-                bar.inc(1);
+    let packets = Arc::new(packets);
+    let target = Arc::new(opts.target.clone());
+    let s = load(
+        packets.len() as u64,
+        opts.connections,
+        opts.seconds,
+        opts.json,
+        move || {
+            let target = target.clone();
+            async move { Ok(MmtpClient::connect(&target, None).await?) }
+        },
+        move |mut client: MmtpClient, i| {
+            let packets = packets.clone();
+            async move {
+                client.send(&packets[i as usize]).await?;
+                Ok(client)
             }
-            Ok::<_, anyhow::Error>(lat)
-        });
-    }
-    let mut lat = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        lat.extend(r??);
-    }
-    bar.finish_and_clear();
-    let s = summarise(lat, started.elapsed());
+        },
+    )
+    .await?;
     report(
         &s,
         opts.json,
@@ -353,21 +339,27 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run `count` requests made by `call(i)` (which fails on an unexpected answer) on
-/// `connections` concurrent tasks, for at most `seconds`; returns the latency summary.
-async fn http_load<F, Fut>(
+/// Run `count` operations on `connections` concurrent tasks for at most `seconds`: each task
+/// makes its state with `connect` (a connection, or nothing), then runs `call(state, i)` for the
+/// next `i` until the count or the time is up (`call` fails on an unexpected answer). Returns
+/// the latency summary.
+async fn load<S, C, CF, F, FF>(
     count: u64,
     connections: usize,
     seconds: u64,
     quiet: bool,
+    connect: C,
     call: F,
 ) -> anyhow::Result<Summary>
 where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    S: Send + 'static,
+    C: Fn() -> CF + Send + Sync + 'static,
+    CF: std::future::Future<Output = anyhow::Result<S>> + Send,
+    F: Fn(S, u64) -> FF + Send + Sync + 'static,
+    FF: std::future::Future<Output = anyhow::Result<S>> + Send,
 {
     let next = Arc::new(AtomicU64::new(0));
-    let call = Arc::new(call);
+    let (connect, call) = (Arc::new(connect), Arc::new(call));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let bar = if quiet {
         ProgressBar::hidden()
@@ -377,8 +369,9 @@ where
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections.max(1) {
-        let (next, call, bar) = (next.clone(), call.clone(), bar.clone());
+        let (next, connect, call, bar) = (next.clone(), connect.clone(), call.clone(), bar.clone());
         tasks.spawn(async move {
+            let mut state = connect().await?;
             let mut lat = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -386,7 +379,7 @@ where
                     break;
                 }
                 let t = Instant::now();
-                call(i).await?;
+                state = call(state, i).await?;
                 lat.push(t.elapsed());
                 bar.inc(1);
             }
@@ -399,6 +392,29 @@ where
     }
     bar.finish_and_clear();
     Ok(summarise(lat, started.elapsed()))
+}
+
+/// [`load`] of stateless requests (XHMTP opens a connection per request).
+async fn http_load<F, Fut>(
+    count: u64,
+    connections: usize,
+    seconds: u64,
+    quiet: bool,
+    call: F,
+) -> anyhow::Result<Summary>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    load(
+        count,
+        connections,
+        seconds,
+        quiet,
+        || async { Ok(()) },
+        move |(), i| call(i),
+    )
+    .await
 }
 
 async fn xhmtp(opts: XhmtpBench) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@
 
 use crate::config::RelayConfig;
 use crate::routing::RouteChooser;
+use mailgate_core::address::MAILER_DAEMON;
 use mailgate_core::message::now_ms;
 use mailgate_core::message::rfc3339;
 use mailgate_core::relay::{Backoff, Transport, TransportError};
@@ -22,9 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-/// The local part bounces come from (`mailer-daemon@<first domain>`).
-pub const BOUNCE_SENDER: &str = "mailer-daemon";
 
 /// How long a claimed entry stays leased to a worker before another may take it.
 const LEASE_MS: i64 = 10 * 60 * 1000;
@@ -223,7 +221,7 @@ impl Relay {
         error: &str,
     ) -> Option<Box<Submission>> {
         let sender = &message.sender;
-        if !self.core.policy.is_local(&sender.domain) || sender.local == BOUNCE_SENDER {
+        if !self.core.policy.is_local(&sender.domain) || sender.local == MAILER_DAEMON {
             return None;
         }
         let account = match self.core.store.account(sender).await {
@@ -234,7 +232,7 @@ impl Relay {
                 return None;
             }
         };
-        let daemon = Address::new(BOUNCE_SENDER, &self.domain).ok()?;
+        let daemon = Address::new(MAILER_DAEMON, &self.domain).ok()?;
         let body = format!(
             "Your message could not be delivered.\n\n\
              Recipient: {}\n\

@@ -53,7 +53,10 @@ pub fn domain_key(config: &Config) -> anyhow::Result<DomainKey> {
     let path = config.data_dir.join("domain-key.asc");
     if !path.exists() {
         std::fs::create_dir_all(&config.data_dir)?;
-        let who = Address::new("mailer-daemon", config.primary_domain())?;
+        let who = Address::new(
+            mailgate_core::address::MAILER_DAEMON,
+            config.primary_domain(),
+        )?;
         let (secret, _) = mailgate_core::pgp::generate_key(&who)?;
         tls::write_private(&path, secret.as_bytes())?;
         tracing::info!(path = %path.display(), "generated the domain's OpenPGP key");

@@ -85,11 +85,11 @@ pub(super) fn expire_hosted(c: &Connection, cutoff: i64) -> Result<u64, StoreErr
          AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.message_id = ?1)
          AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.message_id = ?1 AND q.state < 2)",
     )?;
+    // Done queue entries (the notifications sent) go with the message.
+    let mut sent = c.prepare_cached("DELETE FROM queue WHERE message_id = ?1 AND state >= 2")?;
     let mut n = 0;
     for id in &victims {
-        // Done queue entries (the notifications sent) go with the message.
-        c.prepare_cached("DELETE FROM queue WHERE message_id = ?1 AND state >= 2")?
-            .execute(params![id])?;
+        sent.execute(params![id])?;
         grants.execute(params![id])?;
         n += messages.execute(params![id])? as u64;
     }

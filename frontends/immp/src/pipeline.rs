@@ -538,10 +538,12 @@ impl Pipeline {
         // A local user sends as itself; a remote server for its domain's mailer-daemon.
         let (sender, submitter) = match self.shared.phase() {
             Phase::Local(a) => (a.address.clone(), Submitter::Account(a)),
-            Phase::Remote(domain) => match Address::new("mailer-daemon", &domain) {
-                Ok(a) => (a, Submitter::Peer(self.shared.peer.ip())),
-                Err(_) => return,
-            },
+            Phase::Remote(domain) => {
+                match Address::new(mailgate_core::address::MAILER_DAEMON, &domain) {
+                    Ok(a) => (a, Submitter::Peer(self.shared.peer.ip())),
+                    Err(_) => return,
+                }
+            }
             Phase::Unauthenticated => return,
         };
         let mut txn = match self.txn.take() {

@@ -271,10 +271,7 @@ impl PacketBuilder {
     /// arrive over MMTP): subject, body, attachments, tags with importance as a `priority`
     /// tag, the message type, a signature or encrypted payload as they are, and the origin id.
     pub fn from_message(message: &mailgate_core::Message, recipient: Address) -> Self {
-        let body = message
-            .content_part()
-            .map(|p| String::from_utf8_lossy(&p.data).into_owned())
-            .unwrap_or_default();
+        let body = message.body_text();
         let mut b = PacketBuilder::new(message.sender.clone(), recipient, &message.subject, &body);
         b.attachments = message
             .parts
@@ -282,14 +279,7 @@ impl PacketBuilder {
             .filter(|p| !p.content)
             .cloned()
             .collect();
-        if let Some(kind) = message
-            .tags
-            .custom
-            .iter()
-            .find_map(|c| c.strip_prefix("mmtp-type:"))
-        {
-            b.kind = kind.to_owned();
-        }
+        b.kind = packet::message_type(message).to_owned();
         b.tags = packet::wire_tags(message);
         b.signature = message.security.signature.clone();
         b.encrypted = message

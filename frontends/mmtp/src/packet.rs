@@ -391,11 +391,11 @@ fn build_packet(m: &Message) -> String {
     if let Some(enc) = &m.security.encrypted {
         content.insert("encrypted".into(), Value::String(enc.clone()));
     } else {
-        let body = m
-            .content_part()
-            .map(|p| String::from_utf8_lossy(&p.data).into_owned())
-            .unwrap_or_default();
-        content = plain_content(&m.subject, &body, m.parts.iter().filter(|p| !p.content));
+        content = plain_content(
+            &m.subject,
+            &m.body_text(),
+            m.parts.iter().filter(|p| !p.content),
+        );
     }
     let content = Value::Object(content);
     let hash = hex::encode(Sha256::digest(jsjson::stringify(&content).as_bytes()));
@@ -404,12 +404,7 @@ fn build_packet(m: &Message) -> String {
     if let Some(sig) = &m.security.signature {
         verification["signature"] = Value::String(sig.clone());
     }
-    let kind = m
-        .tags
-        .custom
-        .iter()
-        .find_map(|c| c.strip_prefix("mmtp-type:"))
-        .unwrap_or("SEND");
+    let kind = message_type(m);
     let tags = wire_tags(m);
     let packet = json!({
         "meta": {
@@ -428,6 +423,15 @@ fn build_packet(m: &Message) -> String {
         "verification": verification,
     });
     jsjson::stringify(&packet)
+}
+
+/// The MMTP message type of a stored message (`SEND` unless it arrived as a REPLY or FORWARD).
+pub fn message_type(m: &Message) -> &str {
+    m.tags
+        .custom
+        .iter()
+        .find_map(|c| c.strip_prefix("mmtp-type:"))
+        .unwrap_or("SEND")
 }
 
 /// A stored message's tags as MMTP carries them: importance as a `priority` tag (MMTP has no

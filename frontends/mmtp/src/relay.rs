@@ -9,7 +9,7 @@
 
 use crate::client::{ClientError, MmtpClient, PacketBuilder};
 use async_trait::async_trait;
-use mailgate_core::discovery::Discovery;
+use mailgate_core::discovery::{host_addresses, Discovery};
 use mailgate_core::relay::{Transport, TransportError};
 use mailgate_core::store::QueueEntry;
 use mailgate_core::{Address, Message};
@@ -65,13 +65,9 @@ impl MmtpTransport {
     }
 
     async fn resolve(&self, host: &str) -> Result<Vec<std::net::IpAddr>, TransportError> {
-        if let Ok(ip) = host.parse() {
-            return Ok(vec![ip]);
-        }
-        match &self.dns {
-            Some(d) => d.addresses(host).await.map_err(TransportError::Temporary),
-            None => Err(TransportError::Temporary(format!("cannot resolve {host}"))),
-        }
+        host_addresses(self.dns.as_ref(), host)
+            .await
+            .map_err(TransportError::Temporary)
     }
 
     async fn targets(&self, domain: &str) -> Result<Vec<Target>, TransportError> {

@@ -5,7 +5,7 @@
 //! The resolver behind [`Discovery`] caches answers for their TTL.
 
 use crate::config::{valid_prefix, XhmtpRoute};
-use mailgate_core::discovery::Discovery;
+use mailgate_core::discovery::{host_addresses, Discovery};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -102,14 +102,7 @@ impl Locator {
 
     /// The addresses of `host` (itself when it is an address literal).
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = literal.parse::<IpAddr>() {
-            return Ok(vec![ip]);
-        }
-        match &self.dns {
-            Some(dns) => dns.addresses(host).await,
-            None => Err(format!("cannot resolve {host}: no resolver")),
-        }
+        host_addresses(self.dns.as_ref(), host).await
     }
 
     /// The notifier check: is `peer` among the A/AAAA addresses of `host`?

@@ -198,10 +198,7 @@ impl MessageJson {
             to: m.recipients.iter().map(format_address).collect(),
             date: rfc3339(m.received_at),
             subject: m.subject.clone(),
-            body: m
-                .content_part()
-                .map(|p| String::from_utf8_lossy(&p.data).into_owned())
-                .unwrap_or_default(),
+            body: m.body_text(),
             parts: encode_parts(m),
             tags: m.tags.clone(),
             importance: m.importance,
