@@ -66,8 +66,14 @@ pub struct Address {
     pub folder: Option<String>,
 }
 
+/// `.` and `..` are never names: they would read as path steps in a folder or node path.
+fn is_dot_segment(s: &str) -> bool {
+    s == "." || s == ".."
+}
+
 fn valid_local(s: &str) -> bool {
     !s.is_empty()
+        && !is_dot_segment(s)
         && s.len() <= MAX_LOCAL_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -83,12 +89,14 @@ fn valid_domain(s: &str) -> bool {
 /// The local part of the gateway's own address (bounces, server-to-server mail, its key).
 pub const MAILER_DAEMON: &str = "mailer-daemon";
 
-/// Is `s` a valid folder path (`Receipts`, `INBOX/Lists`)?
+/// Is `s` a valid folder path (`Receipts`, `INBOX/Lists`)? Segments are non-empty and never
+/// `.` or `..`.
 pub fn valid_folder(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_FOLDER_LEN
         && s.split('/').all(|seg| {
             !seg.is_empty()
+                && !is_dot_segment(seg)
                 && seg
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -466,13 +474,34 @@ mod tests {
     }
 
     fn local() -> impl Strategy<Value = String> {
-        "[a-zA-Z0-9._-]{1,64}"
+        "[a-zA-Z0-9._-]{1,64}".prop_filter("not a dot segment", |s| !is_dot_segment(s))
     }
     fn domain() -> impl Strategy<Value = String> {
         "[a-zA-Z0-9.-]{1,60}"
     }
+    #[test]
+    fn dot_and_empty_segments_are_refused() {
+        for bad in [
+            "../alice@a.test",
+            "./alice@a.test",
+            "a//alice@a.test",
+            "alice+..@a.test",
+            "alice+INBOX/../x@a.test",
+            "alice+INBOX//x@a.test",
+            "alice+@a.test",
+            "..@a.test",
+        ] {
+            assert!(Address::parse_imid(bad).is_err(), "{bad}");
+        }
+        assert!(valid_folder("INBOX/Lists.old"));
+        assert!(!valid_folder("INBOX/.."));
+        assert!(!valid_folder("./x"));
+    }
+
     fn folder() -> impl Strategy<Value = String> {
-        "[a-zA-Z0-9._-]{1,12}(/[a-zA-Z0-9._-]{1,12}){0,2}"
+        "[a-zA-Z0-9._-]{1,12}(/[a-zA-Z0-9._-]{1,12}){0,2}".prop_filter("no dot segments", |s| {
+            s.split('/').all(|g| !is_dot_segment(g))
+        })
     }
 
     proptest! {

@@ -8,3 +8,54 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A boxed connection stream.
 pub type BoxedIo = Box<dyn Io>;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Milliseconds since the first call (a monotonic clock cheap enough to read per request).
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What the accept loop knows about one open connection: whether it authenticated and when it
+/// was last active. A full listener makes room by closing the unauthenticated connection idle
+/// the longest; sessions report activity with [`ConnState::touch`] and a login with
+/// [`ConnState::set_authenticated`].
+#[derive(Debug)]
+pub struct ConnState {
+    authenticated: AtomicBool,
+    last_active: AtomicU64,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        ConnState {
+            authenticated: AtomicBool::new(false),
+            last_active: AtomicU64::new(clock_ms()),
+        }
+    }
+}
+
+impl ConnState {
+    /// A request or line arrived.
+    pub fn touch(&self) {
+        self.last_active.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// The peer logged in (a local account, or a server proven by cookie).
+    pub fn set_authenticated(&self) {
+        self.authenticated.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the peer logged in.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the last activity.
+    pub fn idle_ms(&self) -> u64 {
+        clock_ms().saturating_sub(self.last_active.load(Ordering::Relaxed))
+    }
+}

@@ -5,9 +5,11 @@
 //! sockets and knows no protocol.
 
 pub mod address;
+pub mod budget;
 pub mod discovery;
 pub mod hashcash;
 pub mod io;
+pub mod login;
 pub mod message;
 pub mod metrics;
 pub mod password;
@@ -18,7 +20,9 @@ pub mod router;
 pub mod store;
 
 pub use address::{Address, AddressError, ImidRef};
+pub use budget::{BudgetError, MemoryBudget, Reservation};
+pub use login::{LoginGuard, LoginLimits};
 pub use message::{Importance, Message, MessageId, MessageKind, Part, Security, Tags, TraceHop};
 pub use metrics::Metrics;
-pub use router::{Core, Origin, Policy, Receipt, SubmitError, Submitter};
+pub use router::{Core, LoginError, Origin, Policy, Receipt, SubmitError, Submitter};
 pub use store::{SqliteOptions, SqliteStore, Store, StoreError};

@@ -38,6 +38,8 @@ pub struct Metrics {
     registry: Registry,
     connections: Family<ProtocolLabel, Counter>,
     connections_open: Family<ProtocolLabel, Gauge>,
+    connections_refused: Family<RefusalLabels, Counter>,
+    store_write_failures: Counter,
     accepted: Family<ProtocolLabel, Counter>,
     refused: Family<RefusalLabels, Counter>,
     events: Family<EventLabels, Counter>,
@@ -58,6 +60,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("mailgate");
         let connections = Family::<ProtocolLabel, Counter>::default();
         let connections_open = Family::<ProtocolLabel, Gauge>::default();
+        let connections_refused = Family::<RefusalLabels, Counter>::default();
+        let store_write_failures = Counter::default();
         let accepted = Family::<ProtocolLabel, Counter>::default();
         let refused = Family::<RefusalLabels, Counter>::default();
         let events = Family::<EventLabels, Counter>::default();
@@ -76,6 +80,17 @@ impl Metrics {
             "connections_open",
             "Connections open now per front-end",
             connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused or closed to make room, per front-end and reason (per_ip, \
+             per_prefix, full, evicted_idle, accept_error)",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "store_write_failures",
+            "Store writes or commits that failed (disk full, I/O error)",
+            store_write_failures.clone(),
         );
         registry.register(
             "messages_accepted",
@@ -111,6 +126,8 @@ impl Metrics {
             registry,
             connections,
             connections_open,
+            connections_refused,
+            store_write_failures,
             accepted,
             refused,
             events,
@@ -135,6 +152,21 @@ impl Metrics {
             .clone();
         gauge.inc();
         OpenConnection(gauge)
+    }
+
+    /// A connection was refused (or closed to make room) for `reason`.
+    pub fn connection_refused(&self, protocol: &str, reason: &str) {
+        self.connections_refused
+            .get_or_create(&RefusalLabels {
+                protocol: protocol.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A store write or commit failed.
+    pub fn store_write_failed(&self) {
+        self.store_write_failures.inc();
     }
 
     /// A message was durably accepted.

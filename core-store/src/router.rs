@@ -6,6 +6,8 @@
 //! enforces the size limit; and writes everything in one durable transaction.
 
 use crate::address::Address;
+use crate::budget::MemoryBudget;
+use crate::login::{LoginGuard, LoginLimits};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::password::{hash_password, verify_password, PasswordError};
@@ -16,6 +18,13 @@ use crate::store::{
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The in-flight body budget when config sets none.
+pub const DEFAULT_BODY_BUDGET: usize = 512 * 1024 * 1024;
+/// How long a password check waits for a free verifier before answering "busy".
+const VERIFY_WAIT: Duration = Duration::from_secs(5);
 
 /// The message size limit when config sets none: the MMTP spec's 10 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
@@ -156,6 +165,24 @@ pub enum AccountError {
     Store(#[from] StoreError),
 }
 
+/// Why a login did not succeed. Front-ends map these to their own replies; only `Refused` is
+/// a wrong password.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Unknown account or wrong password (deliberately the same).
+    #[error("authentication failed")]
+    Refused,
+    /// Too many failed logins from this peer or for this account: try again after the delay.
+    #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    /// Every password verifier is busy.
+    #[error("the server is busy verifying passwords; try again")]
+    Busy,
+    /// Store failure.
+    #[error("temporary failure: {0}")]
+    Store(#[from] StoreError),
+}
+
 /// A per-protocol secret derived from an account's password whenever it is set (e.g. IMMP's
 /// PBKDF2 hash `h`), stored with [`Store::set_secret`] under [`SecretDeriver::kind`].
 pub trait SecretDeriver: Send + Sync {
@@ -177,6 +204,12 @@ pub struct Core {
     pub limiter: RateLimiter<IpAddr>,
     /// Woken when a submission queued mail for relaying (the relay workers wait on it).
     pub relay_wake: tokio::sync::Notify,
+    /// Memory for message bodies in flight, across every front-end.
+    pub budget: MemoryBudget,
+    /// Failed-login counts per peer and per account.
+    pub logins: LoginGuard,
+    /// Password verifications (argon2) running at once: one per core.
+    verifiers: Semaphore,
     derivers: Vec<Arc<dyn SecretDeriver>>,
 }
 
@@ -189,8 +222,23 @@ impl Core {
             metrics,
             limiter: RateLimiter::new(0.0, 1),
             relay_wake: tokio::sync::Notify::new(),
+            budget: MemoryBudget::new(DEFAULT_BODY_BUDGET, Duration::from_secs(2)),
+            logins: LoginGuard::new(LoginLimits::default()),
+            verifiers: Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             derivers: Vec::new(),
         }
+    }
+
+    /// Replace the in-flight body budget.
+    pub fn with_budget(mut self, budget: MemoryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Replace the failed-login limits.
+    pub fn with_login_limits(mut self, limits: LoginLimits) -> Self {
+        self.logins = LoginGuard::new(limits);
+        self
     }
 
     /// Also derive and store this secret whenever a password is set.
@@ -302,22 +350,78 @@ impl Core {
         Ok(receipt)
     }
 
-    /// Check a local account's password (argon2 runs off the async threads).
-    /// `None` for unknown accounts and wrong passwords alike.
-    pub async fn authenticate(
+    /// Check a local account's password: refused at once while the peer or the account is
+    /// banned for failed logins; argon2 runs on a bounded set of blocking threads; every
+    /// failure is counted and logged (see [`Core::login_failed`]).
+    pub async fn password_login(
         &self,
+        protocol: &'static str,
+        peer: IpAddr,
         address: &Address,
         password: &str,
-    ) -> Result<Option<Account>, StoreError> {
-        let Some(account) = self.store.account(address).await? else {
-            return Ok(None);
+    ) -> Result<Account, LoginError> {
+        let name = address.account_key();
+        self.login_allowed(protocol, peer, &name)?;
+        let account = match self.store.account(address).await? {
+            Some(a) if self.policy.is_local(&a.address.domain) => a,
+            _ => {
+                self.login_failed(protocol, peer, &name);
+                return Err(LoginError::Refused);
+            }
         };
+        let slot = tokio::time::timeout(VERIFY_WAIT, self.verifiers.acquire())
+            .await
+            .map_err(|_| LoginError::Busy)?
+            .map_err(|_| LoginError::Busy)?;
         let password = password.to_owned();
         let phc = account.password_hash.clone();
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
             .await
             .unwrap_or(false);
-        Ok(ok.then_some(account))
+        drop(slot);
+        if ok {
+            self.login_succeeded(protocol, peer, &name);
+            Ok(account)
+        } else {
+            self.login_failed(protocol, peer, &name);
+            Err(LoginError::Refused)
+        }
+    }
+
+    /// `Err(Throttled)` while the peer or the account is banned for failed logins.
+    pub fn login_allowed(
+        &self,
+        protocol: &'static str,
+        peer: IpAddr,
+        account: &str,
+    ) -> Result<(), LoginError> {
+        self.logins.check(peer, account).map_err(|wait| {
+            self.metrics
+                .event(&format!("login_{protocol}"), "throttled");
+            tracing::info!(
+                target: "mailgate::auth",
+                "login throttled protocol={protocol} peer={peer} account={account} wait={}s",
+                wait.as_secs().max(1)
+            );
+            LoginError::Throttled(wait)
+        })
+    }
+
+    /// Count, log and meter a failed login. The log line is stable for fail2ban:
+    /// `login failed protocol=<p> peer=<ip> account=<address>` (never the password).
+    pub fn login_failed(&self, protocol: &'static str, peer: IpAddr, account: &str) {
+        self.logins.failed(peer, account);
+        self.metrics.event(&format!("login_{protocol}"), "failed");
+        tracing::info!(
+            target: "mailgate::auth",
+            "login failed protocol={protocol} peer={peer} account={account}"
+        );
+    }
+
+    /// A login succeeded: its peer's and account's failures are forgotten.
+    pub fn login_succeeded(&self, protocol: &'static str, peer: IpAddr, account: &str) {
+        self.logins.succeeded(peer, account);
+        self.metrics.event(&format!("login_{protocol}"), "ok");
     }
 
     /// Create a local account with a password (and its derived secrets).

@@ -190,22 +190,40 @@ async fn router_policy() {
         text.contains("mailgate_messages_accepted_total{protocol=\"test\"} 2"),
         "{text}"
     );
-    // Authentication.
+    // Authentication: failures are counted per peer, and the peer is banned after the free ones.
+    let peer: std::net::IpAddr = "192.0.2.7".parse().unwrap();
     assert!(core
-        .authenticate(&addr("alice@a.test"), "pw")
+        .password_login("test", peer, &addr("alice@a.test"), "pw")
         .await
-        .unwrap()
-        .is_some());
+        .is_ok());
+    for _ in 0..5 {
+        assert!(matches!(
+            core.password_login("test", peer, &addr("alice@a.test"), "nope")
+                .await,
+            Err(mailgate_core::LoginError::Refused)
+        ));
+    }
+    assert!(matches!(
+        core.password_login("test", peer, &addr("zed@a.test"), "pw")
+            .await,
+        Err(mailgate_core::LoginError::Refused)
+    ));
+    // Banned now: even the right password is not checked.
+    assert!(matches!(
+        core.password_login("test", peer, &addr("alice@a.test"), "pw")
+            .await,
+        Err(mailgate_core::LoginError::Throttled(_))
+    ));
+    let other: std::net::IpAddr = "192.0.2.8".parse().unwrap();
     assert!(core
-        .authenticate(&addr("alice@a.test"), "nope")
+        .password_login("test", other, &addr("alice@a.test"), "pw")
         .await
-        .unwrap()
-        .is_none());
-    assert!(core
-        .authenticate(&addr("zed@a.test"), "pw")
-        .await
-        .unwrap()
-        .is_none());
+        .is_ok());
+    let text = metrics.render();
+    assert!(
+        text.contains("mailgate_events_total{event=\"login_test\",outcome=\"failed\"} 6"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -22,12 +22,17 @@ pub fn router(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
+/// `200 ok` while the store can commit; `503` with the reason otherwise (a full disk, an I/O
+/// error), so a load balancer or the container's HEALTHCHECK stops sending mail here.
 async fn healthz(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    match core.store.stats().await {
-        Ok(_) => (StatusCode::OK, "ok\n"),
+    match core.store.health().await {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
         Err(e) => {
-            tracing::error!(error = %e, "health check: store unreadable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            tracing::error!(error = %e, "health check: the store cannot commit");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store cannot commit: {e}\n"),
+            )
         }
     }
 }
@@ -50,8 +55,10 @@ async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
 /// Handlers find the peer's address as axum's `ConnectInfo<SocketAddr>`.
 pub async fn serve_http(app: Router, conn: Accepted, header_timeout: Duration) {
     let peer = conn.peer;
+    let state = conn.state.clone();
     let service = TowerToHyperService::new(app.map_request(
         move |mut req: hyper::Request<hyper::body::Incoming>| {
+            state.touch();
             req.extensions_mut().insert(ConnectInfo(peer));
             req
         },

@@ -104,6 +104,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Open connections per peer IP address per listener; more are closed at once.
     pub max_connections_per_ip: usize,
+    /// Open connections per IPv4 /24 or IPv6 /64 per listener; more are closed at once.
+    pub max_connections_per_prefix: usize,
     /// Idle time before a connection is closed, seconds.
     pub read_timeout_secs: u64,
     /// Time allowed for a TLS handshake, seconds.
@@ -114,18 +116,36 @@ pub struct LimitsConfig {
     pub rate_burst: u32,
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, seconds.
     pub shutdown_grace_secs: u64,
+    /// Memory for message bodies in flight across every front-end, bytes.
+    pub body_budget_bytes: usize,
+    /// How long a large body waits for room in that budget before the temporary-failure
+    /// reply, milliseconds.
+    pub body_budget_wait_ms: u64,
+    /// Failed logins per peer address (IPv6: per /64) before delays start.
+    pub login_failures_per_peer: u32,
+    /// Failed logins per account before delays start.
+    pub login_failures_per_account: u32,
+    /// Longest delay a peer or account is banned for after failed logins, seconds (the first
+    /// is one second, doubling per further failure).
+    pub login_max_delay_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 1024,
-            max_connections_per_ip: 64,
+            max_connections_per_ip: 16,
+            max_connections_per_prefix: 64,
             read_timeout_secs: 300,
             handshake_timeout_secs: 10,
             rate_per_sec: 0.0,
             rate_burst: 100,
             shutdown_grace_secs: 10,
+            body_budget_bytes: mailgate_core::router::DEFAULT_BODY_BUDGET,
+            body_budget_wait_ms: 2000,
+            login_failures_per_peer: 5,
+            login_failures_per_account: 20,
+            login_max_delay_secs: 900,
         }
     }
 }
@@ -135,6 +155,26 @@ impl LimitsConfig {
     pub fn read_timeout(&self) -> Duration {
         Duration::from_secs(self.read_timeout_secs)
     }
+
+    /// The limits of a public listener.
+    pub fn conn_limits(&self) -> crate::listener::ConnLimits {
+        crate::listener::ConnLimits {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+            max_per_prefix: self.max_connections_per_prefix,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+        }
+    }
+
+    /// The failed-login limits.
+    pub fn login_limits(&self) -> mailgate_core::LoginLimits {
+        mailgate_core::LoginLimits {
+            free_per_peer: self.login_failures_per_peer,
+            free_per_account: self.login_failures_per_account,
+            max_delay: Duration::from_secs(self.login_max_delay_secs),
+            ..mailgate_core::LoginLimits::default()
+        }
+    }
 }
 
 /// `[admin]`.
@@ -143,12 +183,16 @@ impl LimitsConfig {
 pub struct AdminConfig {
     /// Listener for `/healthz` and `/metrics`.
     pub listen: SocketAddr,
+    /// Open connections on the admin listener (its own budget: a flood of the public
+    /// listeners never takes these slots).
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9025)),
+            max_connections: 32,
         }
     }
 }
@@ -249,6 +293,17 @@ impl Config {
         if self.limits.max_connections_per_ip == 0 {
             bail!("limits.max_connections_per_ip must be greater than 0");
         }
+        if self.limits.max_connections_per_prefix < self.limits.max_connections_per_ip {
+            bail!(
+                "limits.max_connections_per_prefix must be at least limits.max_connections_per_ip"
+            );
+        }
+        if self.limits.body_budget_bytes < self.max_message_size {
+            bail!("limits.body_budget_bytes must be at least max_message_size");
+        }
+        if self.admin.max_connections == 0 {
+            bail!("admin.max_connections must be greater than 0");
+        }
         if self.limits.read_timeout_secs == 0 {
             bail!("limits.read_timeout_secs must be greater than 0");
         }
@@ -315,6 +370,13 @@ impl Config {
     /// The gateway's own name: the first local domain.
     pub fn primary_domain(&self) -> &str {
         self.domains.first().map_or("localhost", String::as_str)
+    }
+
+    /// Open files the connection limits can need: every listener full, plus room for the
+    /// store, outgoing connections and DNS.
+    pub fn fd_need(&self) -> u64 {
+        let public = self.listeners().len().saturating_sub(1) as u64;
+        public * self.limits.max_connections as u64 + self.admin.max_connections as u64 + 1024
     }
 
     /// The database file.

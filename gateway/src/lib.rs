@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod conformance;
 mod dns;
+mod files;
 mod listener;
 mod relay;
 mod routing;
@@ -74,10 +75,15 @@ enum Command {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 }
@@ -85,6 +91,17 @@ fn init_logging() {
 /// Parse the command line and run `mailgate`; the whole program behind `main`.
 pub fn main_entry() -> std::process::ExitCode {
     let cli = Cli::parse();
+    files::private_umask();
+    if !matches!(cli.command, Command::Serve) {
+        // A command whose output goes into `| head` ends quietly when the reader leaves, as
+        // Unix tools do, instead of panicking in println!. (Sockets write with MSG_NOSIGNAL,
+        // so only the standard streams are concerned; `serve` keeps ignoring SIGPIPE.)
+        #[cfg(unix)]
+        // SAFETY: restoring the default action of a signal has no other effect.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,6 +3,7 @@
 
 use crate::admin;
 use crate::config::Config;
+use crate::files;
 use crate::listener::{self, ListenerContext};
 use crate::relay::Relay;
 use crate::routing::RouteChooser;
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 /// Open the store and build the core for `config`.
 pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
+    files::private_dir(&config.data_dir)?;
     let metrics = Arc::new(Metrics::new());
     let path = config.database_path();
     let store = SqliteStore::open(SqliteOptions::new(&path), metrics.clone())
@@ -41,8 +43,14 @@ pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
     let mut policy = Policy::new(&config.domains);
     policy.max_message_size = config.max_message_size;
     policy.max_recipients = config.max_recipients;
+    let budget = mailgate_core::MemoryBudget::new(
+        config.limits.body_budget_bytes,
+        Duration::from_millis(config.limits.body_budget_wait_ms),
+    );
     let core = Core::new(Arc::new(store), policy, metrics)
         .with_rate_limit(config.limits.rate_per_sec, config.limits.rate_burst)
+        .with_budget(budget)
+        .with_login_limits(config.limits.login_limits())
         .with_secret(Arc::new(mailgate_immp::auth::ImmpSecret));
     Ok(Arc::new(core))
 }
@@ -52,13 +60,13 @@ pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
 pub fn domain_key(config: &Config) -> anyhow::Result<DomainKey> {
     let path = config.data_dir.join("domain-key.asc");
     if !path.exists() {
-        std::fs::create_dir_all(&config.data_dir)?;
+        files::private_dir(&config.data_dir)?;
         let who = Address::new(
             mailgate_core::address::MAILER_DAEMON,
             config.primary_domain(),
         )?;
         let (secret, _) = mailgate_core::pgp::generate_key(&who)?;
-        tls::write_private(&path, secret.as_bytes())?;
+        files::write_private(&path, secret.as_bytes())?;
         tracing::info!(path = %path.display(), "generated the domain's OpenPGP key");
     }
     let text = std::fs::read_to_string(&path)
@@ -145,9 +153,9 @@ fn static_routes(config: &Config) -> Vec<(String, String)> {
 fn access_key(config: &Config) -> anyhow::Result<[u8; 32]> {
     let path = config.data_dir.join("xhmtp-access.key");
     if !path.exists() {
-        std::fs::create_dir_all(&config.data_dir)?;
+        files::private_dir(&config.data_dir)?;
         let key: [u8; 32] = rand::random();
-        tls::write_private(&path, &key)?;
+        files::write_private(&path, &key)?;
     }
     let raw = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     raw.try_into()
@@ -180,13 +188,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(server_tls.any);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    listener::raise_fd_limit(config.fd_need());
     let ctx = ListenerContext {
         metrics: core.metrics.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
-        max_connections: config.limits.max_connections,
-        max_per_ip: config.limits.max_connections_per_ip,
-        handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_secs),
+        limits: config.limits.conn_limits(),
+    };
+    // The admin listener has its own small budget, whatever the public ones hold.
+    let admin_ctx = ListenerContext {
+        limits: listener::ConnLimits {
+            max_connections: config.admin.max_connections,
+            max_per_ip: config.admin.max_connections,
+            max_per_prefix: config.admin.max_connections,
+            ..ctx.limits
+        },
+        ..ctx.clone()
     };
     let read_timeout = config.limits.read_timeout();
     let trust = if config.tls.trust.is_empty() {
@@ -228,7 +245,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let admin_app = admin::router(core.clone());
     let l = bind(config.admin.listen, "admin.listen").await?;
-    servers.spawn(listener::serve("admin", l, None, ctx.clone(), move |c| {
+    servers.spawn(listener::serve("admin", l, None, admin_ctx, move |c| {
         admin::serve_http(admin_app.clone(), c, read_timeout)
     }));
 
@@ -242,7 +259,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let m = mmtp.clone();
         servers.spawn(listener::serve("mmtp", l, None, ctx.clone(), move |c| {
             let m = m.clone();
-            async move { m.handle(c.stream, c.peer, c.tls, c.shutdown).await }
+            async move { m.handle(c.stream, c.peer, c.tls, c.shutdown, c.state).await }
         }));
         if let Some(addr) = config.mmtp.tls_listen {
             let l = bind(addr, "mmtp.tls_listen").await?;
@@ -253,7 +270,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ctx.clone(),
                 move |c| {
                     let m = mmtp.clone();
-                    async move { m.handle(c.stream, c.peer, c.tls, c.shutdown).await }
+                    async move { m.handle(c.stream, c.peer, c.tls, c.shutdown, c.state).await }
                 },
             ));
         }
@@ -268,13 +285,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 acceptor.clone(),
                 TlsAcceptor::from(server_tls.tls13),
                 read_timeout,
+                Duration::from_secs(config.limits.handshake_timeout_secs),
             )
             .with_federation(federation.clone()),
         );
         let l = bind(config.immp.listen, "immp.listen").await?;
         servers.spawn(listener::serve("immp", l, None, ctx.clone(), move |c| {
             let i = immp.clone();
-            async move { i.handle(c.stream, c.peer, c.shutdown).await }
+            async move { i.handle(c.stream, c.peer, c.shutdown, c.state).await }
         }));
     }
 

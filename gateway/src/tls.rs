@@ -2,6 +2,7 @@
 //! `<data_dir>/tls/` at first start.
 
 use crate::config::Config;
+use crate::files::{private_dir, write_private};
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -32,28 +33,13 @@ fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> anyhow::Re
         return Ok(());
     }
     if let Some(dir) = cert.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        private_dir(dir)?;
     }
     let generated = rcgen::generate_simple_self_signed(names)?;
-    std::fs::write(cert, generated.cert.pem())
-        .with_context(|| format!("cannot write {}", cert.display()))?;
+    // The key first: a certificate without its key is regenerated at the next start.
     write_private(key, generated.key_pair.serialize_pem().as_bytes())?;
+    write_private(cert, generated.cert.pem().as_bytes())?;
     tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
-    Ok(())
-}
-
-/// Create a file readable by its owner only and write `data` to it (never overwrites).
-pub(crate) fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
     Ok(())
 }
 

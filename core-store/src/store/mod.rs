@@ -587,6 +587,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for metrics.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Whether the store can commit now: `Err` with the reason when the last write failed
+    /// (disk full, I/O error) and a probe write fails too. Cheap while writes succeed.
+    async fn health(&self) -> Result<(), StoreError>;
     /// Write a consistent copy of the whole store to `path` while it runs.
     async fn backup(&self, path: &std::path::Path) -> Result<(), StoreError>;
     /// Finish queued writes and stop the writer; later writes fail with [`StoreError::Closed`].

@@ -89,6 +89,12 @@ impl SqliteStore {
         }
         let mut conn = open_conn(&opts.path, false, opts.fsync)?;
         migrate(&mut conn)?;
+        // The database holds password equivalents: owner only, whatever the umask was.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = opts.path.clone().into_os_string();
+            p.push(suffix);
+            make_private(std::path::Path::new(&p))?;
+        }
         // Checkpoints run on their own thread and connection, so the writer's commits never
         // wait for the WAL to be copied back into the database file.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -1349,6 +1355,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn health(&self) -> Result<(), StoreError> {
+        let health = &self.writer.health;
+        let recent = health.last_ok().is_some_and(|t| t.elapsed() < HEALTH_FRESH);
+        if recent && health.failure().is_none() {
+            return Ok(());
+        }
+        // Nothing written lately, or the last write failed: try one now.
+        self.writer
+            .write(|c| {
+                c.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
+                )?;
+                c.prepare_cached("INSERT OR REPLACE INTO health_probe (id, at) VALUES (1, ?1)")?
+                    .execute([crate::message::now_ms()])?;
+                Ok(())
+            })
+            .await
+    }
+
     async fn backup(&self, path: &Path) -> Result<(), StoreError> {
         let dest = path.to_owned();
         self.read(move |c| {
@@ -1361,6 +1386,7 @@ impl Store for SqliteStore {
             let mut out = Connection::open(&dest)?;
             let backup = rusqlite::backup::Backup::new(c, &mut out)?;
             backup.run_to_completion(256, Duration::from_millis(5), None)?;
+            make_private(&dest)?;
             Ok(())
         })
         .await
@@ -1370,4 +1396,23 @@ impl Store for SqliteStore {
         self.writer.stop().await;
         Ok(())
     }
+}
+
+/// A successful write this recent makes a health check answer without a probe write.
+const HEALTH_FRESH: Duration = Duration::from_secs(10);
+
+/// Make an existing file readable by its owner only (0600); a missing file is fine.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Io(e)),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }

@@ -29,9 +29,63 @@ enum Cmd {
     Stop(oneshot::Sender<()>),
 }
 
+/// Whether the last write reached the disk: a failed commit or a job that failed for lack of
+/// room or an I/O error marks the store unhealthy until a later write succeeds.
+#[derive(Default)]
+pub(crate) struct WriteHealth {
+    failure: std::sync::Mutex<Option<String>>,
+    last_ok: std::sync::Mutex<Option<Instant>>,
+}
+
+impl WriteHealth {
+    fn record(&self, result: Result<(), String>, metrics: &Metrics) {
+        match result {
+            Ok(()) => {
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = None;
+                }
+                if let Ok(mut t) = self.last_ok.lock() {
+                    *t = Some(Instant::now());
+                }
+            }
+            Err(reason) => {
+                metrics.store_write_failed();
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = Some(reason);
+                }
+            }
+        }
+    }
+
+    /// The reason of the last failed write, unless a write succeeded since.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// When a write last succeeded.
+    pub(crate) fn last_ok(&self) -> Option<Instant> {
+        self.last_ok.lock().ok().and_then(|t| *t)
+    }
+}
+
+/// Is this the kind of error a full or failing disk gives (not a constraint or a bad value)?
+fn is_storage_failure(e: &StoreError) -> bool {
+    use rusqlite::ErrorCode::*;
+    match e {
+        StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseCorrupt | NotADatabase
+        ),
+        StoreError::CommitFailed(_) | StoreError::Io(_) => true,
+        _ => false,
+    }
+}
+
 /// Handle to the writer thread.
 pub(crate) struct Writer {
     cmds: mpsc::Sender<Cmd>,
+    pub(crate) health: Arc<WriteHealth>,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -44,16 +98,21 @@ impl Writer {
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Cmd>(MAX_BATCH * 4);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("mailgate-store-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, stop_rx))?;
         std::thread::Builder::new()
             .name("mailgate-store-writer".into())
             .spawn(move || {
-                run(conn, rx, &metrics);
+                run(conn, rx, &thread_metrics);
                 drop(stop_tx);
             })?;
-        Ok(Writer { cmds: tx })
+        Ok(Writer {
+            cmds: tx,
+            health: Arc::new(WriteHealth::default()),
+            metrics,
+        })
     }
 
     /// Run `f` in the next group transaction and answer once that transaction is durable.
@@ -63,6 +122,7 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let (health, metrics) = (self.health.clone(), self.metrics.clone());
         let job: Job = Box::new(move |conn| {
             let result = in_savepoint(conn, f);
             Box::new(move |commit: Result<(), &StoreError>| {
@@ -70,6 +130,11 @@ impl Writer {
                     Ok(()) => result,
                     Err(e) => Err(StoreError::CommitFailed(e.to_string())),
                 };
+                match &answer {
+                    Ok(_) => health.record(Ok(()), &metrics),
+                    Err(e) if is_storage_failure(e) => health.record(Err(e.to_string()), &metrics),
+                    Err(_) => {}
+                }
                 let _ = tx.send(answer);
             })
         });

@@ -329,14 +329,10 @@ pub fn mbox_ref(text: &str) -> Result<MboxRef, ParseError> {
         Some((p, f)) => (p, Some(f.to_ascii_lowercase())),
         None => (rest, None),
     };
-    let path = path.trim_matches('/');
-    if path.is_empty()
-        || !path.split('/').all(|s| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        })
-    {
+    // One leading '/' is the mailbox root; every segment after it is a name (no empty,
+    // `.` or `..` segments).
+    let path = path.strip_prefix('/').unwrap_or(path);
+    if !mailgate_core::address::valid_folder(path) {
         return Err(ParseError::Usage(format!("invalid mailbox path {text:?}")));
     }
     if let Some(f) = &filter {

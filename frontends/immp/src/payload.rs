@@ -1,7 +1,8 @@
 //! Reading from the IMMP stream: bounded command lines and DATA payloads.
 
 use base64::Engine;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use mailgate_core::budget::{MemoryBudget, Reservation};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 /// Longest command line (the profile's 8 KiB).
 pub const MAX_LINE: usize = 8 * 1024;
@@ -95,22 +96,42 @@ pub(crate) enum PayloadError {
     Io,
     TooLarge,
     Unbounded,
-    LengthMismatch,
+    /// The body budget had no room: the payload was read and dropped (answer `750`).
+    Busy,
 }
 
-/// Read a DATA payload: exactly `length` octets followed by a line end, or (without LENGTH)
-/// lines up to two consecutive blank lines. Oversized payloads are read and discarded to stay in
-/// sync, up to twice the limit; beyond that the connection is closed.
-pub(crate) async fn read_payload<R: AsyncBufReadExt + Unpin>(
-    io: &mut R,
+/// A payload and the budget reservation that covers its bytes.
+pub(crate) struct Payload {
+    pub data: Vec<u8>,
+    pub budget: Reservation,
+}
+
+/// Read a DATA payload: exactly `length` octets when LENGTH is given (a line end right after
+/// them is optional: it is consumed when it is already there, and a later one is an empty
+/// line the session skips), otherwise lines up to two consecutive blank lines (one blank line
+/// inside the payload is kept). Memory is reserved in `budget` before bytes are kept; a
+/// payload over `max`, or one the budget has no room for, is read and dropped to stay in sync,
+/// up to twice `max`; beyond that the connection is closed.
+pub(crate) async fn read_payload<R: AsyncRead + Unpin>(
+    io: &mut BufReader<R>,
     length: Option<u64>,
     max: usize,
-) -> Result<Vec<u8>, PayloadError> {
+    budget: &MemoryBudget,
+) -> Result<Payload, PayloadError> {
     let hard = (max as u64).saturating_mul(2);
+    let mut reservation = budget.start();
     match length {
         Some(n) if n > hard => Err(PayloadError::Unbounded),
+        Some(n) if n > max as u64 => {
+            discard(io, n).await?;
+            Err(PayloadError::TooLarge)
+        }
         Some(n) => {
-            let mut data = Vec::with_capacity(n.min(max as u64) as usize);
+            if reservation.grow_to(n as usize).await.is_err() {
+                discard(io, n).await?;
+                return Err(PayloadError::Busy);
+            }
+            let mut data = Vec::with_capacity(n as usize);
             (&mut *io)
                 .take(n)
                 .read_to_end(&mut data)
@@ -119,28 +140,25 @@ pub(crate) async fn read_payload<R: AsyncBufReadExt + Unpin>(
             if (data.len() as u64) < n {
                 return Err(PayloadError::Io);
             }
-            // The payload must end where LENGTH says: next comes a line end.
-            let next = io.fill_buf().await.map_err(|_| PayloadError::Io)?;
-            match next.first() {
-                Some(b'\n') => io.consume(1),
-                Some(b'\r') if next.get(1) == Some(&b'\n') => io.consume(2),
-                None => {}
-                Some(_) => {
-                    // Discard the rest of that line so the session stays in sync.
-                    let _ = read_line(io).await;
-                    return Err(PayloadError::LengthMismatch);
-                }
+            match io.buffer() {
+                [b'\n', ..] => io.consume(1),
+                [b'\r', b'\n', ..] => io.consume(2),
+                _ => {}
             }
-            if data.len() > max {
-                return Err(PayloadError::TooLarge);
-            }
-            Ok(data)
+            Ok(Payload {
+                data,
+                budget: reservation,
+            })
         }
         None => {
-            let mut lines: Vec<Vec<u8>> = Vec::new();
-            let mut total = 0usize;
+            let mut data: Vec<u8> = Vec::new();
+            let mut total = 0u64;
+            let mut kept = true;
+            let mut last_blank = false;
+            let mut verdict = None;
+            let mut line = Vec::new();
             loop {
-                let mut line = Vec::new();
+                line.clear();
                 let n = (&mut *io)
                     .take(MAX_LINE as u64 * 128)
                     .read_until(b'\n', &mut line)
@@ -149,24 +167,66 @@ pub(crate) async fn read_payload<R: AsyncBufReadExt + Unpin>(
                 if n == 0 {
                     return Err(PayloadError::Io);
                 }
-                total += n;
-                if total as u64 > hard {
+                total += n as u64;
+                if total > hard {
                     return Err(PayloadError::Unbounded);
                 }
                 while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                     line.pop();
                 }
-                if line.is_empty() && lines.last().is_some_and(Vec::is_empty) {
-                    lines.pop();
+                let blank = line.is_empty();
+                if blank && last_blank {
                     break;
                 }
-                lines.push(line);
+                if kept {
+                    // A blank line is held back until the next line shows it is inside.
+                    let pending = usize::from(last_blank) + usize::from(!data.is_empty());
+                    let len = data.len() + pending + line.len();
+                    if len > max {
+                        kept = false;
+                        verdict = Some(PayloadError::TooLarge);
+                    } else if reservation.grow_to(len).await.is_err() {
+                        kept = false;
+                        verdict = Some(PayloadError::Busy);
+                    } else if !blank {
+                        if !data.is_empty() {
+                            data.push(b'\n');
+                        }
+                        if last_blank {
+                            data.push(b'\n');
+                        }
+                        data.extend_from_slice(&line);
+                    }
+                    if !kept {
+                        data = Vec::new();
+                    }
+                }
+                last_blank = blank;
             }
-            let data = lines.join(&b'\n');
-            if data.len() > max {
-                return Err(PayloadError::TooLarge);
+            match verdict {
+                Some(e) => Err(e),
+                None => Ok(Payload {
+                    data,
+                    budget: reservation,
+                }),
             }
-            Ok(data)
         }
     }
+}
+
+/// Read and drop `n` octets.
+async fn discard<R: AsyncRead + Unpin>(
+    io: &mut BufReader<R>,
+    mut n: u64,
+) -> Result<(), PayloadError> {
+    while n > 0 {
+        let chunk = io.fill_buf().await.map_err(|_| PayloadError::Io)?;
+        if chunk.is_empty() {
+            return Err(PayloadError::Io);
+        }
+        let used = chunk.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+        io.consume(used);
+        n -= used as u64;
+    }
+    Ok(())
 }

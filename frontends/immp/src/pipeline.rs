@@ -6,19 +6,21 @@ use crate::auth;
 use crate::codec::{CommandKind, Reply};
 use crate::envelope::{Envelope, ENVELOPE_PART, ENVELOPE_TYPE};
 use crate::mailbox::{self, temporary};
-use crate::payload::{decode, PartSpec, PayloadError};
+use crate::payload::{decode, PartSpec, Payload, PayloadError};
 use crate::session::{ImmpServer, COMPRESSION_SETTING, NONCE_LIFETIME, PROTOCOL};
 use bytes::Bytes;
+use mailgate_core::login::FAILURES_PER_CONNECTION;
 use mailgate_core::message::now_ms;
 use mailgate_core::store::{Account, AccountId};
 use mailgate_core::{
     Address, ImidRef, Importance, Message, Origin, Part, SubmitError, Submitter, TraceHop,
 };
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// Where the session is.
 #[derive(Clone)]
@@ -57,6 +59,8 @@ pub(crate) struct Delivery {
     size: usize,
     /// The relay envelope of a Remotely Authenticated sender, with its checked sender.
     envelope: Option<Box<(Envelope, Address)>>,
+    /// Budget reservations covering the parts held so far.
+    budget: Vec<mailgate_core::Reservation>,
 }
 
 pub(crate) struct PendingAuth {
@@ -78,6 +82,10 @@ pub(crate) struct Shared {
     pub pushes: Mutex<Option<broadcast::Receiver<Arc<str>>>>,
     /// Wakes the reader when `pushes` is filled.
     pub authed: Notify,
+    /// Failed logins on this connection.
+    failed_logins: AtomicU32,
+    /// Fired to close the connection (too many failed logins).
+    pub close: CancellationToken,
 }
 
 impl Shared {
@@ -91,6 +99,8 @@ impl Shared {
             gzip: AtomicBool::new(false),
             pushes: Mutex::new(None),
             authed: Notify::new(),
+            failed_logins: AtomicU32::new(0),
+            close: CancellationToken::new(),
         }
     }
 
@@ -100,6 +110,11 @@ impl Shared {
             .lock()
             .map(|p| p.clone())
             .unwrap_or(Phase::Unauthenticated)
+    }
+
+    /// Whether the session logged in (as a local account or a remote server).
+    pub fn is_authenticated(&self) -> bool {
+        !matches!(self.phase(), Phase::Unauthenticated)
     }
 
     /// The authenticated account, if any.
@@ -143,7 +158,7 @@ pub(crate) enum Work {
     /// A DATA command was read; its payload follows (announce `271`, in pipeline order).
     DataStart(String),
     /// A DATA command with the payload the reader took from the stream.
-    Data(PartSpec, Result<Vec<u8>, PayloadError>),
+    Data(PartSpec, Result<Payload, PayloadError>),
 }
 
 /// One pipeline's worker.
@@ -283,21 +298,35 @@ impl Pipeline {
     }
 
     /// A DATA block: the payload was read (271 already said); now the verdict.
-    async fn data(&mut self, spec: PartSpec, payload: Result<Vec<u8>, PayloadError>) {
+    async fn data(&mut self, spec: PartSpec, payload: Result<Payload, PayloadError>) {
         let label = spec.name.clone().unwrap_or_else(|| "part".into());
         let max = self.shared.server.core.policy.max_message_size;
-        let payload = match payload {
+        let Payload {
+            data: payload,
+            budget,
+        } = match payload {
             Ok(p) => p,
+            Err(PayloadError::TooLarge) if !self.shared.is_authenticated() => {
+                return self
+                    .say(Reply::new(
+                        443,
+                        format!(
+                            "Part larger than {} bytes before authentication.",
+                            crate::session::PRE_AUTH_PAYLOAD
+                        ),
+                    ))
+                    .await
+            }
             Err(PayloadError::TooLarge) => {
                 return self
                     .say(Reply::new(443, format!("Part larger than {max} bytes.")))
                     .await
             }
-            Err(PayloadError::LengthMismatch) => {
+            Err(PayloadError::Busy) => {
                 return self
                     .say(Reply::new(
-                        445,
-                        "Length mismatch: the payload does not end where LENGTH says.",
+                        750,
+                        "Server busy: no memory for this part now; try again later.",
                     ))
                     .await
             }
@@ -339,6 +368,7 @@ impl Pipeline {
                         .await;
                 }
                 txn.size += data.len();
+                txn.budget.push(budget);
                 let remote = match self.shared.phase() {
                     Phase::Remote(domain) => Some(domain),
                     _ => None,
@@ -374,15 +404,9 @@ impl Pipeline {
     }
 
     async fn auth_secret(&mut self, account: &str) {
-        if !self
-            .shared
-            .server
-            .core
-            .limiter
-            .check(&self.shared.peer.ip())
-        {
-            self.say(Reply::new(429, "Too many attempts; slow down."))
-                .await;
+        let core = &self.shared.server.core;
+        if let Err(e) = core.login_allowed(PROTOCOL, self.shared.peer.ip(), account) {
+            self.say(Reply::new(429, format!("{e}."))).await;
             return;
         }
         let address = match Address::parse_imid(account) {
@@ -437,8 +461,11 @@ impl Pipeline {
             },
             None => false,
         };
+        let (core, ip) = (&self.shared.server.core, self.shared.peer.ip());
+        let name = pending.account.account_key();
         match (ok, account) {
             (true, Some(a)) => {
+                core.login_succeeded(PROTOCOL, ip, &name);
                 tracing::info!(account = %a.address, "immp authenticated");
                 // The state changes before the reply: the client's next command sees it.
                 let gzip = matches!(
@@ -450,7 +477,14 @@ impl Pipeline {
                 self.shared.authenticated(a);
                 self.say(reply).await;
             }
-            _ => self.say(Reply::new(410, "Authentication failed.")).await,
+            _ => {
+                core.login_failed(PROTOCOL, ip, &name);
+                self.say(Reply::new(410, "Authentication failed.")).await;
+                let failures = self.shared.failed_logins.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= FAILURES_PER_CONNECTION {
+                    self.shared.close.cancel();
+                }
+            }
         }
     }
 
@@ -529,6 +563,7 @@ impl Pipeline {
             parts: Vec::new(),
             size: 0,
             envelope: None,
+            budget: Vec::new(),
         }));
         self.say(Reply::new(270, "Ok, ready to deliver. Give me your DATA."))
             .await;

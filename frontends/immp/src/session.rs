@@ -8,7 +8,7 @@ use crate::codec::{self, Command, CommandKind, ParseError, Reply, TlsLevel};
 use crate::federation::Federation;
 use crate::payload::{read_line, read_payload, Line, PartSpec, PayloadError};
 use crate::pipeline::{Pipeline, Shared, Work};
-use mailgate_core::io::Io;
+use mailgate_core::io::{ConnState, Io};
 use mailgate_core::store::AccountId;
 use mailgate_core::Core;
 use std::collections::HashMap;
@@ -30,6 +30,8 @@ pub const PROTOCOL: &str = "immp";
 pub const COMPRESSION_SETTING: &str = "immp.compression";
 /// Most pipelines one connection may open.
 pub const MAX_PIPELINES: usize = 64;
+/// Largest DATA payload taken before authentication (a PUSH carries one small block).
+pub const PRE_AUTH_PAYLOAD: usize = 64 * 1024;
 /// How long in-flight pipeline commands may take once the connection is closing.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -51,6 +53,7 @@ pub struct ImmpServer {
     tls: TlsAcceptor,
     tls13: TlsAcceptor,
     read_timeout: Duration,
+    handshake_timeout: Duration,
     /// Open authenticated sessions per account, for unsolicited `150 PUSH` lines.
     live: Mutex<HashMap<AccountId, broadcast::Sender<Arc<str>>>>,
 }
@@ -65,6 +68,7 @@ impl ImmpServer {
         tls: TlsAcceptor,
         tls13: TlsAcceptor,
         read_timeout: Duration,
+        handshake_timeout: Duration,
     ) -> Self {
         ImmpServer {
             core,
@@ -74,6 +78,7 @@ impl ImmpServer {
             tls,
             tls13,
             read_timeout,
+            handshake_timeout,
             live: Mutex::new(HashMap::new()),
         }
     }
@@ -98,6 +103,7 @@ impl ImmpServer {
         stream: S,
         peer: SocketAddr,
         shutdown: CancellationToken,
+        state: Arc<ConnState>,
     ) where
         S: Io + 'static,
     {
@@ -132,6 +138,7 @@ impl ImmpServer {
                 Ok(Ok(Line::Text(t))) if t.trim().is_empty() => continue,
                 Ok(Ok(Line::Text(t))) => t,
             };
+            state.touch();
             let (replies, next) = plaintext_line(&text);
             if io.get_mut().write_all(replies.as_bytes()).await.is_err() {
                 return;
@@ -140,6 +147,30 @@ impl ImmpServer {
                 Plain::Continue => {}
                 Plain::Close => return,
                 Plain::Upgrade(level) => break level,
+                Plain::Data(length) => {
+                    // The payload follows its command line: read (and drop) it, so it is not
+                    // taken for commands.
+                    let read = read_payload(&mut io, length, PRE_AUTH_PAYLOAD, &self.core.budget);
+                    let reply = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        r = tokio::time::timeout(self.read_timeout, read) => match r {
+                            Err(_) => return,
+                            Ok(Err(PayloadError::Io | PayloadError::Unbounded)) => {
+                                let _ = io.get_mut().write_all(b"702 Payload far larger than allowed; closing.\n").await;
+                                return;
+                            }
+                            Ok(_) => Reply::new(403, "Upgrade the connection first."),
+                        },
+                    };
+                    if io
+                        .get_mut()
+                        .write_all(reply.render(None).as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
             }
         };
         if !io.buffer().is_empty() {
@@ -154,14 +185,23 @@ impl ImmpServer {
             TlsLevel::Tls3 => &self.tls13,
             TlsLevel::Tls | TlsLevel::Tls2 => &self.tls,
         };
-        let tls = match acceptor.accept(io.into_inner()).await {
-            Ok(tls) => tls,
-            Err(e) => {
-                tracing::debug!(error = %e, "immp tls handshake failed");
-                return;
-            }
+        let handshake =
+            tokio::time::timeout(self.handshake_timeout, acceptor.accept(io.into_inner()));
+        let tls = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = handshake => match r {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "immp tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("immp tls handshake timed out");
+                    return;
+                }
+            },
         };
-        self.encrypted(tls, peer, shutdown).await;
+        self.encrypted(tls, peer, shutdown, state).await;
     }
 
     /// The session after the upgrade: one reader, one writer, a worker per pipeline.
@@ -170,6 +210,7 @@ impl ImmpServer {
         stream: S,
         peer: SocketAddr,
         shutdown: CancellationToken,
+        state: Arc<ConnState>,
     ) {
         let (rd, mut wr) = tokio::io::split(stream);
         let mut rd = BufReader::new(rd);
@@ -202,6 +243,10 @@ impl ImmpServer {
                     closing_reply = Some(Reply::new(702, "Server shutting down.").render(None));
                     break;
                 }
+                _ = shared.close.cancelled() => {
+                    closing_reply = Some(Reply::new(702, "Too many failed logins; closing.").render(None));
+                    break;
+                }
                 _ = shared.authed.notified() => {
                     pushes = shared.pushes.lock().ok().and_then(|mut p| p.take());
                     continue;
@@ -232,6 +277,10 @@ impl ImmpServer {
                 Ok(Ok(Line::Text(t))) if t.trim().is_empty() => continue,
                 Ok(Ok(Line::Text(t))) => t,
             };
+            state.touch();
+            if shared.is_authenticated() {
+                state.set_authenticated();
+            }
             let commands = match codec::parse_line(&text) {
                 Ok(c) => c,
                 Err(e) => {
@@ -267,7 +316,28 @@ impl ImmpServer {
                         if sender.send(Work::DataStart(label)).await.is_err() {
                             break 'session;
                         }
-                        let payload = read_payload(&mut rd, length, max).await;
+                        // Before authentication only small blocks (a PUSH) are taken.
+                        let cap = if shared.is_authenticated() {
+                            max
+                        } else {
+                            PRE_AUTH_PAYLOAD
+                        };
+                        let payload = tokio::select! {
+                            _ = shutdown.cancelled() => {
+                                closing_reply = Some(Reply::new(702, "Server shutting down.").render(None));
+                                break 'session;
+                            }
+                            r = tokio::time::timeout(
+                                self.read_timeout,
+                                read_payload(&mut rd, length, cap, &self.core.budget),
+                            ) => match r {
+                                Ok(p) => p,
+                                Err(_) => {
+                                    closing_reply = Some(Reply::new(701, "Timeout, closing.").render(None));
+                                    break 'session;
+                                }
+                            },
+                        };
                         match payload {
                             Err(PayloadError::Io) => break 'session,
                             Err(PayloadError::Unbounded) => {
@@ -403,6 +473,8 @@ enum Plain {
     Continue,
     Close,
     Upgrade(TlsLevel),
+    /// A DATA command: its payload (of this LENGTH, or up to two blank lines) follows.
+    Data(Option<u64>),
 }
 
 /// Answer one line before the upgrade (only UPGRADE, NOOP and QUIT are allowed there).
@@ -428,6 +500,8 @@ fn plaintext_line(text: &str) -> (String, Plain) {
                 out.push_str(&Reply::new(204, "Upgrading to TLS.").render(p));
                 return (out, Plain::Upgrade(level));
             }
+            // Commands after a DATA on its line would sit before its payload: not read.
+            CommandKind::Data { length, .. } => return (out, Plain::Data(length)),
             _ => out.push_str(&Reply::new(403, "Upgrade the connection first.").render(p)),
         }
     }

@@ -3,8 +3,12 @@
 //! cut out of the stream with its exact bytes kept (the content hash is checked over the bytes as
 //! they arrived). Replies are one JSON object followed by `\n`, written in one piece.
 
+use mailgate_core::budget::{BudgetError, MemoryBudget, Reservation, FREE_ALLOWANCE};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Room made in the buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Why no frame could be read.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +25,27 @@ pub enum CodecError {
     /// The input is not JSON; the buffered input was discarded.
     #[error("malformed JSON: {0}")]
     Malformed(String),
+    /// The memory budget for bodies in flight has no room for this request; the connection
+    /// must close (the rest of the value is still on its way).
+    #[error("{0}")]
+    Busy(BudgetError),
     /// Socket error.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// One complete JSON value, with the budget reservation that covers its bytes (kept while the
+/// request is processed).
+pub struct Frame {
+    raw: Box<RawValue>,
+    _budget: Option<Reservation>,
+}
+
+impl Frame {
+    /// The value's text, exactly as it arrived.
+    pub fn get(&self) -> &str {
+        self.raw.get()
+    }
 }
 
 /// Reads concatenated JSON values from a byte stream.
@@ -32,6 +54,8 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     max_frame: usize,
     scan: Scan,
+    budget: Option<MemoryBudget>,
+    reservation: Option<Reservation>,
 }
 
 /// Where the search for the end of the buffered value stands, so each read scans only the new
@@ -85,24 +109,35 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max_frame: usize) -> Self {
         FrameReader {
             inner,
-            buf: Vec::with_capacity(8192),
+            buf: Vec::new(),
             max_frame,
             scan: Scan::default(),
+            budget: None,
+            reservation: None,
         }
     }
 
+    /// Reserve buffer growth beyond the free allowance in `budget` before allocating it.
+    pub fn with_budget(mut self, budget: MemoryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// The next complete JSON value, exactly as it arrived.
-    pub async fn next_frame(&mut self) -> Result<Box<RawValue>, CodecError> {
+    pub async fn next_frame(&mut self) -> Result<Frame, CodecError> {
         loop {
-            if let Some(frame) = self.take_buffered()? {
-                return Ok(frame);
+            if let Some(raw) = self.take_buffered()? {
+                return Ok(Frame {
+                    raw,
+                    _budget: self.reservation.take(),
+                });
             }
             if self.buf.len() > self.max_frame {
                 self.reset(self.buf.len());
                 return Err(CodecError::TooLarge(self.max_frame));
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = self.inner.read(&mut chunk).await?;
+            self.make_room().await?;
+            let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
                 let pending = self.buf.iter().any(|b| !b.is_ascii_whitespace());
                 self.reset(self.buf.len());
@@ -112,8 +147,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     CodecError::Closed
                 });
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// Grow the buffer for the next read, reserving the growth in the budget first.
+    async fn make_room(&mut self) -> Result<(), CodecError> {
+        let need = self.buf.len() + READ_CHUNK;
+        if need <= self.buf.capacity() {
+            return Ok(());
+        }
+        let cap = need
+            .max(self.buf.capacity().saturating_mul(2))
+            .min(self.max_frame.saturating_add(READ_CHUNK))
+            .max(need);
+        if let (Some(budget), true) = (&self.budget, cap > FREE_ALLOWANCE) {
+            let r = self.reservation.get_or_insert_with(|| budget.start());
+            if let Err(e) = r.grow_to(cap).await {
+                self.reset(self.buf.len());
+                self.reservation = None;
+                return Err(CodecError::Busy(e));
+            }
+        }
+        self.buf.reserve_exact(cap - self.buf.len());
+        Ok(())
     }
 
     /// Cut one complete value off the front of the buffer, if there is one.
@@ -170,10 +226,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Drop the first `n` buffered bytes and start a new scan.
+    /// Drop the first `n` buffered bytes and start a new scan; a buffer grown for a large
+    /// value is given back.
     fn reset(&mut self, n: usize) {
         self.buf.drain(..n);
         self.scan = Scan::default();
+        if self.buf.capacity() > FREE_ALLOWANCE {
+            self.buf.shrink_to(self.buf.len().max(READ_CHUNK));
+        }
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
     }
 }
 

@@ -4,11 +4,13 @@ use crate::codec::{CodecError, FrameReader};
 use crate::config::MmtpConfig;
 use crate::packet::{self, PacketError, CATEGORY, PRIORITY, STATUS};
 use mailgate_core::hashcash::HashcashPolicy;
+use mailgate_core::io::ConnState;
+use mailgate_core::login::FAILURES_PER_CONNECTION;
 use mailgate_core::message::now_ms;
 use mailgate_core::pgp;
 use mailgate_core::ratelimit::RateLimiter;
 use mailgate_core::store::{Account, EntryQuery, MessageSummary, PublicKeyRecord};
-use mailgate_core::{Address, Core, Origin, SubmitError, Submitter};
+use mailgate_core::{Address, Core, LoginError, Origin, SubmitError, Submitter};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -62,6 +64,8 @@ struct Session<'a> {
     peer: SocketAddr,
     tls: bool,
     account: Option<Account>,
+    /// Wrong passwords on this connection; it is closed after [`FAILURES_PER_CONNECTION`].
+    failed_logins: u32,
 }
 
 impl MmtpServer {
@@ -102,12 +106,13 @@ impl MmtpServer {
         peer: SocketAddr,
         tls: bool,
         shutdown: CancellationToken,
+        state: Arc<ConnState>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let (rd, mut wr) = tokio::io::split(stream);
         let max_frame = self.core.policy.max_message_size + ENVELOPE_OVERHEAD;
-        let mut frames = FrameReader::new(rd, max_frame);
+        let mut frames = FrameReader::new(rd, max_frame).with_budget(self.core.budget.clone());
         let mut welcome = self.welcome(tls).to_string();
         welcome.push('\n');
         if wr.write_all(welcome.as_bytes()).await.is_err() {
@@ -118,6 +123,7 @@ impl MmtpServer {
             peer,
             tls,
             account: None,
+            failed_logins: 0,
         };
         loop {
             let next = tokio::select! {
@@ -131,13 +137,22 @@ impl MmtpServer {
                     tracing::debug!("mmtp read timeout");
                     break;
                 }
-                Ok(Ok(frame)) => (session.dispatch(frame.get()).await, false),
+                Ok(Ok(frame)) => {
+                    state.touch();
+                    let outcome = session.dispatch(frame.get()).await;
+                    if session.account.is_some() {
+                        state.set_authenticated();
+                    }
+                    (outcome, session.failed_logins >= FAILURES_PER_CONNECTION)
+                }
                 Ok(Err(CodecError::Closed)) => break,
                 Ok(Err(e @ (CodecError::Truncated | CodecError::Io(_)))) => {
                     tracing::debug!(error = %e, "mmtp connection ended");
                     break;
                 }
-                Ok(Err(e @ CodecError::TooLarge(_))) => (error(e).into(), true),
+                Ok(Err(e @ (CodecError::TooLarge(_) | CodecError::Busy(_)))) => {
+                    (error(e).into(), true)
+                }
                 Ok(Err(e @ CodecError::Malformed(_))) => (error(e).into(), false),
             };
             let mut reply = outcome.reply;
@@ -537,21 +552,25 @@ impl Session<'_> {
         let Some(Value::String(password)) = data.get("password") else {
             return error("data.password is missing");
         };
-        if !self.server.core.limiter.check(&self.peer.ip()) {
-            return error("too many attempts; slow down");
-        }
-        match self.server.core.authenticate(&email, password).await {
-            Ok(Some(account)) => {
+        match self
+            .server
+            .core
+            .password_login(PROTOCOL, self.peer.ip(), &email, password)
+            .await
+        {
+            Ok(account) => {
                 let name = account.address.to_mmtp().unwrap_or_default();
                 tracing::info!(account = %name, "mmtp authenticated");
                 self.account = Some(account);
                 ok(json!({ "status": "OK", "message": format!("Authenticated as {name}") }))
             }
-            Ok(None) => {
+            Err(e) => {
                 self.account = None;
-                error("authentication failed")
+                if matches!(e, LoginError::Refused) {
+                    self.failed_logins += 1;
+                }
+                error(e)
             }
-            Err(e) => error(format!("temporary failure: {e}")),
         }
     }
 }

@@ -3,13 +3,15 @@
 //! so changing the password ends it).
 
 use crate::error::ApiError;
+use crate::service::PROTOCOL;
 use axum::http::{header, HeaderMap};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use mailgate_core::store::Account;
-use mailgate_core::{Address, Core};
+use mailgate_core::{Address, Core, LoginError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -70,13 +72,27 @@ fn cache_key(account: &Account, password: &str) -> [u8; 32] {
 
 impl LoginCache {
     /// Check `basic` as a local account's login.
-    pub async fn login(&self, core: &Core, basic: &Basic) -> Result<Account, ApiError> {
-        let refused = || ApiError::unauthorized("wrong user name or password");
-        let address = Address::parse_any(&basic.user).map_err(|_| refused())?;
-        if !core.policy.is_local(&address.domain) {
+    /// A wrong password answers `401` with `Connection: close`; a banned peer or account `429`.
+    pub async fn login(
+        &self,
+        core: &Core,
+        peer: IpAddr,
+        basic: &Basic,
+    ) -> Result<Account, ApiError> {
+        let refused = || ApiError::unauthorized("wrong user name or password").closing();
+        let Ok(address) = Address::parse_any(&basic.user) else {
+            core.login_failed(PROTOCOL, peer, &basic.user);
             return Err(refused());
-        }
-        let account = core.store.account(&address).await?.ok_or_else(refused)?;
+        };
+        let account = match core.store.account(&address).await? {
+            Some(a) if core.policy.is_local(&address.domain) => a,
+            _ => {
+                core.login_allowed(PROTOCOL, peer, &address.account_key())
+                    .map_err(login_error)?;
+                core.login_failed(PROTOCOL, peer, &address.account_key());
+                return Err(refused());
+            }
+        };
         let key = cache_key(&account, &basic.password);
         let now = Instant::now();
         if let Ok(map) = self.0.lock() {
@@ -85,9 +101,9 @@ impl LoginCache {
             }
         }
         let account = core
-            .authenticate(&address, &basic.password)
-            .await?
-            .ok_or_else(refused)?;
+            .password_login(PROTOCOL, peer, &address, &basic.password)
+            .await
+            .map_err(login_error)?;
         if let Ok(mut map) = self.0.lock() {
             if map.len() >= MAX_ENTRIES {
                 map.retain(|_, t| now.duration_since(*t) < TTL);
@@ -98,6 +114,16 @@ impl LoginCache {
             map.insert(key, now);
         }
         Ok(account)
+    }
+}
+
+/// A refused login as an HTTP answer.
+fn login_error(e: LoginError) -> ApiError {
+    match e {
+        LoginError::Refused => ApiError::unauthorized("wrong user name or password").closing(),
+        LoginError::Throttled(wait) => ApiError::rate_limited_for(wait, &e.to_string()),
+        LoginError::Busy => ApiError::busy(&e.to_string()),
+        LoginError::Store(s) => ApiError::unavailable(s),
     }
 }
 

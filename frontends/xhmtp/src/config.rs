@@ -32,6 +32,8 @@ pub struct XhmtpConfig {
     pub max_body_bytes: usize,
     /// Largest notification body, bytes.
     pub max_notification_bytes: usize,
+    /// Time allowed to receive a whole request body, seconds (after it the answer is `408`).
+    pub body_timeout_secs: u64,
     /// Notifications accepted per second per peer address (0: unlimited).
     pub notify_rate_per_sec: f64,
     /// Burst allowance of that limit.
@@ -76,6 +78,7 @@ impl Default for XhmtpConfig {
             withhold_subject: false,
             max_body_bytes: 16 * 1024 * 1024,
             max_notification_bytes: 16 * 1024,
+            body_timeout_secs: 60,
             notify_rate_per_sec: 20.0,
             notify_burst: 200,
             retention_days: 30,

@@ -14,8 +14,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
-    /// `WWW-Authenticate` challenge (401s) or `Retry-After` (429s).
+    /// `WWW-Authenticate` challenge (401s) or `Retry-After` (429s, 503s).
     pub extra: Option<(header::HeaderName, HeaderValue)>,
+    /// Answer with `Connection: close` (after a wrong password).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -26,6 +28,32 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            close: false,
+        }
+    }
+
+    /// The same answer, closing the connection after it.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// `429` with `Retry-After` set to `wait` (failed-login bans).
+    pub fn rate_limited_for(wait: std::time::Duration, message: &str) -> Self {
+        ApiError {
+            extra: Some((
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            )),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).closing()
+        }
+    }
+
+    /// `503` with `Retry-After: 1` when a resource is exhausted (memory budget, verifiers).
+    pub fn busy(message: &str) -> Self {
+        ApiError {
+            extra: Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
         }
     }
 
@@ -82,6 +110,10 @@ impl IntoResponse for ApiError {
             .into_response();
         if let Some((k, v)) = self.extra {
             resp.headers_mut().insert(k, v);
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

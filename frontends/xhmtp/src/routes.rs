@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mailgate_core::store::{Account, EntryQuery, NewNotification};
-use mailgate_core::{Address, MessageId, Origin, SubmitError, Submitter};
+use mailgate_core::{Address, MessageId, Origin, Reservation, SubmitError, Submitter};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -94,27 +94,77 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Read at most `limit` bytes of `body` and parse it as JSON.
-async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// Read at most `limit` bytes of `body` within the body time limit, holding memory for it in
+/// the gateway's body budget, and parse it as JSON. The reservation is handed back with the
+/// value: keep it while the value is in use.
+async fn json_body<T: DeserializeOwned>(
+    x: &Xhmtp,
+    body: Body,
+    limit: usize,
+) -> Result<(T, Reservation), ApiError> {
+    let timeout = std::time::Duration::from_secs(x.config.body_timeout_secs);
+    let read = tokio::time::timeout(timeout, read_body(x, body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("request body not received within {timeout:?}"),
+            )
+            .closing()
+        })??;
+    let (bytes, reservation) = read;
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))?;
+    Ok((value, reservation))
+}
+
+/// Collect a body frame by frame, reserving budget before each frame is kept.
+async fn read_body(
+    x: &Xhmtp,
+    body: Body,
+    limit: usize,
+) -> Result<(Vec<u8>, Reservation), ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("request body exceeds {limit} bytes"),
         )
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))
+        .closing()
+    };
+    let mut reservation = x.core.budget.start();
+    let mut body = body;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request("bad_body", format!("request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = out.len() + data.len();
+        if len > limit {
+            return Err(too_large());
+        }
+        reservation
+            .grow_to(len)
+            .await
+            .map_err(|e| ApiError::busy(&e.to_string()).closing())?;
+        out.extend_from_slice(&data);
+    }
+    Ok((out, reservation))
 }
 
 /// Log in as a local account; with `owner`, only as that account.
 async fn login(
     x: &Xhmtp,
+    peer: SocketAddr,
     headers: &HeaderMap,
     owner: Option<&Address>,
 ) -> Result<Account, ApiError> {
     let creds = basic(headers)?;
-    let account = x.logins.login(&x.core, &creds).await?;
+    let account = x.logins.login(&x.core, peer.ip(), &creds).await?;
     match owner {
         Some(o) if !account.address.same_account(o) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -146,8 +196,8 @@ async fn submit(
     if !x.core.limiter.check(&peer.ip()) {
         return Err(ApiError::rate_limited());
     }
-    let account = login(&x, &headers, None).await?;
-    let req: SubmitRequest = json_body(body, x.config.max_body_bytes).await?;
+    let account = login(&x, peer, &headers, None).await?;
+    let (req, _budget): (SubmitRequest, _) = json_body(&x, body, x.config.max_body_bytes).await?;
     let message = req
         .into_message(account.address.clone())
         .map_err(|e| ApiError::bad_request("invalid_message", e.to_string()))?;
@@ -158,7 +208,7 @@ async fn submit(
         .map(wire::format_address)
         .collect();
     let origin = Origin {
-        protocol: "xhmtp",
+        protocol: crate::service::PROTOCOL,
         submitter: Submitter::Account(account),
     };
     let receipt = x
@@ -251,7 +301,8 @@ async fn accept_notification(
     body: Body,
 ) -> Result<Response, ApiError> {
     let account = local_account(x, user).await?;
-    let req: NotifyRequest = json_body(body, x.config.max_notification_bytes).await?;
+    let (req, _budget): (NotifyRequest, _) =
+        json_body(x, body, x.config.max_notification_bytes).await?;
     let url = check_url(&req.url, &account.address)?;
     let sender = req
         .from
@@ -330,11 +381,12 @@ async fn accept_notification(
 
 async fn feed(
     State(x): Shared,
+    ConnectInfo(peer): Peer,
     Segments(user): Segments<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let account = local_account(&x, &user).await?;
-    login(&x, &headers, Some(&account.address)).await?;
+    login(&x, peer, &headers, Some(&account.address)).await?;
     let items = feed_items(&x, &account, &user).await?;
     let link = format!("{}{}", x.base_url, x.path(&[&user, "feed"]));
     let feed = feed::render(&wire::format_address(&account.address), &link, &items);
@@ -424,11 +476,12 @@ async fn feed_items(x: &Xhmtp, account: &Account, user: &str) -> Result<Vec<Feed
 /// `GET /<prefix>/<user>/inbox/<id>`: a message in the account's mailbox, for the account.
 async fn inbox_message(
     State(x): Shared,
+    ConnectInfo(peer): Peer,
     Segments((user, id)): Segments<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let account = local_account(&x, &user).await?;
-    login(&x, &headers, Some(&account.address)).await?;
+    login(&x, peer, &headers, Some(&account.address)).await?;
     let missing = || ApiError::not_found("no such message in this mailbox");
     let id = wire::parse_id(&id).ok_or_else(missing)?;
     x.core
@@ -442,23 +495,25 @@ async fn inbox_message(
 
 async fn get_filters(
     State(x): Shared,
+    ConnectInfo(peer): Peer,
     Segments(user): Segments<String>,
     headers: HeaderMap,
 ) -> Result<Json<Filters>, ApiError> {
     let account = local_account(&x, &user).await?;
-    login(&x, &headers, Some(&account.address)).await?;
+    login(&x, peer, &headers, Some(&account.address)).await?;
     Ok(Json(filters_of(&x, &account).await?))
 }
 
 async fn put_filters(
     State(x): Shared,
+    ConnectInfo(peer): Peer,
     Segments(user): Segments<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Filters>, ApiError> {
     let account = local_account(&x, &user).await?;
-    login(&x, &headers, Some(&account.address)).await?;
-    let filters: Filters = json_body(body, 256 * 1024).await?;
+    login(&x, peer, &headers, Some(&account.address)).await?;
+    let (filters, _budget): (Filters, _) = json_body(&x, body, 256 * 1024).await?;
     filters
         .validate()
         .map_err(|m| ApiError::bad_request("invalid_filters", m))?;
@@ -472,6 +527,7 @@ async fn put_filters(
 
 async fn message(
     State(x): Shared,
+    ConnectInfo(peer): Peer,
     Segments((sender_local, id)): Segments<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -484,7 +540,7 @@ async fn message(
         return Err(missing());
     }
     let creds = basic(&headers)?;
-    authorize_fetch(&x, &creds, &msg).await?;
+    authorize_fetch(&x, peer, &creds, &msg).await?;
     x.core.metrics.event("xhmtp_serve", "ok");
     Ok(Json(MessageJson::from_message(&msg)).into_response())
 }
@@ -492,13 +548,14 @@ async fn message(
 /// A recipient with its access code, or the sender with its password.
 async fn authorize_fetch(
     x: &Xhmtp,
+    peer: SocketAddr,
     creds: &Basic,
     msg: &mailgate_core::Message,
 ) -> Result<(), ApiError> {
     let refused = || ApiError::unauthorized("wrong user name or access code");
     let who = Address::parse_any(&creds.user).map_err(|_| refused())?;
     if who.same_account(&msg.sender) {
-        x.logins.login(&x.core, creds).await?;
+        x.logins.login(&x.core, peer.ip(), creds).await?;
         return Ok(());
     }
     let grant = x

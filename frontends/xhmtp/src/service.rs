@@ -11,6 +11,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+/// Protocol name in metrics, traces and origins.
+pub const PROTOCOL: &str = "xhmtp";
+
 /// The XHMTP front-end's state.
 pub struct Xhmtp {
     /// Store, policy, metrics.
