@@ -87,8 +87,24 @@ impl Gateway {
     /// Start `mailgate serve` with `config` (written to `dir/mailgate.toml`; `None`: no config
     /// file at all) and wait until it says it is ready.
     pub fn start(dir: &Path, config: Option<&str>) -> Gateway {
+        Self::start_with(dir, config, |_| {})
+    }
+
+    /// [`Gateway::start`], with `adjust` applied to the command first. The gateway's log
+    /// (stderr) goes to `dir/mailgate.log`.
+    pub fn start_with(
+        dir: &Path,
+        config: Option<&str>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Gateway {
         let path = dir.join("mailgate.toml");
         let mut cmd = Command::new(mailgate());
+        adjust(&mut cmd);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("mailgate.log"))
+            .expect("open the gateway's log file");
         cmd.current_dir(dir)
             .env_remove("MAILGATE_CONFIG")
             .arg("serve");
@@ -98,7 +114,7 @@ impl Gateway {
         }
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("start mailgate serve");
         let stdout = child.stdout.take().unwrap();
@@ -132,6 +148,31 @@ impl Gateway {
             config: path,
             lines: rx,
         }
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mailgate.log")).unwrap_or_default()
+    }
+
+    /// Peak and current resident memory of the gateway process, bytes (`VmHWM`, `VmRSS`).
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    /// GET a path on the admin listener: status code and body.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr("admin.listen"), path)
     }
 
     /// The bound address of a listener.
@@ -180,4 +221,40 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`: status code and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect for GET");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A TCP connection from a chosen loopback source address (127.x.y.z), for tests that need
+/// several peers.
+pub async fn connect_from(
+    source: std::net::IpAddr,
+    target: &str,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let target: std::net::SocketAddr = target.parse().expect("target address");
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket.connect(target).await
 }
