@@ -32,7 +32,8 @@ pub struct LoginLimits {
     pub first_delay: Duration,
     /// Longest delay.
     pub max_delay: Duration,
-    /// Failures are forgotten after this long without one.
+    /// Failures are forgotten after this long without one (longer than `max_delay`, or a
+    /// guesser waiting out the longest ban would start over with free failures).
     pub forget_after: Duration,
 }
 
@@ -43,7 +44,7 @@ impl Default for LoginLimits {
             free_per_account: 20,
             first_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(15 * 60),
-            forget_after: Duration::from_secs(15 * 60),
+            forget_after: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -205,7 +206,12 @@ mod tests {
             g.failed_at(a, "bob@x", t1);
         }
         assert_eq!(g.check_at(a, "z", t1), Err(Duration::from_secs(900)));
-        let later = t1 + Duration::from_secs(3600);
+        // Waiting out the longest ban is not enough to start over.
+        let after_ban = t1 + Duration::from_secs(900);
+        assert!(g.check_at(a, "z", after_ban).is_ok());
+        g.failed_at(a, "z", after_ban);
+        assert!(g.check_at(a, "z", after_ban).is_err());
+        let later = after_ban + Duration::from_secs(3600);
         assert!(g.check_at(a, "z", later).is_ok());
         g.failed_at(a, "z", later);
         assert!(g.check_at(a, "z", later).is_ok());

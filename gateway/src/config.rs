@@ -172,6 +172,9 @@ impl LimitsConfig {
             free_per_peer: self.login_failures_per_peer,
             free_per_account: self.login_failures_per_account,
             max_delay: Duration::from_secs(self.login_max_delay_secs),
+            forget_after: Duration::from_secs(
+                self.login_max_delay_secs.saturating_mul(2).max(3600),
+            ),
             ..mailgate_core::LoginLimits::default()
         }
     }

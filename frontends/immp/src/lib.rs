@@ -21,4 +21,5 @@ mod pubsub;
 pub mod session;
 
 pub use config::ImmpConfig;
+pub use payload::fuzz_payloads;
 pub use session::ImmpServer;

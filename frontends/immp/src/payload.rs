@@ -230,3 +230,28 @@ async fn discard<R: AsyncRead + Unpin>(
     }
     Ok(())
 }
+
+/// Read DATA payloads with (`Some`) or without LENGTH from `input` until it is used up, as the
+/// session does, and decode each as base64 and gzip; for the fuzz target (never panics,
+/// memory bounded by `max`).
+pub fn fuzz_payloads(input: &[u8], length: Option<u64>, max: usize) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    runtime.block_on(async {
+        let budget = MemoryBudget::new(max.saturating_mul(4), std::time::Duration::ZERO);
+        let mut io = BufReader::new(input);
+        for _ in 0..16 {
+            match read_payload(&mut io, length, max, &budget).await {
+                Ok(p) => {
+                    assert!(p.data.len() <= max, "payload over the limit");
+                    let _ = decode(p.data.clone(), true, false, max);
+                    let _ = decode(p.data, true, true, max);
+                }
+                Err(PayloadError::Io | PayloadError::Unbounded) => break,
+                Err(_) => {}
+            }
+        }
+    });
+}

@@ -34,31 +34,40 @@ fn write_value(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            // Array-index keys first, ascending; then the others in insertion order.
-            let mut index_keys: Vec<(u32, &String)> = map
-                .keys()
-                .filter_map(|k| array_index(k).map(|i| (i, k)))
-                .collect();
-            index_keys.sort_unstable();
-            let ordered = index_keys
-                .iter()
-                .map(|(_, k)| *k)
-                .chain(map.keys().filter(|k| array_index(k).is_none()));
-            out.push('{');
-            for (i, key) in ordered.enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, key);
-                out.push(':');
-                if let Some(v) = map.get(key) {
-                    write_value(out, v);
-                }
-            }
-            out.push('}');
+        Value::Object(map) => write_object(out, map),
+    }
+}
+
+/// `JSON.stringify` of an object, without wrapping it in a `Value` first.
+pub fn stringify_object(map: &serde_json::Map<String, Value>) -> String {
+    let mut out = String::new();
+    write_object(&mut out, map);
+    out
+}
+
+fn write_object(out: &mut String, map: &serde_json::Map<String, Value>) {
+    // Array-index keys first, ascending; then the others in insertion order.
+    let mut index_keys: Vec<(u32, &String)> = map
+        .keys()
+        .filter_map(|k| array_index(k).map(|i| (i, k)))
+        .collect();
+    index_keys.sort_unstable();
+    let ordered = index_keys
+        .iter()
+        .map(|(_, k)| *k)
+        .chain(map.keys().filter(|k| array_index(k).is_none()));
+    out.push('{');
+    for (i, key) in ordered.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, key);
+        out.push(':');
+        if let Some(v) = map.get(key) {
+            write_value(out, v);
         }
     }
+    out.push('}');
 }
 
 /// A canonical array index: "0" or digits without a leading zero, below 2^32 - 1.

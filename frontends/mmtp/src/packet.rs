@@ -160,14 +160,21 @@ pub fn normalise_tags(v: Option<&Value>) -> Tags {
 
 /// Check the content hash: first over the bytes as they arrived, then over JavaScript's
 /// serialisation of the parsed value. Returns the text that matched (what a signature covers).
-fn matching_text(raw: &str, parsed: &Value, expected: &str) -> Option<String> {
+/// Which text the content hash covers: the raw bytes (hashed once, not copied), else
+/// `JSON.stringify` of the parsed content (built only then).
+enum HashedText {
+    Raw,
+    Stringified(String),
+}
+
+fn matching_text(raw: &str, parsed: &Map<String, Value>, expected: &str) -> Option<HashedText> {
     let hex_of = |s: &str| hex::encode(Sha256::digest(s.as_bytes()));
     let expected = expected.to_ascii_lowercase();
     if hex_of(raw) == expected {
-        return Some(raw.to_owned());
+        return Some(HashedText::Raw);
     }
-    let js = jsjson::stringify(parsed);
-    (hex_of(&js) == expected).then_some(js)
+    let js = jsjson::stringify_object(parsed);
+    (hex_of(&js) == expected).then_some(HashedText::Stringified(js))
 }
 
 /// Parse and validate the `data.packet` of a SEND request (`raw` is its exact text).
@@ -210,7 +217,7 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
         Some(_) => return Err(invalid("meta.hashcashToken must be {token, counter}")),
     };
     let content_raw = wire.content.ok_or_else(|| invalid("content is missing"))?;
-    let content: Map<String, Value> = serde_json::from_str(content_raw.get())
+    let mut content: Map<String, Value> = serde_json::from_str(content_raw.get())
         .map_err(|_| invalid("content must be an object"))?;
     let encrypted = match content.get("encrypted") {
         Some(Value::String(_)) => true,
@@ -233,13 +240,18 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
         Some(Value::String(_)) | Some(Value::Null) | None => None,
         Some(_) => return Err(invalid("verification.signature must be a string")),
     };
-    // Encrypted content: the hash covers the plaintext, which the server never sees.
+    // Encrypted content: the hash covers the plaintext, which the server never sees. The
+    // covered text is kept only when a signature needs it.
     let signed_text = if encrypted {
         None
     } else {
         let hash = message_hash.ok_or_else(|| invalid("verification.messageHash is missing"))?;
-        let content_value = Value::Object(content.clone());
-        Some(matching_text(content_raw.get(), &content_value, hash).ok_or(PacketError::Integrity)?)
+        let hashed =
+            matching_text(content_raw.get(), &content, hash).ok_or(PacketError::Integrity)?;
+        signature.as_ref().map(|_| match hashed {
+            HashedText::Raw => content_raw.get().to_owned(),
+            HashedText::Stringified(js) => js,
+        })
     };
     let tags = normalise_tags(meta.get("tags"));
     let importance = if tags.priority.iter().any(|p| p == "high") {
@@ -262,13 +274,13 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
             .and_then(Value::as_str)
             .map(str::to_owned);
     } else {
-        message.subject = match content.get("subject") {
-            Some(Value::String(s)) => s.clone(),
+        message.subject = match content.remove("subject") {
+            Some(Value::String(s)) => s,
             None | Some(Value::Null) => String::new(),
             Some(_) => return Err(invalid("content.subject must be a string")),
         };
-        let body = match content.get("body") {
-            Some(Value::String(s)) => s.clone(),
+        let body = match content.remove("body") {
+            Some(Value::String(s)) => s,
             None | Some(Value::Null) => String::new(),
             Some(_) => return Err(invalid("content.body must be a string")),
         };

@@ -1,8 +1,8 @@
 //! One MMTP connection: welcome, then exactly one reply per request, in order.
 
-use crate::codec::{CodecError, FrameReader};
+use crate::codec::{CodecError, Frame, FrameReader};
 use crate::config::MmtpConfig;
-use crate::packet::{self, PacketError, CATEGORY, PRIORITY, STATUS};
+use crate::packet::{self, CATEGORY, PRIORITY, STATUS};
 use mailgate_core::hashcash::HashcashPolicy;
 use mailgate_core::io::ConnState;
 use mailgate_core::login::FAILURES_PER_CONNECTION;
@@ -139,7 +139,7 @@ impl MmtpServer {
                 }
                 Ok(Ok(frame)) => {
                     state.touch();
-                    let outcome = session.dispatch(frame.get()).await;
+                    let outcome = session.dispatch(frame).await;
                     if session.account.is_some() {
                         state.set_authenticated();
                     }
@@ -190,12 +190,25 @@ struct SendData<'a> {
     packet: Option<&'a RawValue>,
 }
 
+/// The SEND packet of a request frame, parsed: `Err` is the reply for a request without one.
+fn parse_send_frame(frame: &str, peer: &str) -> Result<Result<packet::SendPacket, String>, String> {
+    let request: Request<'_> =
+        serde_json::from_str(frame).map_err(|e| error(format!("invalid request: {e}")))?;
+    let data = request.data.map(RawValue::get).unwrap_or("{}");
+    match serde_json::from_str::<SendData<'_>>(data) {
+        Ok(SendData {
+            packet: Some(p), ..
+        }) => Ok(packet::parse_send(p.get(), peer).map_err(|e| e.to_string())),
+        _ => Err(error("data.packet is missing")),
+    }
+}
+
 impl Session<'_> {
-    async fn dispatch(&mut self, frame: &str) -> Outcome {
+    async fn dispatch(&mut self, frame: Frame) -> Outcome {
         if !self.server.limiter.check(&self.peer.ip()) {
             return error("rate limit exceeded; slow down").into();
         }
-        let request: Request<'_> = match serde_json::from_str(frame) {
+        let request: Request<'_> = match serde_json::from_str(frame.get()) {
             Ok(r) => r,
             Err(e) => return error(format!("invalid request: {e}")).into(),
         };
@@ -203,10 +216,10 @@ impl Session<'_> {
             Some(Value::String(a)) => a,
             _ => return error("request has no \"action\"").into(),
         };
-        let data_raw = request.data.map(RawValue::get).unwrap_or("{}");
         if action == "SEND" {
-            return self.send(data_raw).await.into();
+            return self.send(frame).await.into();
         }
+        let data_raw = request.data.map(RawValue::get).unwrap_or("{}");
         let data: Map<String, Value> = match serde_json::from_str(data_raw) {
             Ok(d) => d,
             Err(_) => return error("\"data\" must be an object").into(),
@@ -261,25 +274,29 @@ impl Session<'_> {
         }
     }
 
-    async fn send(&mut self, data: &str) -> String {
-        let packet = match serde_json::from_str::<SendData<'_>>(data) {
-            Ok(SendData {
-                packet: Some(p), ..
-            }) => p.get(),
-            _ => return error("data.packet is missing"),
-        };
+    async fn send(&mut self, frame: Frame) -> String {
         let peer = self.peer.ip().to_string();
-        let parsed = if packet.len() > 64 * 1024 {
-            let (raw, peer) = (packet.to_owned(), peer.clone());
-            tokio::task::spawn_blocking(move || packet::parse_send(&raw, &peer))
-                .await
-                .unwrap_or_else(|_| Err(PacketError::Invalid("internal error".into())))
+        // A large packet is parsed off the async threads; the frame moves there and back (no
+        // copy), keeping its budget reservation until the submit is done.
+        let (frame, parsed) = if frame.get().len() > 64 * 1024 {
+            tokio::task::spawn_blocking(move || {
+                let parsed = parse_send_frame(frame.get(), &peer);
+                (Some(frame), parsed)
+            })
+            .await
+            .unwrap_or_else(|_| (None, Err(error("internal error"))))
         } else {
-            packet::parse_send(packet, &peer)
+            let parsed = parse_send_frame(frame.get(), &peer);
+            (Some(frame), parsed)
+        };
+        let _budget = frame;
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(reply) => return reply,
         };
         let mut p = match parsed {
             Ok(p) => p,
-            Err(e) => return self.refuse(e.to_string(), "invalid_packet"),
+            Err(e) => return self.refuse(e, "invalid_packet"),
         };
         let spent = match self.server.hashcash.verify(
             &p.stamp.token,

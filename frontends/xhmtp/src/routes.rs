@@ -236,11 +236,15 @@ async fn local_account(x: &Xhmtp, user: &str) -> Result<Account, ApiError> {
 }
 
 /// The checked parts of a notification's message URL.
-struct MessageUrl {
-    host: String,
+/// A notification's message URL, checked.
+pub struct MessageUrl {
+    /// The host the notifier must be an address of.
+    pub host: String,
 }
 
-fn check_url(raw: &str, recipient: &Address) -> Result<MessageUrl, ApiError> {
+/// Check a notification's message URL for `recipient`: http(s), a host, the recipient as its
+/// user name, at most 2048 bytes. Every refusal is a `400 bad_url`.
+pub fn check_url(raw: &str, recipient: &Address) -> Result<MessageUrl, ApiError> {
     let bad = |m: String| ApiError::bad_request("bad_url", m);
     if raw.len() > 2048 {
         return Err(bad("the message URL is longer than 2048 bytes".into()));
