@@ -544,3 +544,42 @@ fn commands_end_quietly_on_a_closed_pipe() {
     let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn the_open_file_limit_is_raised_to_what_the_listeners_need() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "localhost", "");
+    let gw = Gateway::start_with(dir.path(), Some(&config), |cmd| {
+        // SAFETY: setrlimit is async-signal-safe; it lowers only the child's soft limit.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                lim.rlim_cur = 256;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let hard: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    // Four public listeners of 1024, the admin listener's 32, and 1024 to spare.
+    assert!(soft >= hard.min(4 * 1024 + 32 + 1024), "soft limit {soft}");
+    assert!(soft > 256, "the open-file limit was not raised");
+}
