@@ -10,25 +10,11 @@ use mailgate_core::Address;
 use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+use support::immp::{line, send, upgrade, Conn};
 use support::{config_with, connect_from, Gateway};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 const MIB: u64 = 1024 * 1024;
-
-type Conn = BufReader<Box<dyn mailgate_core::io::Io>>;
-
-async fn line(c: &mut Conn) -> String {
-    let mut l = String::new();
-    tokio::time::timeout(Duration::from_secs(20), c.read_line(&mut l))
-        .await
-        .expect("reply in time")
-        .unwrap();
-    l.trim_end().to_owned()
-}
-
-async fn send(c: &mut Conn, text: &str) {
-    c.get_mut().write_all(text.as_bytes()).await.unwrap();
-}
 
 /// Read until the server closes; true when it did within `limit` (bytes before are dropped).
 async fn closed_within(c: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> bool {
@@ -47,16 +33,7 @@ async fn closed_within(c: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> 
 /// IMMP: greeting, UPGRADE TLS, handshake. No login.
 async fn immp_tls(gw: &Gateway, from: IpAddr) -> Conn {
     let tcp = connect_from(from, gw.addr("immp.listen")).await.unwrap();
-    let mut c: Conn = BufReader::new(Box::new(tcp));
-    for _ in 0..4 {
-        line(&mut c).await;
-    }
-    send(&mut c, "UPGRADE TLS\n").await;
-    assert_eq!(line(&mut c).await, "204 Upgrading to TLS.");
-    let (connector, name) =
-        mailgate::tls::connector(&gw.dir.join("data/tls/cert.pem"), "localhost").unwrap();
-    let tls = connector.connect(name, c.into_inner()).await.unwrap();
-    BufReader::new(Box::new(tls))
+    upgrade(gw, tcp, "UPGRADE TLS").await
 }
 
 fn ip(s: &str) -> IpAddr {

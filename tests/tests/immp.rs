@@ -5,40 +5,15 @@ mod support;
 
 use mailgate_core::Address;
 use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
-use std::time::Duration;
+use support::immp::{line, send, upgrade, Conn};
 use support::{config_with, Gateway};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-type Conn = BufReader<Box<dyn mailgate_core::io::Io>>;
-
-async fn line(c: &mut Conn) -> String {
-    let mut l = String::new();
-    tokio::time::timeout(Duration::from_secs(10), c.read_line(&mut l))
-        .await
-        .expect("reply in time")
-        .unwrap();
-    l.trim_end().to_owned()
-}
-
-async fn send(c: &mut Conn, text: &str) {
-    c.get_mut().write_all(text.as_bytes()).await.unwrap();
-}
 
 /// Connect, upgrade to TLS, authenticate with the shared secret.
 async fn login(gw: &Gateway, account: &str, password: &str) -> Conn {
     let tcp = tokio::net::TcpStream::connect(gw.addr("immp.listen"))
         .await
         .unwrap();
-    let mut c: Conn = BufReader::new(Box::new(tcp));
-    for _ in 0..4 {
-        line(&mut c).await;
-    }
-    send(&mut c, "UPGRADE TLS3\n").await;
-    assert_eq!(line(&mut c).await, "204 Upgrading to TLS.");
-    let (connector, name) =
-        mailgate::tls::connector(&gw.dir.join("data/tls/cert.pem"), "localhost").unwrap();
-    let tls = connector.connect(name, c.into_inner()).await.unwrap();
-    let mut c: Conn = BufReader::new(Box::new(tls));
+    let mut c = upgrade(gw, tcp, "UPGRADE TLS3").await;
     send(&mut c, &format!("AUTH SECRET {account}\n")).await;
     assert!(line(&mut c).await.starts_with("302 "));
     let nonces = line(&mut c).await;

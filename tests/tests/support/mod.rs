@@ -1,6 +1,7 @@
 //! Start and stop `mailgate serve` (as `mailgate-e2e`) for end-to-end tests.
 #![allow(dead_code)] // each test binary uses part of this module
 
+pub mod immp;
 pub mod net;
 pub mod site;
 
