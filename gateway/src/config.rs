@@ -301,8 +301,11 @@ impl Config {
                 "limits.max_connections_per_prefix must be at least limits.max_connections_per_ip"
             );
         }
-        if self.limits.body_budget_bytes < self.max_message_size {
-            bail!("limits.body_budget_bytes must be at least max_message_size");
+        if self.limits.body_budget_bytes / 5 < self.max_message_size {
+            bail!(
+                "limits.body_budget_bytes must be at least 5 x max_message_size (a message in \
+                 flight is held about five times while it is parsed and stored)"
+            );
         }
         if self.admin.max_connections == 0 {
             bail!("admin.max_connections must be greater than 0");

@@ -75,14 +75,14 @@ async fn stalled_large_payloads_stay_within_the_body_budget_and_a_client_is_serv
     let dir = tempfile::tempdir().unwrap();
     let config = config_with(dir.path(), "localhost", "").replace(
         "[admin]",
-        "[limits]\nbody_budget_bytes = 33554432\nbody_budget_wait_ms = 500\n\
+        "max_message_size = 4194304\n[limits]\nbody_budget_bytes = 33554432\nbody_budget_wait_ms = 500\n\
          max_connections_per_ip = 64\nmax_connections_per_prefix = 64\n[admin]",
     );
     let gw = Gateway::start(dir.path(), Some(&config));
     gw.add_user("bob@localhost", "pw");
     let (hwm_before, _) = gw.memory();
 
-    // 160 MMTP SENDs of 10 MiB announced, stalled after 2 MiB, from four addresses in four /24s.
+    // 160 MMTP SENDs stalled after 2 MiB (of up to 4 MiB), from four addresses in four /24s.
     let target = gw.addr("mmtp.listen").to_owned();
     let mut attackers = Vec::new();
     for i in 0..160u32 {

@@ -46,6 +46,23 @@ impl Frame {
     pub fn get(&self) -> &str {
         self.raw.get()
     }
+
+    /// Extend the frame's reservation to `factor` times its size, for the copies processing
+    /// it makes (a SEND's parsed parts, its stored form): the budget then bounds those too.
+    pub async fn reserve_processing(
+        &mut self,
+        budget: &MemoryBudget,
+        factor: usize,
+    ) -> Result<(), BudgetError> {
+        let want = self.raw.get().len().saturating_mul(factor);
+        if want <= FREE_ALLOWANCE {
+            return Ok(());
+        }
+        self._budget
+            .get_or_insert_with(|| budget.start())
+            .grow_to(want)
+            .await
+    }
 }
 
 /// Reads concatenated JSON values from a byte stream.
@@ -213,17 +230,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.reset(end);
             return Err(CodecError::TooLarge(self.max_frame));
         }
-        let parsed = serde_json::from_slice::<Box<RawValue>>(&self.buf[start..end]);
-        match parsed {
-            Ok(v) => {
-                self.reset(end);
-                Ok(Some(v))
-            }
-            Err(e) => {
-                self.reset(self.buf.len());
-                Err(CodecError::Malformed(e.to_string()))
-            }
+        if let Err(e) = serde_json::from_slice::<&RawValue>(&self.buf[start..end]) {
+            self.reset(self.buf.len());
+            return Err(CodecError::Malformed(e.to_string()));
         }
+        if end - start <= FREE_ALLOWANCE {
+            let parsed = serde_json::from_slice::<Box<RawValue>>(&self.buf[start..end]);
+            self.reset(end);
+            return parsed
+                .map(Some)
+                .map_err(|e| CodecError::Malformed(e.to_string()));
+        }
+        // A large value: the buffer itself becomes the frame (no copy); what follows the value
+        // moves to a new buffer.
+        let rest = self.buf.split_off(end);
+        let mut value = std::mem::replace(&mut self.buf, rest);
+        value.drain(..start);
+        self.reset(0);
+        let text = String::from_utf8(value).map_err(|e| CodecError::Malformed(e.to_string()))?;
+        RawValue::from_string(text)
+            .map(Some)
+            .map_err(|e| CodecError::Malformed(e.to_string()))
     }
 
     /// Drop the first `n` buffered bytes and start a new scan; a buffer grown for a large
