@@ -5,8 +5,10 @@
 use async_trait::async_trait;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::{ResolveError, TokioResolver};
 use mailgate_core::discovery::{order, Discovery, SrvTarget};
 use std::net::{IpAddr, SocketAddr};
 
@@ -36,6 +38,36 @@ impl DnsDiscovery {
     }
 }
 
+/// Does this error mean the name has no such records? Only NXDOMAIN and NOERROR with no
+/// answer (NODATA) do. hickory reports SERVFAIL, REFUSED, FORMERR and NOTIMP answers as "no
+/// records found" too, with their response code: those, like time-outs and I/O errors, are
+/// failures to find out, which the caller retries (never a bounce, never a guessed default).
+fn means_no_records(e: &ResolveError) -> bool {
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
+            matches!(
+                *response_code,
+                ResponseCode::NXDomain | ResponseCode::NoError
+            )
+        }
+        _ => false,
+    }
+}
+
+/// A look-up failure as the caller sees it, with the DNS answer's code when there was one.
+fn failure(e: &ResolveError) -> String {
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code,
+            query,
+            ..
+        }) => {
+            format!("DNS look-up of {} failed: {response_code}", query.name())
+        }
+        _ => format!("DNS look-up failed: {e}"),
+    }
+}
+
 fn absolute(name: &str) -> String {
     if name.ends_with('.') {
         name.to_owned()
@@ -61,8 +93,8 @@ impl Discovery for DnsDiscovery {
                     .filter(|t| !t.host.is_empty())
                     .collect(),
             )),
-            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
-            Err(e) => Err(e.to_string()),
+            Err(e) if means_no_records(&e) => Ok(Vec::new()),
+            Err(e) => Err(failure(&e)),
         }
     }
 
@@ -78,16 +110,16 @@ impl Discovery for DnsDiscovery {
                         .collect::<String>()
                 })
                 .collect()),
-            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
-            Err(e) => Err(e.to_string()),
+            Err(e) if means_no_records(&e) => Ok(Vec::new()),
+            Err(e) => Err(failure(&e)),
         }
     }
 
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
-        self.resolver
-            .lookup_ip(absolute(host))
-            .await
-            .map(|ips| ips.iter().collect())
-            .map_err(|e| e.to_string())
+        match self.resolver.lookup_ip(absolute(host)).await {
+            Ok(ips) => Ok(ips.iter().collect()),
+            Err(e) if means_no_records(&e) => Ok(Vec::new()),
+            Err(e) => Err(failure(&e)),
+        }
     }
 }

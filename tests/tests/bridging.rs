@@ -122,6 +122,87 @@ async fn failures_bounce_to_the_sender_and_the_queue_is_manageable() {
     assert!(queue(&gw, &["retry", "--all"]).contains("entries due now"));
 }
 
+/// A resolver that answers REFUSED (the test server is authoritative for `test.` only, and
+/// refuses anything else) is a temporary failure: the entry is retried, never bounced; an
+/// XHMTP notification whose URL host cannot be looked up gets `503`, not `403`.
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_errors_are_retried_not_bounced() {
+    let dns = dns_server(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Site {
+        dns: Some(dns),
+        relay:
+            "poll_interval_ms = 50\nretry_base_secs = 1\nretry_max_secs = 1\nmax_age_secs = 3600",
+        ..Site::new(&["e.test"], "127.0.0.8")
+    }
+    .config(dir.path());
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("alice@e.test", "alice-pw");
+    let server = gw.addr("xhmtp.listen").to_owned();
+    let alice = XhmtpClient::new(
+        server.parse().unwrap(),
+        "e.test",
+        None,
+        "xhmtp",
+        "alice@e.test",
+        "alice-pw",
+    );
+    let send = |to: &str, subject: &str| SubmitRequest {
+        to: vec![to.to_owned()],
+        subject: subject.to_owned(),
+        body: "b".into(),
+        ..SubmitRequest::default()
+    };
+    alice
+        .submit(&send("x@refused.example", "refused"))
+        .await
+        .unwrap();
+    // NODATA (the zone exists, no SRV records) is a real "no route": bounced at once.
+    alice
+        .submit(&send("y@nodata.test", "nodata"))
+        .await
+        .unwrap();
+    bounce_for(&alice, &server, "Undeliverable: nodata").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = queue(&gw, &["list", "--domain", "refused.example"]);
+        let fields: Vec<&str> = listed.lines().next().unwrap_or("").split('\t').collect();
+        assert_ne!(fields.get(1), Some(&"failed"), "{listed}");
+        if fields.get(4).and_then(|n| n.parse::<u32>().ok()) >= Some(2) {
+            assert!(
+                listed.contains("REFUSED") || listed.contains("Refused"),
+                "{listed}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never retried: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let feed = alice.feed(None).await.unwrap();
+    let channel = feed_rs::parser::parse(&feed.body[..]).unwrap();
+    assert_eq!(channel.entries.len(), 1, "only the NODATA bounce");
+
+    // A notification whose message URL host our resolver cannot look up: 503, retry later.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = r#"{"url":"http://alice%40e.test:code@host.refused.example/xhmtp/carol/1"}"#;
+    write!(
+        s,
+        "POST /xhmtp/alice@e.test HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
+}
+
 /// Gateway config for the crash test: MMTP on a fixed port (the SRV record names it).
 fn crash_config(
     dir: &Path,

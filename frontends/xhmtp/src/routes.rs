@@ -333,11 +333,14 @@ async fn accept_notification(
                 ),
             ))
         }
+        // Our own look-up failed: nothing is known about the notifier yet; the peer retries.
         Err(e) => {
-            return Err(forbidden(
-                "notifier_unverified",
-                format!("cannot check the message URL's host {}: {e}", url.host),
-            ))
+            tracing::info!(host = %url.host, error = %e, "xhmtp: notifier check could not run");
+            x.core.metrics.event("xhmtp_notify_in", "dns_unavailable");
+            return Err(ApiError::busy(&format!(
+                "cannot look up the message URL's host {} now; retry later",
+                url.host
+            )));
         }
     }
     filters_of(x, &account)
