@@ -292,10 +292,25 @@ impl Pipeline {
             Ok(a) => a,
             Err(r) => return self.say(r).await,
         };
+        // Who may push as a node: its owner (a local node), or a server that proved by cookie
+        // that it speaks for the node's domain (a remote node). Anyone else is refused.
         if self.shared.server.core.policy.is_local(&from.domain) {
             if let Err(r) = self.owned_node(&from).await {
+                self.shared.server.core.metrics.event("immp_push", "not_owner");
                 return self.say(r).await;
             }
+        } else if !matches!(&self.shared.phase(), Phase::Remote(d) if d.eq_ignore_ascii_case(&from.domain))
+        {
+            self.shared.server.core.metrics.event("immp_push", "unverified_sender");
+            return self
+                .say(Reply::new(
+                    403,
+                    format!(
+                        "A push from {from} must come from a server authenticated (AUTH COOKIE) for {}.",
+                        from.domain
+                    ),
+                ))
+                .await;
         }
         let store = self.shared.server.core.store.clone();
         let account = match store.account(&to).await {
