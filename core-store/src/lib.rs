@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod budget;
+pub mod destinations;
 pub mod discovery;
 pub mod hashcash;
 pub mod io;

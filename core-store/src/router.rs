@@ -7,6 +7,7 @@
 
 use crate::address::Address;
 use crate::budget::MemoryBudget;
+use crate::destinations::Destinations;
 use crate::login::{LoginGuard, LoginLimits};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -208,6 +209,8 @@ pub struct Core {
     pub budget: MemoryBudget,
     /// Failed-login counts per peer and per account.
     pub logins: LoginGuard,
+    /// Where connections a stranger can trigger (fetches, call-backs) may go.
+    pub destinations: Destinations,
     /// Password verifications (argon2) running at once: one per core.
     verifiers: Semaphore,
     derivers: Vec<Arc<dyn SecretDeriver>>,
@@ -224,6 +227,7 @@ impl Core {
             relay_wake: tokio::sync::Notify::new(),
             budget: MemoryBudget::new(DEFAULT_BODY_BUDGET, Duration::from_secs(2)),
             logins: LoginGuard::new(LoginLimits::default()),
+            destinations: Destinations::default(),
             verifiers: Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             derivers: Vec::new(),
         }
@@ -232,6 +236,12 @@ impl Core {
     /// Replace the in-flight body budget.
     pub fn with_budget(mut self, budget: MemoryBudget) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// Replace the deny list of stranger-triggered connections.
+    pub fn with_destinations(mut self, destinations: Destinations) -> Self {
+        self.destinations = destinations;
         self
     }
 

@@ -38,8 +38,30 @@ pub struct Config {
     pub immp: ImmpConfig,
     /// XHMTP front-end.
     pub xhmtp: XhmtpConfig,
+    /// Where connections a stranger can trigger may go.
+    pub outbound: OutboundConfig,
     /// Static routes to other domains (`[[route]]`), tried before DNS.
     pub route: Vec<RouteConfig>,
+}
+
+/// `[outbound]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Networks that connections triggered by strangers (XHMTP fetches, IMMP cookie
+    /// call-backs) never reach; the gateway's own listener addresses are added.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            deny: mailgate_core::destinations::DEFAULT_DENY
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        }
+    }
 }
 
 /// `[[route]]`: where a domain's server is, and which protocol to speak to it.
@@ -77,6 +99,7 @@ impl Default for Config {
             mmtp: MmtpConfig::default(),
             immp: ImmpConfig::default(),
             xhmtp: XhmtpConfig::default(),
+            outbound: OutboundConfig::default(),
             route: Vec::new(),
         }
     }

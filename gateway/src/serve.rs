@@ -9,6 +9,7 @@ use crate::relay::Relay;
 use crate::routing::RouteChooser;
 use crate::tls;
 use anyhow::Context;
+use mailgate_core::destinations::Destinations;
 use mailgate_core::discovery::Discovery;
 use mailgate_core::relay::Transport;
 use mailgate_core::Address;
@@ -50,6 +51,15 @@ pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
     let core = Core::new(Arc::new(store), policy, metrics)
         .with_rate_limit(config.limits.rate_per_sec, config.limits.rate_burst)
         .with_budget(budget)
+        .with_destinations(
+            Destinations::new(config.outbound.deny.clone()).deny_addresses(
+                config
+                    .listeners()
+                    .into_iter()
+                    .map(|(a, _)| a.ip())
+                    .filter(|ip| !ip.is_unspecified()),
+            ),
+        )
         .with_login_limits(config.limits.login_limits())
         .with_secret(Arc::new(mailgate_immp::auth::ImmpSecret));
     Ok(Arc::new(core))

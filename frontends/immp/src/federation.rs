@@ -10,6 +10,7 @@
 use crate::client::{ClientError, ImmpClient};
 use crate::envelope::Envelope;
 use async_trait::async_trait;
+use mailgate_core::destinations::Destinations;
 use mailgate_core::discovery::Discovery;
 use mailgate_core::message::now_ms;
 use mailgate_core::relay::{Transport, TransportError};
@@ -150,12 +151,29 @@ impl Federation {
 
     /// Connect (and upgrade to verified TLS) to `domain`'s IMMP server, trying each candidate.
     pub async fn connect(&self, domain: &str) -> Result<ImmpClient, String> {
+        self.connect_within(domain, &Destinations::default()).await
+    }
+
+    /// [`Federation::connect`] for a connection a stranger triggered (an AUTH COOKIE
+    /// call-back): candidates found in DNS at a denied address are skipped.
+    pub async fn connect_within(
+        &self,
+        domain: &str,
+        allowed: &Destinations,
+    ) -> Result<ImmpClient, String> {
         let tls = self
             .tls
             .clone()
             .ok_or_else(|| "no TLS trust anchors configured (tls.trust)".to_owned())?;
-        let mut last = String::new();
+        let mut last = format!("no allowed address for {domain}");
         for (address, name) in self.candidates(domain).await? {
+            if let Ok(sa) = address.parse::<SocketAddr>() {
+                if !allowed.allowed(sa.ip()) {
+                    tracing::info!(%domain, %address, "immp: call-back address is in the outbound deny list");
+                    last = format!("{domain} at {address}: address in the outbound deny list");
+                    continue;
+                }
+            }
             let Ok(server_name) = ServerName::try_from(name.clone()) else {
                 last = format!("{name:?} is not a valid TLS name");
                 continue;

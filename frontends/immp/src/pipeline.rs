@@ -488,12 +488,27 @@ impl Pipeline {
         }
     }
 
-    /// AUTH COOKIE: ask the issuer's server whether it issued this cookie for us.
+    /// AUTH COOKIE: ask the issuer's server whether it issued this cookie for us. The call-back
+    /// is a connection a stranger triggers: limited per peer, never to a denied address, and
+    /// the reply says only whether verification succeeded (the details go to the log).
     async fn auth_cookie(&mut self, cookie: &str, issuer: &str) {
+        let server = self.shared.server.clone();
+        let core = &server.core;
+        let ip = self.shared.peer.ip();
+        if !server.cookie_checks.check(&ip) {
+            core.metrics.event("immp_cookie_check", "rate_limited");
+            return self
+                .say(Reply::new(429, "Too many cookie checks; slow down."))
+                .await;
+        }
         self.say(Reply::new(301, "Cookie authentication request initiated."))
             .await;
-        let own = self.shared.server.domain.clone();
-        let verdict = match self.shared.server.federation.connect(issuer).await {
+        let own = server.domain.clone();
+        let verdict = match server
+            .federation
+            .connect_within(issuer, &core.destinations)
+            .await
+        {
             Ok(mut client) => {
                 let ok = client.cookie_check(cookie, &own).await;
                 client.quit().await;
@@ -505,6 +520,7 @@ impl Pipeline {
             Ok(true) => {
                 let domain = issuer.to_ascii_lowercase();
                 tracing::info!(%domain, "immp remote server authenticated by cookie");
+                core.metrics.event("immp_cookie_check", "ok");
                 self.shared.remote(domain.clone());
                 self.say(Reply::new(
                     210,
@@ -513,11 +529,15 @@ impl Pipeline {
                 .await;
             }
             Ok(false) => {
-                self.say(Reply::new(411, "Cookie rejected by its issuer."))
+                tracing::info!(peer = %ip, issuer, "immp cookie rejected by its issuer");
+                core.metrics.event("immp_cookie_check", "rejected");
+                self.say(Reply::new(411, "Cookie verification failed."))
                     .await
             }
             Err(e) => {
-                self.say(Reply::new(411, format!("Cannot verify the cookie: {e}.")))
+                tracing::info!(peer = %ip, issuer, error = %e, "immp cookie could not be verified");
+                core.metrics.event("immp_cookie_check", "unverifiable");
+                self.say(Reply::new(411, "Cookie verification failed."))
                     .await
             }
         }

@@ -296,12 +296,20 @@ impl Pipeline {
         // that it speaks for the node's domain (a remote node). Anyone else is refused.
         if self.shared.server.core.policy.is_local(&from.domain) {
             if let Err(r) = self.owned_node(&from).await {
-                self.shared.server.core.metrics.event("immp_push", "not_owner");
+                self.shared
+                    .server
+                    .core
+                    .metrics
+                    .event("immp_push", "not_owner");
                 return self.say(r).await;
             }
         } else if !matches!(&self.shared.phase(), Phase::Remote(d) if d.eq_ignore_ascii_case(&from.domain))
         {
-            self.shared.server.core.metrics.event("immp_push", "unverified_sender");
+            self.shared
+                .server
+                .core
+                .metrics
+                .event("immp_push", "unverified_sender");
             return self
                 .say(Reply::new(
                     403,

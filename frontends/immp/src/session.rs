@@ -9,10 +9,11 @@ use crate::federation::Federation;
 use crate::payload::{read_line, read_payload, Line, PartSpec, PayloadError};
 use crate::pipeline::{Pipeline, Shared, Work};
 use mailgate_core::io::{ConnState, Io};
+use mailgate_core::ratelimit::RateLimiter;
 use mailgate_core::store::AccountId;
 use mailgate_core::Core;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -54,6 +55,8 @@ pub struct ImmpServer {
     tls13: TlsAcceptor,
     read_timeout: Duration,
     handshake_timeout: Duration,
+    /// AUTH COOKIE call-backs per peer address (2 a second, burst 10).
+    pub(crate) cookie_checks: RateLimiter<IpAddr>,
     /// Open authenticated sessions per account, for unsolicited `150 PUSH` lines.
     live: Mutex<HashMap<AccountId, broadcast::Sender<Arc<str>>>>,
 }
@@ -79,6 +82,7 @@ impl ImmpServer {
             tls13,
             read_timeout,
             handshake_timeout,
+            cookie_checks: RateLimiter::new(2.0, 10),
             live: Mutex::new(HashMap::new()),
         }
     }

@@ -16,7 +16,7 @@ use mailgate_core::relay::{Backoff, TransportError};
 use mailgate_core::store::{FetchOutcome, LocalDelivery, Notification, Submission};
 use mailgate_core::{Address, TraceHop};
 use percent_encoding::percent_decode_str;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -126,43 +126,46 @@ impl Fetcher {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
-        let addrs = self
-            .x
-            .locator
-            .addresses(&host)
-            .await
-            .map_err(TransportError::Temporary)?;
-        let mut last = TransportError::Temporary(format!("{host} has no addresses"));
-        for ip in addrs {
-            let call = Call {
-                method: Method::GET,
-                connect: SocketAddr::new(ip, port),
-                https,
-                host: &host,
-                path: &target,
-                basic: Some((&user, &code)),
-                headers: vec![("accept", "application/json".into())],
-                json: None,
-            };
-            let resp = match self.x.http.send(call).await {
-                Ok(r) => r,
-                Err(e) => {
-                    last = TransportError::Temporary(format!("{host}: {e}"));
-                    continue;
-                }
-            };
-            return match resp.status {
-                StatusCode::OK => self.local_copy(n, &recipient, &resp.body, &host),
-                s @ (StatusCode::UNAUTHORIZED
-                | StatusCode::FORBIDDEN
-                | StatusCode::NOT_FOUND
-                | StatusCode::GONE) => Err(perm(format!("the sender's server answered {s}"))),
-                s => Err(TransportError::Temporary(format!(
-                    "the sender's server answered {s}"
-                ))),
-            };
+        // Only the address that was verified when the notification came in: the notifier's,
+        // which the URL host's A/AAAA records named. Never another record of that host, and
+        // never a denied (internal) address.
+        let ip: IpAddr = n
+            .notice
+            .peer
+            .parse()
+            .map_err(|_| perm(format!("no verified address for {host}")))?;
+        if !self.x.core.destinations.allowed(ip) {
+            self.x.core.metrics.event("xhmtp_fetch", "denied_address");
+            return Err(perm(format!(
+                "{ip} (the notifier's address) is in the outbound deny list"
+            )));
         }
-        Err(last)
+        let call = Call {
+            method: Method::GET,
+            connect: SocketAddr::new(ip, port),
+            https,
+            host: &host,
+            path: &target,
+            basic: Some((&user, &code)),
+            headers: vec![("accept", "application/json".into())],
+            json: None,
+        };
+        let resp = self
+            .x
+            .http
+            .send(call)
+            .await
+            .map_err(|e| TransportError::Temporary(format!("{host} at {ip}: {e}")))?;
+        match resp.status {
+            StatusCode::OK => self.local_copy(n, &recipient, &resp.body, &host),
+            s @ (StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::NOT_FOUND
+            | StatusCode::GONE) => Err(perm(format!("the sender's server answered {s}"))),
+            s => Err(TransportError::Temporary(format!(
+                "the sender's server answered {s}"
+            ))),
+        }
     }
 
     fn local_copy(

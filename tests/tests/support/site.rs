@@ -32,6 +32,8 @@ pub struct Site<'a> {
     pub xhmtp: &'a str,
     /// Appended at the end (arrays of tables).
     pub tail: &'a str,
+    /// `[outbound] deny` (TOML array): every test host is on loopback, so none by default.
+    pub deny: &'a str,
 }
 
 impl<'a> Site<'a> {
@@ -50,6 +52,7 @@ impl<'a> Site<'a> {
             immp: "",
             xhmtp: "",
             tail: "",
+            deny: "[]",
         }
     }
 
@@ -76,6 +79,7 @@ impl<'a> Site<'a> {
         if let Some(dns) = self.dns {
             out += &format!("[dns]\nservers = [\"{dns}\"]\n");
         }
+        out += &format!("[outbound]\ndeny = {}\n", self.deny);
         out += &format!(
             "[relay]\n{relay}\n[admin]\nlisten = \"{ip}:0\"\n\
              [mmtp]\nlisten = \"{ip}:{mmtp_port}\"\ntls_listen = \"{ip}:0\"\n{mmtp}\n\
