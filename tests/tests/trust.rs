@@ -39,10 +39,15 @@ async fn counting_server(ip: &str, port: u16) -> (u16, Arc<AtomicUsize>) {
 
 /// POST a notification from `from` to the gateway; the status code.
 async fn notify(gw: &Gateway, from: &str, url: &str) -> u16 {
+    notify_as(gw, from, url, "carol@evil.test").await
+}
+
+/// [`notify`] naming `sender` as the message's `from`.
+async fn notify_as(gw: &Gateway, from: &str, url: &str, sender: &str) -> u16 {
     let mut s = connect_from(from.parse().unwrap(), gw.addr("xhmtp.listen"))
         .await
         .unwrap();
-    let body = serde_json::json!({ "url": url, "from": "carol@evil.test" }).to_string();
+    let body = serde_json::json!({ "url": url, "from": sender }).to_string();
     let req = format!(
         "POST /xhmtp/bob@b.test HTTP/1.1\r\nHost: b.test\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -93,9 +98,20 @@ async fn fetches_go_only_to_the_verified_notifier_and_never_into_the_deny_list()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A message on evil.test "from" another domain is refused: evil.test does not host a.test.
+    let url = format!("http://bob%40b.test:code@evil.test:{port}/xhmtp/carol/3");
+    assert_eq!(
+        notify_as(&gw, "127.0.0.12", &url, "alice@a.test").await,
+        403
+    );
+    let (_, m) = gw.admin_get("/metrics");
+    assert!(m.contains("outcome=\"sender_domain_mismatch\""), "{m}");
     // From an address in the deny list: verified, but never fetched from.
     let url = format!("http://bob%40b.test:code@inside.test:{port}/xhmtp/carol/2");
-    assert_eq!(notify(&gw, "127.0.0.6", &url).await, 202);
+    assert_eq!(
+        notify_as(&gw, "127.0.0.6", &url, "carol@inside.test").await,
+        202
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, m) = gw.admin_get("/metrics");

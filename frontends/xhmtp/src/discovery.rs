@@ -100,6 +100,21 @@ impl Locator {
             .collect())
     }
 
+    /// May a message hosted on `host` be from `domain`? Yes when `host` is the domain itself
+    /// or one of its XHMTP servers (a static route, or a target of its `_xhmtp._tcp` SRV
+    /// records). `Err` when the SRV look-up failed (try again later).
+    pub async fn hosts_domain(&self, host: &str, domain: &str) -> Result<bool, String> {
+        let host = host.trim_end_matches('.');
+        if host.eq_ignore_ascii_case(domain) {
+            return Ok(true);
+        }
+        match self.endpoints(domain).await {
+            Ok(eps) => Ok(eps.iter().any(|e| e.host.eq_ignore_ascii_case(host))),
+            Err(LookupError::NoRoute(_)) => Ok(false),
+            Err(LookupError::Dns(e)) => Err(e),
+        }
+    }
+
     /// The addresses of `host` (itself when it is an address literal).
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
         host_addresses(self.dns.as_ref(), host).await

@@ -343,6 +343,33 @@ async fn accept_notification(
             )));
         }
     }
+    // The sender's domain must host the message: the URL's host is the domain or one of its
+    // XHMTP servers. Otherwise anyone could announce mail "from" any domain from their own host.
+    if let Some(from) = &sender {
+        match x.locator.hosts_domain(&url.host, &from.domain).await {
+            Ok(true) => {}
+            Ok(false) => {
+                x.core
+                    .metrics
+                    .event("xhmtp_notify_in", "sender_domain_mismatch");
+                return Err(forbidden(
+                    "sender_mismatch",
+                    format!(
+                        "{} is not a server of {} (the sender's domain): neither the domain itself nor an _xhmtp._tcp target",
+                        url.host, from.domain
+                    ),
+                ));
+            }
+            Err(e) => {
+                tracing::info!(domain = %from.domain, error = %e, "xhmtp: sender check could not run");
+                x.core.metrics.event("xhmtp_notify_in", "dns_unavailable");
+                return Err(ApiError::busy(&format!(
+                    "cannot look up the servers of {} now; retry later",
+                    from.domain
+                )));
+            }
+        }
+    }
     filters_of(x, &account)
         .await?
         .admit(sender.as_ref())
