@@ -224,11 +224,23 @@ impl Default for AdminConfig {
 }
 
 /// `[dns]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// DNS servers (`ip:port`) for SRV/TXT/A look-ups; empty: the system's resolver settings.
     pub servers: Vec<SocketAddr>,
+    /// Time limit of one route choice's look-ups (run concurrently), and of each query,
+    /// seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout_secs: 5,
+        }
+    }
 }
 
 /// `[relay]`.
@@ -338,6 +350,9 @@ impl Config {
         }
         if !(self.limits.rate_per_sec >= 0.0 && self.limits.rate_per_sec.is_finite()) {
             bail!("limits.rate_per_sec must be 0 (unlimited) or a positive number");
+        }
+        if self.dns.timeout_secs == 0 {
+            bail!("dns.timeout_secs must be greater than 0");
         }
         if self.relay.workers == 0 {
             bail!("relay.workers must be greater than 0");

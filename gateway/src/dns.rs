@@ -18,8 +18,9 @@ pub struct DnsDiscovery {
 }
 
 impl DnsDiscovery {
-    /// Use `servers` (UDP and TCP), or the system configuration when empty.
-    pub fn new(servers: &[SocketAddr]) -> anyhow::Result<Self> {
+    /// Use `servers` (UDP and TCP), or the system configuration when empty; each query waits
+    /// at most `timeout` (two attempts).
+    pub fn new(servers: &[SocketAddr], timeout: std::time::Duration) -> anyhow::Result<Self> {
         let builder = if servers.is_empty() {
             TokioResolver::builder_tokio()?
         } else {
@@ -31,7 +32,10 @@ impl DnsDiscovery {
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
         };
         let mut builder = builder;
-        builder.options_mut().cache_size = 1024;
+        let opts = builder.options_mut();
+        opts.cache_size = 1024;
+        opts.timeout = timeout / 2;
+        opts.attempts = 2;
         Ok(DnsDiscovery {
             resolver: builder.build(),
         })

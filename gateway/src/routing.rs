@@ -11,26 +11,30 @@
 use mailgate_core::discovery::Discovery;
 use mailgate_core::relay::TransportError;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Chooses a protocol per destination domain.
 pub struct RouteChooser {
     statics: Vec<(String, String)>,
     dns: Option<Arc<dyn Discovery>>,
     preference: Vec<String>,
+    timeout: Duration,
 }
 
 impl RouteChooser {
     /// `statics` are `(domain, protocol)` pairs from the configuration; `preference` orders the
-    /// protocols.
+    /// protocols; `timeout` bounds the SRV look-ups of one choice (they run concurrently).
     pub fn new(
         statics: Vec<(String, String)>,
         dns: Option<Arc<dyn Discovery>>,
         preference: Vec<String>,
+        timeout: Duration,
     ) -> Self {
         RouteChooser {
             statics,
             dns,
             preference,
+            timeout,
         }
     }
 
@@ -74,9 +78,18 @@ impl RouteChooser {
                 "no route to {domain}: no static route and no DNS resolver"
             )));
         };
+        // Every protocol's SRV look-up at once, each bounded by the same time limit: a dead
+        // resolver costs one limit, not one per protocol.
+        let lookups = order.iter().map(|p| async move {
+            match tokio::time::timeout(self.timeout, dns.srv(p, domain)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            }
+        });
+        let answers = futures_util::future::join_all(lookups).await;
         let mut dns_error = None;
-        for p in &order {
-            match dns.srv(p, domain).await {
+        for (p, answer) in order.iter().zip(answers) {
+            match answer {
                 Ok(targets) if !targets.is_empty() => return Ok((*p).to_owned()),
                 Ok(_) => {}
                 Err(e) => dns_error = Some(e),
@@ -114,6 +127,10 @@ mod tests {
             if domain == "broken.test" {
                 return Err("SERVFAIL".into());
             }
+            if domain == "slow.test" && service == "immp" {
+                // A resolver that never answers this one.
+                std::future::pending::<()>().await;
+            }
             Ok(self
                 .0
                 .iter()
@@ -142,8 +159,10 @@ mod tests {
                 ("mmtp", "all.test"),
                 ("xhmtp", "all.test"),
                 ("mmtp", "mmtp.test"),
+                ("mmtp", "slow.test"),
             ]))),
             vec!["immp".into(), "mmtp".into(), "xhmtp".into()],
+            Duration::from_millis(200),
         )
     }
 
@@ -186,6 +205,12 @@ mod tests {
         assert!(matches!(
             c.choose("broken.test", None, ALL).await,
             Err(TransportError::Temporary(_))
+        ));
+        // The look-ups run together under one limit: a hanging one does not hold the others.
+        assert_eq!(c.choose("slow.test", None, ALL).await.unwrap(), "mmtp");
+        assert!(matches!(
+            c.choose("slow.test", None, &["immp"]).await,
+            Err(TransportError::Temporary(m)) if m.contains("no answer")
         ));
     }
 }

@@ -241,7 +241,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }),
     );
     let mut federation = Federation::new(immp_routes, trust.clone());
-    let dns: Option<Arc<dyn Discovery>> = match crate::dns::DnsDiscovery::new(&config.dns.servers) {
+    let dns: Option<Arc<dyn Discovery>> = match crate::dns::DnsDiscovery::new(
+        &config.dns.servers,
+        Duration::from_secs(config.dns.timeout_secs),
+    ) {
         Ok(dns) => Some(Arc::new(dns)),
         Err(e) => {
             tracing::warn!(error = %e, "no DNS resolver: only configured routes are used");
@@ -375,7 +378,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let relay = Arc::new(Relay::new(
         core.clone(),
         transports,
-        RouteChooser::new(static_routes(&config), dns, config.relay.preference.clone()),
+        RouteChooser::new(
+            static_routes(&config),
+            dns,
+            config.relay.preference.clone(),
+            Duration::from_secs(config.dns.timeout_secs),
+        ),
         config.relay.clone(),
         config.primary_domain(),
     ));
