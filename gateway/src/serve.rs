@@ -389,9 +389,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     tracker.spawn(relay.run(shutdown.clone()));
 
+    let stop = stop_signal();
     println!("mailgate: ready");
     tracing::info!(domains = ?config.domains, "mailgate ready");
-    stop_signal().await;
+    stop.await;
     tracing::info!("stopping: no new connections; finishing requests in flight");
     shutdown.cancel();
     while servers.join_next().await.is_some() {}
@@ -406,24 +407,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stop_signal() {
+/// Install the SIGTERM and SIGINT handlers now — before "ready" is printed, so that a signal
+/// sent right after it stops the gateway gracefully instead of killing it — and return a future
+/// that resolves on the first of them.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            async fn next(s: std::io::Result<tokio::signal::unix::Signal>) {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = next(term) => {}
+                _ = next(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

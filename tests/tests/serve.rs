@@ -149,7 +149,14 @@ fn serve_opens_every_listener_and_stops_cleanly() {
         args.extend(["--ca", ca.to_str().unwrap()]);
         let out = run(&args, None, dir.path());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{protocol} suite failed:\n{text}");
+        if !out.status.success() {
+            let log = gw.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{protocol} suite failed:\n{text}\ngateway log (last lines, newest first):\n{}",
+                tail.join("\n")
+            );
+        }
         let last = text.lines().last().unwrap();
         assert!(last.contains(" 0 failed"), "{text}");
         assert!(!text.contains("FAILED"), "{text}");

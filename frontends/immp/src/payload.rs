@@ -214,19 +214,22 @@ pub(crate) async fn read_payload<R: AsyncRead + Unpin>(
     }
 }
 
-/// Read and drop `n` octets.
+/// Read and drop `n` octets (in 64 KiB reads, which go past the line buffer).
 async fn discard<R: AsyncRead + Unpin>(
     io: &mut BufReader<R>,
     mut n: u64,
 ) -> Result<(), PayloadError> {
+    let mut scratch = vec![0u8; 64 * 1024];
     while n > 0 {
-        let chunk = io.fill_buf().await.map_err(|_| PayloadError::Io)?;
-        if chunk.is_empty() {
+        let want = scratch.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+        let got = io
+            .read(&mut scratch[..want])
+            .await
+            .map_err(|_| PayloadError::Io)?;
+        if got == 0 {
             return Err(PayloadError::Io);
         }
-        let used = chunk.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-        io.consume(used);
-        n -= used as u64;
+        n -= got as u64;
     }
     Ok(())
 }

@@ -345,6 +345,11 @@ impl ImmpServer {
                         match payload {
                             Err(PayloadError::Io) => break 'session,
                             Err(PayloadError::Unbounded) => {
+                                tracing::info!(
+                                    length,
+                                    cap,
+                                    "immp: payload far over the limit; closing"
+                                );
                                 let r =
                                     Reply::new(702, "Payload far larger than allowed; closing.");
                                 closing_reply = Some(r.render(p));
