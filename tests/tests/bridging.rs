@@ -31,6 +31,31 @@ fn queue(gw: &Gateway, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Create alice@e.test and her XHMTP client; the server's XHMTP address.
+fn alice(gw: &Gateway) -> (XhmtpClient, String) {
+    gw.add_user("alice@e.test", "alice-pw");
+    let server = gw.addr("xhmtp.listen").to_owned();
+    let client = XhmtpClient::new(
+        server.parse().unwrap(),
+        "e.test",
+        None,
+        "xhmtp",
+        "alice@e.test",
+        "alice-pw",
+    );
+    (client, server)
+}
+
+/// A one-line submission to `to`.
+fn send(to: &str, subject: &str) -> SubmitRequest {
+    SubmitRequest {
+        to: vec![to.to_owned()],
+        subject: subject.to_owned(),
+        body: "b".into(),
+        ..SubmitRequest::default()
+    }
+}
+
 /// Wait until alice's feed has an item titled `title`; return the message behind it.
 async fn bounce_for(alice: &XhmtpClient, server: &str, title: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -65,22 +90,7 @@ async fn failures_bounce_to_the_sender_and_the_queue_is_manageable() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(dir.path(), Some(&config(dir.path(), dns)));
-    gw.add_user("alice@e.test", "alice-pw");
-    let server = gw.addr("xhmtp.listen").to_owned();
-    let alice = XhmtpClient::new(
-        server.parse().unwrap(),
-        "e.test",
-        None,
-        "xhmtp",
-        "alice@e.test",
-        "alice-pw",
-    );
-    let send = |to: &str, subject: &str| SubmitRequest {
-        to: vec![to.to_owned()],
-        subject: subject.to_owned(),
-        body: "b".into(),
-        ..SubmitRequest::default()
-    };
+    let (alice, server) = alice(&gw);
 
     // An entry for hold.test waits; the operator sees it, retries it and drops it: no bounce.
     alice.submit(&send("h@hold.test", "held")).await.unwrap();
@@ -137,22 +147,7 @@ async fn dns_errors_are_retried_not_bounced() {
     }
     .config(dir.path());
     let gw = Gateway::start(dir.path(), Some(&config));
-    gw.add_user("alice@e.test", "alice-pw");
-    let server = gw.addr("xhmtp.listen").to_owned();
-    let alice = XhmtpClient::new(
-        server.parse().unwrap(),
-        "e.test",
-        None,
-        "xhmtp",
-        "alice@e.test",
-        "alice-pw",
-    );
-    let send = |to: &str, subject: &str| SubmitRequest {
-        to: vec![to.to_owned()],
-        subject: subject.to_owned(),
-        body: "b".into(),
-        ..SubmitRequest::default()
-    };
+    let (alice, server) = alice(&gw);
     alice
         .submit(&send("x@refused.example", "refused"))
         .await
