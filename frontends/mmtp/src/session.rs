@@ -507,8 +507,16 @@ impl Session<'_> {
                 return Err(error("data.publicKey is missing"));
             };
             let store = &self.server.core.store;
-            if self.server.core.policy.is_local(&email.domain)
-                && !matches!(store.account(&email).await, Ok(Some(_)))
+            // A key for another domain's address would make its signatures look verified here:
+            // such keys come only from that domain, never from whoever registers them.
+            if !self.server.core.policy.is_local(&email.domain) {
+                self.server.core.metrics.event("mmtp_register_key", "not_local");
+                return Err(error(format!(
+                    "keys are registered here only for this server's own accounts; {} is not one",
+                    email.to_mmtp().unwrap_or_default()
+                )));
+            }
+            if !matches!(store.account(&email).await, Ok(Some(_)))
             {
                 return Err(error(format!(
                     "no such account: {}",
