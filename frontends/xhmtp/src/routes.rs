@@ -236,6 +236,14 @@ async fn local_account(x: &Xhmtp, user: &str) -> Result<Account, ApiError> {
 }
 
 /// The checked parts of a notification's message URL.
+/// A notification check that could not run because our own DNS look-up of `name` failed:
+/// `503` with `Retry-After`, so the notifier retries instead of bouncing.
+fn dns_unavailable(x: &Xhmtp, name: &str, e: &str) -> ApiError {
+    tracing::info!(name, error = %e, "xhmtp: a notification check could not run");
+    x.core.metrics.event("xhmtp_notify_in", "dns_unavailable");
+    ApiError::busy(&format!("cannot look up {name} now; retry later"))
+}
+
 /// A notification's message URL, checked.
 pub struct MessageUrl {
     /// The host the notifier must be an address of.
@@ -334,14 +342,7 @@ async fn accept_notification(
             ))
         }
         // Our own look-up failed: nothing is known about the notifier yet; the peer retries.
-        Err(e) => {
-            tracing::info!(host = %url.host, error = %e, "xhmtp: notifier check could not run");
-            x.core.metrics.event("xhmtp_notify_in", "dns_unavailable");
-            return Err(ApiError::busy(&format!(
-                "cannot look up the message URL's host {} now; retry later",
-                url.host
-            )));
-        }
+        Err(e) => return Err(dns_unavailable(x, &url.host, &e)),
     }
     // The sender's domain must host the message: the URL's host is the domain or one of its
     // XHMTP servers. Otherwise anyone could announce mail "from" any domain from their own host.
@@ -360,14 +361,7 @@ async fn accept_notification(
                     ),
                 ));
             }
-            Err(e) => {
-                tracing::info!(domain = %from.domain, error = %e, "xhmtp: sender check could not run");
-                x.core.metrics.event("xhmtp_notify_in", "dns_unavailable");
-                return Err(ApiError::busy(&format!(
-                    "cannot look up the servers of {} now; retry later",
-                    from.domain
-                )));
-            }
+            Err(e) => return Err(dns_unavailable(x, &from.domain, &e)),
         }
     }
     filters_of(x, &account)
