@@ -23,7 +23,10 @@ pub mod store;
 pub use address::{Address, AddressError, ImidRef};
 pub use budget::{BudgetError, MemoryBudget, Reservation};
 pub use login::{LoginGuard, LoginLimits};
-pub use message::{Importance, Message, MessageId, MessageKind, Part, Security, Tags, TraceHop};
+pub use message::{
+    Importance, KeySource, Message, MessageId, MessageKind, Part, Security, SenderCheck, Tags,
+    TraceHop, Verdicts,
+};
 pub use metrics::Metrics;
 pub use router::{Core, LoginError, Origin, Policy, Receipt, SubmitError, Submitter};
 pub use store::{SqliteOptions, SqliteStore, Store, StoreError};

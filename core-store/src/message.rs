@@ -145,6 +145,138 @@ pub struct Security {
     /// Hex SHA-256 of the content as it arrived, when the protocol carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_hash: Option<String>,
+    /// Where the key the signature was checked against came from (`None`: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_source: Option<KeySource>,
+    /// What tied the submitter to the sender's address on arrival (`None`: stored before
+    /// mailgate recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_check: Option<SenderCheck>,
+}
+
+impl Security {
+    /// The state a relaying peer may hand on: the content, its signature and hash, never a
+    /// verdict reached elsewhere (those are the receiving gateway's own).
+    pub fn without_verdicts(self) -> Security {
+        Security {
+            signature_verified: None,
+            key_source: None,
+            sender_check: None,
+            ..self
+        }
+    }
+}
+
+/// This gateway's verdicts on a message, as every read format shows them (JSON field names;
+/// absent when not known).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdicts {
+    /// Whether the sender's address was checked (see `sender_check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_verified: Option<bool>,
+    /// What tied the submitter to the sender's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_check: Option<SenderCheck>,
+    /// Whether the signature verified with a trusted key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_verified: Option<bool>,
+    /// Where that key came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_source: Option<KeySource>,
+}
+
+impl Verdicts {
+    /// The verdicts as one header value, for MIME renderings:
+    /// `sender=unverified; signature=verified; key=sender-domain`.
+    pub fn header(&self) -> Option<String> {
+        let mut items = Vec::new();
+        if let Some(check) = self.sender_check {
+            items.push(format!("sender={}", check.as_str()));
+        }
+        if let Some(verified) = self.signature_verified {
+            let verdict = if verified { "verified" } else { "unverified" };
+            items.push(format!("signature={verdict}"));
+        }
+        if let Some(source) = self.key_source {
+            items.push(format!("key={}", source.as_str()));
+        }
+        (!items.is_empty()).then(|| items.join("; "))
+    }
+}
+
+impl Security {
+    /// What this gateway found on arrival.
+    pub fn verdicts(&self) -> Verdicts {
+        Verdicts {
+            sender_verified: self.sender_check.map(SenderCheck::verified),
+            sender_check: self.sender_check,
+            signature_verified: self.signature_verified,
+            key_source: self.key_source,
+        }
+    }
+}
+
+/// Where the key a signature was checked against came from. A signature counts as verified
+/// only with a key from [`KeySource::LocalOwner`] or [`KeySource::SenderDomain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySource {
+    /// Registered for a local account by that account, authenticated.
+    LocalOwner,
+    /// Fetched by this gateway from the sender's own domain (its MMTP server, verified TLS).
+    SenderDomain,
+    /// Registered for a local account without authentication (trust on first use).
+    FirstUse,
+    /// No key could be had for the sender.
+    None,
+}
+
+impl KeySource {
+    /// Whether a signature checked against such a key counts as verified.
+    pub fn trusted(self) -> bool {
+        matches!(self, KeySource::LocalOwner | KeySource::SenderDomain)
+    }
+    /// The name used in every read format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::LocalOwner => "local-owner",
+            KeySource::SenderDomain => "sender-domain",
+            KeySource::FirstUse => "first-use",
+            KeySource::None => "none",
+        }
+    }
+}
+
+/// What tied the submitter to the sender's address when the message arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SenderCheck {
+    /// The sender's own local account submitted it, authenticated.
+    Account,
+    /// A server of the sender's domain handed it over: its address is one of the domain's
+    /// servers, or it authenticated for the domain.
+    Domain,
+    /// Nothing tied the submitting peer to the sender's domain: the sender is a claim.
+    Unverified,
+    /// The gateway wrote it itself (bounces, pushes its owner published).
+    Gateway,
+}
+
+impl SenderCheck {
+    /// Whether the sender's address was checked.
+    pub fn verified(self) -> bool {
+        !matches!(self, SenderCheck::Unverified)
+    }
+    /// The name used in every read format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderCheck::Account => "account",
+            SenderCheck::Domain => "domain",
+            SenderCheck::Unverified => "unverified",
+            SenderCheck::Gateway => "gateway",
+        }
+    }
 }
 
 /// One hop a message passed: which protocol, from which peer, when.

@@ -9,7 +9,7 @@ use crate::address::Address;
 use crate::budget::MemoryBudget;
 use crate::destinations::Destinations;
 use crate::login::{LoginGuard, LoginLimits};
-use crate::message::Message;
+use crate::message::{Message, SenderCheck};
 use crate::metrics::Metrics;
 use crate::password::{hash_password, verify_password, PasswordError};
 use crate::ratelimit::RateLimiter;
@@ -108,6 +108,9 @@ pub enum SubmitError {
     /// An authenticated account tried to send as someone else.
     #[error("sender {0} does not match the authenticated account")]
     SenderMismatch(Address),
+    /// A sender address in a local domain from a peer that did not authenticate as it.
+    #[error("sender {0} is an account of this server: authenticate as it to send as it")]
+    LocalSenderUnauthenticated(Address),
     /// The anti-spam stamp was used before.
     #[error("anti-spam stamp already spent")]
     StampSpent,
@@ -126,6 +129,7 @@ impl SubmitError {
             SubmitError::RelayDenied(_) => "relay_denied",
             SubmitError::UnknownRecipient(_) => "unknown_recipient",
             SubmitError::SenderMismatch(_) => "sender_mismatch",
+            SubmitError::LocalSenderUnauthenticated(_) => "local_sender_unauthenticated",
             SubmitError::StampSpent => "stamp_replay",
             SubmitError::Store(_) => "store_error",
         }
@@ -285,7 +289,7 @@ impl Core {
 
     async fn route_and_store(
         &self,
-        message: Message,
+        mut message: Message,
         origin: &Origin,
         stamp: Option<SpentStamp>,
     ) -> Result<Receipt, SubmitError> {
@@ -305,11 +309,28 @@ impl Core {
                 self.policy.max_recipients,
             ));
         }
-        if let Submitter::Account(account) = &origin.submitter {
-            if !account.address.same_account(&message.sender) {
-                return Err(SubmitError::SenderMismatch(message.sender.clone()));
+        message.security.sender_check = Some(match &origin.submitter {
+            Submitter::Account(account) => {
+                if !account.address.same_account(&message.sender) {
+                    return Err(SubmitError::SenderMismatch(message.sender.clone()));
+                }
+                SenderCheck::Account
             }
-        }
+            Submitter::Gateway => SenderCheck::Gateway,
+            Submitter::Peer(_) => {
+                if self.policy.is_local(&message.sender.domain) {
+                    return Err(SubmitError::LocalSenderUnauthenticated(
+                        message.sender.clone(),
+                    ));
+                }
+                // Only the front-end's own check of the peer against the sender's domain
+                // counts; anything else it or the peer set is a claim.
+                match message.security.sender_check {
+                    Some(SenderCheck::Domain) => SenderCheck::Domain,
+                    _ => SenderCheck::Unverified,
+                }
+            }
+        });
         let mut receipt = Receipt::default();
         let mut deliveries = Vec::new();
         let mut relays = Vec::new();

@@ -17,7 +17,8 @@ use mailgate_core::{Core, Metrics, Policy, SqliteOptions, SqliteStore};
 use mailgate_immp::federation::{Federation, ImmpRoute, ImmpTransport};
 use mailgate_immp::session::DomainKey;
 use mailgate_immp::ImmpServer;
-use mailgate_mmtp::relay::{MmtpRoute, MmtpTransport};
+use mailgate_mmtp::peers::{MmtpPeers, MmtpRoute};
+use mailgate_mmtp::relay::MmtpTransport;
 use mailgate_mmtp::MmtpServer;
 use mailgate_xhmtp::access::AccessCodes;
 use mailgate_xhmtp::config::XhmtpRoute;
@@ -262,12 +263,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admin::serve_http(admin_app.clone(), c, read_timeout)
     }));
 
+    let mmtp_peers = Arc::new(
+        MmtpPeers::new(
+            config
+                .route
+                .iter()
+                .filter(|r| r.protocol == "mmtp")
+                .map(|r| MmtpRoute {
+                    domain: r.domain.clone(),
+                    host: r.host.clone(),
+                    port: r.port,
+                    tls: r.tls,
+                })
+                .collect(),
+            dns.clone(),
+            trust.clone(),
+            config.mmtp.outbound_tls,
+        )
+        .with_destinations(core.destinations.clone())
+        .with_key_ttl(Duration::from_secs(config.mmtp.remote_key_ttl_secs)),
+    );
     if config.mmtp.enabled {
-        let mmtp = Arc::new(MmtpServer::new(
-            core.clone(),
-            config.mmtp.clone(),
-            read_timeout,
-        ));
+        let mmtp = Arc::new(
+            MmtpServer::new(core.clone(), config.mmtp.clone(), read_timeout)
+                .with_peers(mmtp_peers.clone()),
+        );
         let l = bind(config.mmtp.listen, "mmtp.listen").await?;
         let m = mmtp.clone();
         servers.spawn(listener::serve("mmtp", l, None, ctx.clone(), move |c| {
@@ -354,23 +374,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )));
     }
     if config.mmtp.enabled {
-        let routes = config
-            .route
-            .iter()
-            .filter(|r| r.protocol == "mmtp")
-            .map(|r| MmtpRoute {
-                domain: r.domain.clone(),
-                host: r.host.clone(),
-                port: r.port,
-                tls: r.tls,
-            })
-            .collect();
-        transports.push(Arc::new(MmtpTransport::new(
-            routes,
-            dns.clone(),
-            trust.clone(),
-            config.mmtp.outbound_tls,
-        )));
+        transports.push(Arc::new(MmtpTransport::new(mmtp_peers)));
     }
     if let Some(x) = &xhmtp {
         transports.push(Arc::new(XhmtpTransport::new(x.clone())));

@@ -56,10 +56,32 @@ async fn original_client_frames_are_stored_returned_unchanged_and_verified() {
     gw.add_user("alice@a.test", "alice-pw");
     gw.add_user("bob@a.test", "bob-pw");
 
+    // Without AUTH, Alice's key is refused (trust on first use is off by default).
     let mut plain = MmtpClient::connect(gw.addr("mmtp.listen"), None)
         .await
         .unwrap();
-    // Trust on first use: Alice's openpgp.js key registers without AUTH.
+    let tofu = plain
+        .register_key(
+            &addr("(alice)%(a.test)"),
+            &fixture("(alice)%(a.test).pub.asc"),
+        )
+        .await;
+    assert!(matches!(tofu, Err(ClientError::Refused(m)) if m.contains("AUTH as")));
+    // An unauthenticated peer cannot send as Alice: the original client's frames are refused
+    // on a plain connection...
+    let forged = plain
+        .request_text(&fixture("send-plain.json"))
+        .await
+        .unwrap();
+    assert_eq!(forged["status"], "ERROR");
+    assert!(forged["message"].as_str().unwrap().contains("authenticate"));
+    // ...and taken, byte for byte, from Alice authenticated over TLS, who registers her
+    // openpgp.js key.
+    let mut plain = tls_client(&gw).await;
+    plain
+        .auth(&addr("(alice)%(a.test)"), "alice-pw")
+        .await
+        .unwrap();
     plain
         .register_key(
             &addr("(alice)%(a.test)"),
@@ -101,6 +123,9 @@ async fn original_client_frames_are_stored_returned_unchanged_and_verified() {
     let bob_key = mailgate_core::pgp::generate_key(&addr("(alice)%(a.test)"))
         .unwrap()
         .1;
+    let mut plain = MmtpClient::connect(gw.addr("mmtp.listen"), None)
+        .await
+        .unwrap();
     let err = plain
         .register_key(&addr("(alice)%(a.test)"), &bob_key)
         .await;
@@ -123,10 +148,19 @@ async fn original_client_frames_are_stored_returned_unchanged_and_verified() {
     {
         let sent = fixture_packet(name);
         let sent_v: Value = serde_json::from_str(&sent).unwrap();
-        // Unchanged: every field as sent, except the server's verdict on the signature.
+        // Unchanged: every field as sent, except the server's verdicts: on the signature
+        // (checked against the key Alice registered herself) and on the sender (Alice,
+        // authenticated).
         let mut expected = sent_v.clone();
         let verified = *name == "send-signed.json";
         expected["meta"]["signatureVerified"] = Value::Bool(verified);
+        expected["meta"]["senderVerified"] = Value::Bool(true);
+        expected["meta"]["senderCheck"] = Value::from("account");
+        // (An encrypted message's signature covers the plaintext, which the server never
+        // sees: it is not checked, so there is no key to name.)
+        if verified {
+            expected["meta"]["keySource"] = Value::from("local-owner");
+        }
         assert_eq!(messages[i], expected, "{name}");
         // And the content text byte for byte (what the hash and signature cover).
         assert_eq!(
@@ -165,7 +199,9 @@ async fn original_client_frames_are_stored_returned_unchanged_and_verified() {
     let (status, _) = gw.stop();
     assert!(status.success());
     let gw = Gateway::start(dir.path(), Some(&config));
-    let mut plain = MmtpClient::connect(gw.addr("mmtp.listen"), None)
+    let mut plain = tls_client(&gw).await;
+    plain
+        .auth(&addr("(alice)%(a.test)"), "alice-pw")
         .await
         .unwrap();
     for name in ["send-plain.json", "send-signed.json", "send-encrypted.json"] {

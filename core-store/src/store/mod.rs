@@ -74,6 +74,8 @@ pub struct PublicKeyRecord {
     pub fingerprint: String,
     /// ASCII-armored key.
     pub armored: String,
+    /// Registered by the account itself, authenticated (otherwise: trust on first use).
+    pub owner_verified: bool,
 }
 
 /// A message placed in a local account's folder.
@@ -163,6 +165,8 @@ pub struct MessageSummary {
     pub size: u64,
     /// When accepted, Unix ms.
     pub received_at: i64,
+    /// What tied the submitter to the sender (see [`crate::message::SenderCheck`]).
+    pub sender_check: Option<crate::message::SenderCheck>,
 }
 
 /// A published node (IMMP PUBLISH).

@@ -162,6 +162,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages ADD COLUMN origin_key TEXT;
     CREATE INDEX messages_origin ON messages (origin_key) WHERE origin_key IS NOT NULL;
     "#,
+    // 6: whether a key was registered by its account's owner, authenticated (only such keys
+    // make signatures verified; keys from before this migration are not known to be).
+    r#"
+    ALTER TABLE public_keys ADD COLUMN owner_verified INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Bring the schema up to date; refuses a database newer than this binary.

@@ -649,17 +649,20 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 c.execute(
-                    "INSERT INTO public_keys (address_key, address, fingerprint, armored, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO public_keys
+                       (address_key, address, fingerprint, armored, updated_at, owner_verified)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (address_key) DO UPDATE SET address = excluded.address,
                        fingerprint = excluded.fingerprint, armored = excluded.armored,
-                       updated_at = excluded.updated_at",
+                       updated_at = excluded.updated_at,
+                       owner_verified = excluded.owner_verified",
                     params![
                         key.address.account_key(),
                         key.address.account().to_string(),
                         key.fingerprint,
                         key.armored,
-                        now_ms()
+                        now_ms(),
+                        key.owner_verified
                     ],
                 )?;
                 Ok(())
@@ -670,17 +673,21 @@ impl Store for SqliteStore {
     async fn key(&self, address: &Address) -> Result<Option<PublicKeyRecord>, StoreError> {
         let key = address.account_key();
         self.read(move |c| {
-            let row: Option<(String, String, String)> = c
+            let row: Option<(String, String, String, bool)> = c
                 .prepare_cached(
-                    "SELECT address, fingerprint, armored FROM public_keys WHERE address_key = ?1",
+                    "SELECT address, fingerprint, armored, owner_verified
+                     FROM public_keys WHERE address_key = ?1",
                 )?
-                .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row(params![key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()?;
-            row.map(|(a, fingerprint, armored)| {
+            row.map(|(a, fingerprint, armored, owner_verified)| {
                 Ok(PublicKeyRecord {
                     address: parse_stored_address(&a)?,
                     fingerprint,
                     armored,
+                    owner_verified,
                 })
             })
             .transpose()
@@ -864,6 +871,7 @@ impl Store for SqliteStore {
                     sender: parse_stored_address(&sender)?,
                     recipients,
                     subject,
+                    sender_check: meta.security.sender_check,
                     tags: meta.tags,
                     importance: Importance::from_code(importance),
                     kind: kind_from_code(kind),

@@ -57,10 +57,7 @@ impl Envelope {
             from: m.sender.to_string(),
             origin: m.origin_id.clone().unwrap_or_else(|| m.id.to_string()),
             tags: m.tags.clone(),
-            security: Security {
-                signature_verified: None,
-                ..m.security.clone()
-            },
+            security: m.security.clone().without_verdicts(),
             trace: m.trace.clone(),
             wire: m.wire.as_ref().map(|w| WireJson {
                 protocol: w.protocol.clone(),
@@ -90,10 +87,7 @@ impl Envelope {
     pub fn apply(self, m: &mut Message) -> Result<(), String> {
         m.origin_id = Some(self.origin);
         m.tags = self.tags;
-        m.security = Security {
-            signature_verified: None,
-            ..self.security
-        };
+        m.security = self.security.without_verdicts();
         let mut trace = self.trace;
         trace.append(&mut m.trace);
         m.trace = trace;

@@ -214,7 +214,7 @@ fn part_json(p: &mailgate_core::Part, gzip: bool) -> Value {
 
 /// The message as the draft's "Using JSON" shape: envelope plus parts.
 pub fn message_json(m: &Message, seen: bool, gzip: bool) -> Value {
-    json!({
+    let mut v = json!({
         "id": m.id.to_string(),
         "from": m.sender.to_string(),
         "to": m.recipients.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -224,7 +224,13 @@ pub fn message_json(m: &Message, seen: bool, gzip: bool) -> Value {
         "flags": if seen { vec!["seen"] } else { Vec::new() },
         "encrypted": m.security.encrypted,
         "parts": m.parts.iter().map(|p| part_json(p, gzip)).collect::<Vec<_>>(),
-    })
+    });
+    if let (Value::Object(fields), Ok(Value::Object(verdicts))) =
+        (&mut v, serde_json::to_value(m.security.verdicts()))
+    {
+        fields.extend(verdicts);
+    }
+    v
 }
 
 /// A push as shown live in `150 PUSH <json>` lines.
@@ -255,10 +261,15 @@ pub fn message_mime(m: &Message, gzip: bool) -> Vec<String> {
         ),
         format!("Subject: {}", m.subject.replace(['\r', '\n'], " ")),
         format!("Date: {}", rfc3339(m.received_at)),
+    ];
+    if let Some(verdicts) = m.security.verdicts().header() {
+        out.push(format!("Mailgate-Verdicts: {verdicts}"));
+    }
+    out.extend([
         "MIME-Version: 1.0".into(),
         format!("Content-Type: multipart/mixed; boundary=\"{boundary}\""),
         String::new(),
-    ];
+    ]);
     for p in &m.parts {
         out.push(format!("--{boundary}"));
         out.push(format!("Content-Type: {}", p.media_type));

@@ -13,7 +13,8 @@ use mailgate_core::login::FAILURES_PER_CONNECTION;
 use mailgate_core::message::now_ms;
 use mailgate_core::store::{Account, AccountId};
 use mailgate_core::{
-    Address, ImidRef, Importance, Message, Origin, Part, SubmitError, Submitter, TraceHop,
+    Address, ImidRef, Importance, Message, Origin, Part, SenderCheck, SubmitError, Submitter,
+    TraceHop,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -651,6 +652,10 @@ impl Pipeline {
                 return self.say(Reply::new(444, format!("{e}."))).await;
             }
         }
+        if matches!(submitter, Submitter::Peer(_)) {
+            // A server authenticated for the sender's domain (AUTH COOKIE) hands it over.
+            message.security.sender_check = Some(SenderCheck::Domain);
+        }
         let id = message.id;
         let origin = Origin {
             protocol: PROTOCOL,
@@ -662,7 +667,9 @@ impl Pipeline {
             Err(e @ SubmitError::RelayDenied(_)) => Reply::new(442, format!("{e}.")),
             Err(e @ SubmitError::TooLarge { .. }) => Reply::new(443, format!("{e}.")),
             Err(e @ SubmitError::TooManyRecipients(..)) => Reply::new(447, format!("{e}.")),
-            Err(e @ SubmitError::SenderMismatch(_)) => Reply::new(403, format!("{e}.")),
+            Err(
+                e @ (SubmitError::SenderMismatch(_) | SubmitError::LocalSenderUnauthenticated(_)),
+            ) => Reply::new(403, format!("{e}.")),
             Err(e @ (SubmitError::NoRecipients | SubmitError::StampSpent)) => {
                 Reply::new(401, format!("{e}."))
             }
@@ -746,6 +753,7 @@ impl Pipeline {
             address: account.address.clone(),
             fingerprint: key.fingerprint.clone(),
             armored,
+            owner_verified: true,
         };
         match self.shared.server.core.store.put_key(record).await {
             Ok(()) => Reply::new(

@@ -9,7 +9,8 @@ use crate::session::PROTOCOL;
 use bytes::Bytes;
 use mailgate_core::message::now_ms;
 use mailgate_core::{
-    Address, ImidRef, Importance, Message, MessageKind, Origin, Part, Submitter, TraceHop,
+    Address, ImidRef, Importance, Message, MessageKind, Origin, Part, SenderCheck, Submitter,
+    TraceHop,
 };
 
 impl Pipeline {
@@ -384,15 +385,20 @@ impl Pipeline {
                 peer: self.shared.peer.ip().to_string(),
                 at: now_ms(),
             });
+            // A local node's push was checked to come from its owner (published ones are
+            // relayed to remote subscribers too); a remote node's from a server
+            // cookie-authenticated for its domain.
+            let local_node = self.shared.server.core.policy.is_local(&push.from.domain);
+            let submitter = if push.published || local_node {
+                Submitter::Gateway
+            } else {
+                m.security.sender_check = Some(SenderCheck::Domain);
+                Submitter::Peer(self.shared.peer.ip())
+            };
             let live = crate::mailbox::push_json(&m).to_string();
             let origin = Origin {
                 protocol: PROTOCOL,
-                // Published by the owner: the gateway relays it to remote subscribers too.
-                submitter: if push.published {
-                    Submitter::Gateway
-                } else {
-                    Submitter::Peer(self.shared.peer.ip())
-                },
+                submitter,
             };
             let id = m.id;
             match self.shared.server.core.submit(m, &origin, None).await {

@@ -93,6 +93,11 @@ impl MmtpClient {
         })
     }
 
+    /// Refuse replies larger than `max` bytes (the connection fails with a protocol error).
+    pub fn limit_replies(&mut self, max: usize) {
+        self.frames.set_max_frame(max);
+    }
+
     /// The difficulty the server advertises (5, the original client's default, if it does not).
     pub fn difficulty(&self) -> u32 {
         self.welcome

@@ -122,6 +122,11 @@ impl Scan {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Refuse values larger than `max_frame` bytes from now on.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// A reader refusing values larger than `max_frame` bytes.
     pub fn new(inner: R, max_frame: usize) -> Self {
         FrameReader {

@@ -30,6 +30,13 @@ pub struct MmtpConfig {
     pub max_receive: u32,
     /// Use TLS when relaying to MMTP peers found through DNS (SRV carries no scheme).
     pub outbound_tls: bool,
+    /// Trust on first use: let an unauthenticated REGISTER_KEY set the key of a local account
+    /// that has none (for the original client, which has no AUTH). Signatures checked against
+    /// such a key are still reported `signatureVerified: false`, `keySource: "first-use"`.
+    pub trust_on_first_use: bool,
+    /// How long a key fetched from a remote sender's own domain is used before it is fetched
+    /// again (a domain with no key for the address is asked again after a tenth of this).
+    pub remote_key_ttl_secs: u64,
 }
 
 impl Default for MmtpConfig {
@@ -46,6 +53,8 @@ impl Default for MmtpConfig {
             request_burst: 200,
             max_receive: 1000,
             outbound_tls: false,
+            trust_on_first_use: false,
+            remote_key_ttl_secs: 3600,
         }
     }
 }
@@ -62,6 +71,9 @@ impl MmtpConfig {
         }
         if self.hashcash_window_secs == 0 {
             return Err("mmtp.hashcash_window_secs must be greater than 0".into());
+        }
+        if self.remote_key_ttl_secs == 0 {
+            return Err("mmtp.remote_key_ttl_secs must be greater than 0".into());
         }
         if self.max_receive == 0 {
             return Err("mmtp.max_receive must be greater than 0".into());

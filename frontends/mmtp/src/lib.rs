@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod jsjson;
 pub mod packet;
+pub mod peers;
 pub mod relay;
 pub mod session;
 

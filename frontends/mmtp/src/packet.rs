@@ -9,7 +9,7 @@ use base64::Engine;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use mailgate_core::message::{now_ms, WireForm};
-use mailgate_core::{Address, Importance, Message, Part, Tags};
+use mailgate_core::{Address, Importance, Message, Part, Security, Tags};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -346,25 +346,36 @@ fn parse_attachments(v: Option<&Value>) -> Result<Vec<Part>, PacketError> {
 
 /// Render a stored message as a packet, as text.
 ///
-/// A message that arrived over MMTP goes out as the bytes it arrived as, with only
-/// `meta.signatureVerified` set; others are built from the model.
+/// A message that arrived over MMTP goes out as the bytes it arrived as, with only the
+/// server's verdicts ([`verdicts`]) set in `meta`; others are built from the model.
 pub fn render(message: &Message) -> String {
     if let Some(wire) = message.wire.as_ref().filter(|w| w.protocol == "mmtp") {
-        if let Some(text) = splice_verified(&wire.bytes, message.security.signature_verified) {
+        if let Some(text) = splice_verdicts(&wire.bytes, &message.security) {
             return text;
         }
     }
     build_packet(message)
 }
 
-fn splice_verified(bytes: &[u8], verified: Option<bool>) -> Option<String> {
+/// What this server found on arrival, as `meta` fields: `signatureVerified` (always), and when
+/// known `keySource`, `senderVerified` and `senderCheck` ([`mailgate_core::Verdicts`]).
+pub fn verdicts(security: &Security) -> Map<String, Value> {
+    let mut out = match serde_json::to_value(security.verdicts()) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    out.insert(
+        "signatureVerified".into(),
+        Value::Bool(security.signature_verified.unwrap_or(false)),
+    );
+    out
+}
+
+fn splice_verdicts(bytes: &[u8], security: &Security) -> Option<String> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut packet: IndexMap<String, Box<RawValue>> = serde_json::from_str(text).ok()?;
     let mut meta: Map<String, Value> = serde_json::from_str(packet.get("meta")?.get()).ok()?;
-    meta.insert(
-        "signatureVerified".into(),
-        Value::Bool(verified.unwrap_or(false)),
-    );
+    meta.extend(verdicts(security));
     let meta = RawValue::from_string(serde_json::to_string(&meta).ok()?).ok()?;
     packet.insert("meta".into(), meta);
     serde_json::to_string(&packet).ok()
@@ -418,17 +429,20 @@ fn build_packet(m: &Message) -> String {
     }
     let kind = message_type(m);
     let tags = wire_tags(m);
+    let mut meta = json!({
+        "type": kind,
+        "messageId": m.origin_id.clone().unwrap_or_else(|| m.id.to_string()),
+        "timestamp": m.received_at,
+        "hashcashToken": Value::Null,
+        "encrypted": m.security.encrypted.is_some(),
+        "signed": m.security.signature.is_some(),
+        "tags": tags,
+    });
+    if let Value::Object(fields) = &mut meta {
+        fields.extend(verdicts(&m.security));
+    }
     let packet = json!({
-        "meta": {
-            "type": kind,
-            "messageId": m.origin_id.clone().unwrap_or_else(|| m.id.to_string()),
-            "timestamp": m.received_at,
-            "hashcashToken": Value::Null,
-            "encrypted": m.security.encrypted.is_some(),
-            "signed": m.security.signature.is_some(),
-            "signatureVerified": m.security.signature_verified.unwrap_or(false),
-            "tags": tags,
-        },
+        "meta": meta,
         "sender": mmtp_or_imid(&m.sender),
         "recipient": m.recipients.first().map(mmtp_or_imid).unwrap_or_default(),
         "content": content,

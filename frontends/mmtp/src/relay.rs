@@ -7,122 +7,30 @@
 //! packet is rebuilt from the stored fields with a new stamp (the signature travels along).
 //! Anything else is built from the model by [`PacketBuilder::from_message`].
 
-use crate::client::{ClientError, MmtpClient, PacketBuilder};
+use crate::client::{ClientError, PacketBuilder};
 use async_trait::async_trait;
-use mailgate_core::discovery::{host_addresses, Discovery};
+use crate::peers::{MmtpPeers, PeerError};
 use mailgate_core::relay::{Transport, TransportError};
 use mailgate_core::store::QueueEntry;
 use mailgate_core::{Address, Message};
-use rustls::pki_types::ServerName;
-use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio_rustls::TlsConnector;
-
-/// A static MMTP peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MmtpRoute {
-    /// The remote domain.
-    pub domain: String,
-    /// Host name or address of its server.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// Connect with TLS (verified for `host`).
-    pub tls: bool,
-}
 
 /// The MMTP relay transport.
 pub struct MmtpTransport {
-    routes: Vec<MmtpRoute>,
-    dns: Option<Arc<dyn Discovery>>,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    dns_tls: bool,
-}
-
-/// One place to connect to.
-struct Target {
-    address: SocketAddr,
-    host: String,
-    tls: bool,
+    peers: Arc<MmtpPeers>,
 }
 
 impl MmtpTransport {
-    /// Static `routes` first, then SRV `_mmtp._tcp.<domain>` through `dns` (TLS when
-    /// `dns_tls`); TLS peers are verified against `tls`.
-    pub fn new(
-        routes: Vec<MmtpRoute>,
-        dns: Option<Arc<dyn Discovery>>,
-        tls: Option<Arc<rustls::ClientConfig>>,
-        dns_tls: bool,
-    ) -> Self {
-        MmtpTransport {
-            routes,
-            dns,
-            tls,
-            dns_tls,
-        }
+    /// Deliver to the servers `peers` finds.
+    pub fn new(peers: Arc<MmtpPeers>) -> Self {
+        MmtpTransport { peers }
     }
+}
 
-    async fn resolve(&self, host: &str) -> Result<Vec<std::net::IpAddr>, TransportError> {
-        host_addresses(self.dns.as_ref(), host)
-            .await
-            .map_err(TransportError::Temporary)
-    }
-
-    async fn targets(&self, domain: &str) -> Result<Vec<Target>, TransportError> {
-        let mut hosts: Vec<(String, u16, bool)> = self
-            .routes
-            .iter()
-            .filter(|r| r.domain.eq_ignore_ascii_case(domain))
-            .map(|r| (r.host.clone(), r.port, r.tls))
-            .collect();
-        if hosts.is_empty() {
-            let dns = self
-                .dns
-                .as_ref()
-                .ok_or_else(|| TransportError::Permanent(format!("no MMTP route to {domain}")))?;
-            let srv = dns
-                .srv("mmtp", domain)
-                .await
-                .map_err(TransportError::Temporary)?;
-            if srv.is_empty() {
-                return Err(TransportError::Permanent(format!(
-                    "no MMTP server for {domain} (no route, no _mmtp._tcp SRV record)"
-                )));
-            }
-            hosts = srv
-                .into_iter()
-                .map(|t| (t.host, t.port, self.dns_tls))
-                .collect();
-        }
-        let mut out = Vec::new();
-        for (host, port, tls) in hosts {
-            for ip in self.resolve(&host).await? {
-                out.push(Target {
-                    address: SocketAddr::new(ip, port),
-                    host: host.clone(),
-                    tls,
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    async fn connect(&self, t: &Target) -> Result<MmtpClient, TransportError> {
-        let tls = if t.tls {
-            let config = self.tls.clone().ok_or_else(|| {
-                TransportError::Temporary("TLS to MMTP peers needs [tls] trust".into())
-            })?;
-            let name = ServerName::try_from(t.host.clone())
-                .map_err(|e| TransportError::Permanent(format!("TLS name {}: {e}", t.host)))?;
-            Some((TlsConnector::from(config), name))
-        } else {
-            None
-        };
-        MmtpClient::connect(&t.address.to_string(), tls)
-            .await
-            .map_err(|e| TransportError::Temporary(format!("{}: {e}", t.address)))
+fn transport_error(e: PeerError) -> TransportError {
+    match e {
+        PeerError::NoServer(m) => TransportError::Permanent(m),
+        PeerError::Temporary(m) => TransportError::Temporary(m),
     }
 }
 
@@ -168,11 +76,16 @@ impl Transport for MmtpTransport {
 
     async fn deliver(&self, entry: &QueueEntry, message: &Message) -> Result<(), TransportError> {
         let mut last = TransportError::Temporary("no MMTP server answered".into());
-        for target in self.targets(&entry.recipient.domain).await? {
-            let mut client = match self.connect(&target).await {
+        let targets = self
+            .peers
+            .targets(&entry.recipient.domain)
+            .await
+            .map_err(transport_error)?;
+        for target in targets {
+            let mut client = match self.peers.connect(&target).await {
                 Ok(c) => c,
                 Err(e) => {
-                    last = e;
+                    last = transport_error(e);
                     continue;
                 }
             };

@@ -3,6 +3,7 @@
 use crate::codec::{CodecError, Frame, FrameReader};
 use crate::config::MmtpConfig;
 use crate::packet::{self, CATEGORY, PRIORITY, STATUS};
+use crate::peers::MmtpPeers;
 use mailgate_core::hashcash::HashcashPolicy;
 use mailgate_core::io::ConnState;
 use mailgate_core::login::FAILURES_PER_CONNECTION;
@@ -10,7 +11,9 @@ use mailgate_core::message::now_ms;
 use mailgate_core::pgp;
 use mailgate_core::ratelimit::RateLimiter;
 use mailgate_core::store::{Account, EntryQuery, MessageSummary, PublicKeyRecord};
-use mailgate_core::{Address, Core, LoginError, Origin, SubmitError, Submitter};
+use mailgate_core::{
+    Address, Core, KeySource, LoginError, Origin, SenderCheck, SubmitError, Submitter,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -35,6 +38,7 @@ pub struct MmtpServer {
     read_timeout: Duration,
     limiter: RateLimiter<IpAddr>,
     hashcash: HashcashPolicy,
+    peers: Option<Arc<MmtpPeers>>,
 }
 
 /// A reply, and what to do once it has been written.
@@ -85,7 +89,15 @@ impl MmtpServer {
             core,
             config,
             read_timeout,
+            peers: None,
         }
+    }
+
+    /// Check remote senders against their domains' MMTP servers, and fetch their keys there.
+    /// Without it every remote sender is unverified and no remote key is trusted.
+    pub fn with_peers(mut self, peers: Arc<MmtpPeers>) -> Self {
+        self.peers = Some(peers);
+        self
     }
 
     /// The welcome object sent first on every connection.
@@ -319,18 +331,21 @@ impl Session<'_> {
             Ok(s) => s,
             Err(e) => return self.refuse(format!("hashcash verification failed: {e}"), "hashcash"),
         };
-        p.message.security.signature_verified = match (&p.signature, &p.signed_text) {
-            (Some(sig), Some(text)) => {
-                Some(self.verify_signature(&p.message.sender, sig, text).await)
+        if let (Some(sig), Some(text)) = (&p.signature, &p.signed_text) {
+            let (verified, source) = self.verify_signature(&p.message.sender, sig, text).await;
+            p.message.security.signature_verified = Some(verified);
+            p.message.security.key_source = Some(source);
+        }
+        let submitter = match &self.account {
+            Some(a) => Submitter::Account(a.clone()),
+            None => {
+                p.message.security.sender_check = Some(self.check_sender(&p.message.sender).await);
+                Submitter::Peer(self.peer.ip())
             }
-            _ => None,
         };
         let origin = Origin {
             protocol: PROTOCOL,
-            submitter: match &self.account {
-                Some(a) => Submitter::Account(a.clone()),
-                None => Submitter::Peer(self.peer.ip()),
-            },
+            submitter,
         };
         let signed = p.signature.is_some();
         match self
@@ -358,15 +373,84 @@ impl Session<'_> {
         error(message)
     }
 
-    async fn verify_signature(&self, sender: &Address, signature: &str, text: &str) -> bool {
-        let key = match self.server.core.store.key(sender).await {
-            Ok(Some(k)) => k.armored,
-            _ => return false,
+    /// Does a signature by `sender` verify, and where did the key come from? A local
+    /// sender's key is the one registered here; a remote sender's is fetched from its own
+    /// domain. Only keys from the owner or the sender's domain make a signature verified.
+    async fn verify_signature(
+        &self,
+        sender: &Address,
+        signature: &str,
+        text: &str,
+    ) -> (bool, KeySource) {
+        let core = &self.server.core;
+        let (key, source) = if core.policy.is_local(&sender.domain) {
+            match core.store.key(sender).await {
+                Ok(Some(k)) if k.owner_verified => (Some(k.armored), KeySource::LocalOwner),
+                Ok(Some(k)) => (Some(k.armored), KeySource::FirstUse),
+                Ok(None) => (None, KeySource::None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "mmtp: reading a key failed");
+                    (None, KeySource::None)
+                }
+            }
+        } else {
+            match self.server.peers.as_ref().map(|p| p.sender_key(sender)) {
+                Some(fetch) => match fetch.await {
+                    Ok(Some(k)) => (Some(k), KeySource::SenderDomain),
+                    Ok(None) => (None, KeySource::None),
+                    Err(e) => {
+                        tracing::info!(sender = %sender, error = %e, "mmtp: sender key fetch failed");
+                        core.metrics.event("mmtp_signature", "key_fetch_failed");
+                        return (false, KeySource::None);
+                    }
+                },
+                None => (None, KeySource::None),
+            }
+        };
+        let Some(key) = key else {
+            core.metrics.event("mmtp_signature", "no_key");
+            return (false, source);
         };
         let (sig, text) = (signature.to_owned(), text.to_owned());
-        tokio::task::spawn_blocking(move || pgp::verify_detached(&key, &sig, text.as_bytes()))
-            .await
-            .unwrap_or(false)
+        let valid =
+            tokio::task::spawn_blocking(move || pgp::verify_detached(&key, &sig, text.as_bytes()))
+                .await
+                .unwrap_or(false);
+        let reason = match (valid, source.trusted()) {
+            (false, _) => "bad_signature",
+            (true, false) => "untrusted_key",
+            (true, true) => "verified",
+        };
+        core.metrics.event("mmtp_signature", reason);
+        (valid && source.trusted(), source)
+    }
+
+    /// What ties this unauthenticated peer to `sender`: its address must be one of the sender
+    /// domain's MMTP servers (or of the domain itself). A local sender is refused by the core.
+    async fn check_sender(&self, sender: &Address) -> SenderCheck {
+        let core = &self.server.core;
+        if core.policy.is_local(&sender.domain) {
+            return SenderCheck::Unverified;
+        }
+        let Some(peers) = &self.server.peers else {
+            core.metrics.event("mmtp_sender", "unverified");
+            return SenderCheck::Unverified;
+        };
+        match peers.serves(&sender.domain, self.peer.ip()).await {
+            Ok(true) => {
+                core.metrics.event("mmtp_sender", "domain");
+                SenderCheck::Domain
+            }
+            Ok(false) => {
+                core.metrics.event("mmtp_sender", "unverified");
+                SenderCheck::Unverified
+            }
+            Err(e) => {
+                tracing::info!(sender = %sender, error = %e, "mmtp: sender domain check failed");
+                core.metrics.event("mmtp_sender", "dns_error");
+                SenderCheck::Unverified
+            }
+        }
     }
 
     async fn inbox(&self, account: &Account) -> Result<Vec<(i64, MessageSummary)>, String> {
@@ -528,27 +612,41 @@ impl Session<'_> {
                 .await
                 .map_err(error)?
                 .map_err(error)?;
+            let owner = self
+                .account
+                .as_ref()
+                .is_some_and(|a| a.address.same_account(&email));
             let existing = store
                 .key(&email)
                 .await
                 .map_err(|e| error(format!("temporary failure: {e}")))?;
-            if let Some(old) = existing {
-                let owner = self
-                    .account
-                    .as_ref()
-                    .is_some_and(|a| a.address.same_account(&email));
-                if old.fingerprint != checked.fingerprint && !owner {
+            // Without AUTH only trust on first use, when configured, may set a key: the
+            // account's first, never a different one.
+            let owner_verified = match (&existing, owner) {
+                (_, true) => true,
+                (Some(old), false) if old.fingerprint == checked.fingerprint => old.owner_verified,
+                (Some(_), false) => {
+                    self.server.core.metrics.event("mmtp_register_key", "not_owner");
                     return Err(error(format!(
                         "a different key is registered for {} already; AUTH as that account to replace it",
                         email.to_mmtp().unwrap_or_default()
                     )));
                 }
-            }
+                (None, false) if self.server.config.trust_on_first_use => false,
+                (None, false) => {
+                    self.server.core.metrics.event("mmtp_register_key", "not_authenticated");
+                    return Err(error(format!(
+                        "AUTH as {} first to register its key",
+                        email.to_mmtp().unwrap_or_default()
+                    )));
+                }
+            };
             store
                 .put_key(PublicKeyRecord {
                     address: email.account(),
                     fingerprint: checked.fingerprint,
                     armored: armored.clone(),
+                    owner_verified,
                 })
                 .await
                 .map_err(|e| error(format!("temporary failure: {e}")))?;

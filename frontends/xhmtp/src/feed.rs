@@ -39,6 +39,8 @@ pub struct FeedItem {
     pub author: Option<String>,
     /// Size, bytes, when known.
     pub size: Option<u64>,
+    /// Nothing tied the sender's address to whoever handed the message over.
+    pub sender_unverified: bool,
 }
 
 /// The id a notification names: the last path segment of its message URL.
@@ -64,6 +66,8 @@ impl FeedItem {
             arrived: n.received_at,
             author: n.notice.sender.as_ref().map(crate::wire::format_address),
             size: n.notice.size,
+            // A named sender's domain was checked to host the message.
+            sender_unverified: false,
         }
     }
 }
@@ -101,7 +105,12 @@ pub fn render(account: &str, link: &str, items: &[FeedItem]) -> Feed {
                 item.set_author(n.author.clone());
                 let size = n.size.map(|s| format!(", {s} bytes")).unwrap_or_default();
                 let from = n.author.as_deref().unwrap_or("an anonymous sender");
-                item.set_description(Some(format!("Message from {from}{size}")));
+                let mark = if n.sender_unverified {
+                    " (sender not verified)"
+                } else {
+                    ""
+                };
+                item.set_description(Some(format!("Message from {from}{mark}{size}")));
                 item
             })
             .collect::<Vec<_>>(),

@@ -14,7 +14,7 @@ use hyper::{Method, StatusCode};
 use mailgate_core::message::now_ms;
 use mailgate_core::relay::{Backoff, TransportError};
 use mailgate_core::store::{FetchOutcome, LocalDelivery, Notification, Submission};
-use mailgate_core::{Address, TraceHop};
+use mailgate_core::{Address, SenderCheck, TraceHop};
 use percent_encoding::percent_decode_str;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -196,6 +196,13 @@ impl Fetcher {
                 message.size()
             )));
         }
+        // An announced sender's domain was found to host the message when the notification
+        // came in; an anonymous notification's sender is only what the host says.
+        message.security.sender_check = Some(if n.notice.sender.is_some() {
+            SenderCheck::Domain
+        } else {
+            SenderCheck::Unverified
+        });
         message.trace.push(TraceHop {
             protocol: "xhmtp".into(),
             peer: host.to_owned(),

@@ -179,7 +179,9 @@ fn submit_error(e: SubmitError) -> ApiError {
     let status = match &e {
         SubmitError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         SubmitError::NoRecipients | SubmitError::TooManyRecipients(..) => StatusCode::BAD_REQUEST,
-        SubmitError::RelayDenied(_) | SubmitError::SenderMismatch(_) => StatusCode::FORBIDDEN,
+        SubmitError::RelayDenied(_)
+        | SubmitError::SenderMismatch(_)
+        | SubmitError::LocalSenderUnauthenticated(_) => StatusCode::FORBIDDEN,
         SubmitError::UnknownRecipient(_) => StatusCode::UNPROCESSABLE_ENTITY,
         SubmitError::StampSpent => StatusCode::CONFLICT,
         SubmitError::Store(_) => return ApiError::unavailable(&e),
@@ -494,6 +496,7 @@ async fn feed_items(x: &Xhmtp, account: &Account, user: &str) -> Result<Vec<Feed
             arrived: arrived.get(&m.id).copied().unwrap_or(m.received_at),
             author: Some(wire::format_address(&m.sender)),
             size: Some(m.size),
+            sender_unverified: m.sender_check.is_some_and(|c| !c.verified()),
         });
     }
     items.sort_by(|a, b| b.arrived.cmp(&a.arrived).then_with(|| b.guid.cmp(&a.guid)));

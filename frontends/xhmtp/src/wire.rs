@@ -3,7 +3,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use mailgate_core::message::{parse_rfc3339, rfc3339};
-use mailgate_core::{Address, Importance, Message, MessageId, Part, Security, Tags};
+use mailgate_core::{Address, Importance, Message, MessageId, Part, Security, Tags, Verdicts};
 use serde::{Deserialize, Serialize};
 
 /// A part other than the body, with its bytes in base64.
@@ -106,6 +106,10 @@ pub struct MessageJson {
     /// Armored detached signature over the body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// The serving gateway's verdicts (`senderVerified`, `senderCheck`, `signatureVerified`,
+    /// `keySource`): shown to the account's reader; a receiving gateway ignores them.
+    #[serde(flatten)]
+    pub verdicts: Verdicts,
 }
 
 /// Why a body could not become a message.
@@ -204,6 +208,7 @@ impl MessageJson {
             importance: m.importance,
             encrypted: m.security.encrypted.clone(),
             signature: m.security.signature.clone(),
+            verdicts: m.security.verdicts(),
         }
     }
 
@@ -215,12 +220,11 @@ impl MessageJson {
         m.parts.extend(decode_parts(&self.parts)?);
         m.tags = self.tags;
         m.importance = self.importance;
+        // A claim from the sender's server is not a verification done here.
         m.security = Security {
             encrypted: self.encrypted,
             signature: self.signature,
-            // A claim from the sender's server is not a verification done here.
-            signature_verified: None,
-            content_hash: None,
+            ..Security::default()
         };
         Ok(m)
     }
