@@ -150,6 +150,22 @@ async fn router_policy() {
     let r = core.submit(m, &peer(), None).await.unwrap();
     assert_eq!(r.local[0].1, "INBOX/Receipts");
     assert_eq!(r.local[1].1, "INBOX");
+    // A peer may not claim a local sender; a remote sender it claims is marked unverified,
+    // whatever the message said of itself.
+    let m = Message::new(addr("alice@a.test"), vec![addr("bob@a.test")], "s", "b");
+    assert!(matches!(
+        core.submit(m, &peer(), None).await,
+        Err(SubmitError::LocalSenderUnauthenticated(_))
+    ));
+    let mut m = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "claim", "b");
+    m.security.sender_check = Some(mailgate_core::SenderCheck::Account);
+    let id = m.id;
+    core.submit(m, &peer(), None).await.unwrap();
+    let stored = store.message(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.security.sender_check,
+        Some(mailgate_core::SenderCheck::Unverified)
+    );
     // Authenticated local account may relay, but only as itself.
     let who = Origin {
         protocol: "test",
@@ -187,7 +203,7 @@ async fn router_policy() {
         "{text}"
     );
     assert!(
-        text.contains("mailgate_messages_accepted_total{protocol=\"test\"} 2"),
+        text.contains("mailgate_messages_accepted_total{protocol=\"test\"} 3"),
         "{text}"
     );
     // Authentication: failures are counted per peer, and the peer is banned after the free ones.

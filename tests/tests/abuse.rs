@@ -52,7 +52,10 @@ fn metric(gw: &Gateway, needle: &str) -> u64 {
 /// Connections a listener has dealt with: opened, or refused for any reason but the eviction
 /// of another (an evicting connection is opened too).
 fn handled(gw: &Gateway, protocol: &str) -> u64 {
-    let opened = metric(gw, &format!("mailgate_connections_total{{protocol=\"{protocol}\"}}"));
+    let opened = metric(
+        gw,
+        &format!("mailgate_connections_total{{protocol=\"{protocol}\"}}"),
+    );
     let refused: u64 = ["per_ip", "per_prefix", "full", "accept_error"]
         .iter()
         .map(|reason| {

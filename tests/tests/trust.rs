@@ -197,3 +197,194 @@ async fn cookie_call_backs_never_reach_denied_addresses_and_say_nothing_of_them(
         "the call-back reached a denied address"
     );
 }
+
+/// One MMTP request on a plain connection made from `source`; the reply.
+async fn mmtp_from(source: &str, target: &str, request: &str) -> serde_json::Value {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let s = connect_from(source.parse().unwrap(), target).await.unwrap();
+    let mut s = BufReader::new(s);
+    let mut line = String::new();
+    s.read_line(&mut line).await.unwrap(); // the welcome
+    s.get_mut()
+        .write_all(format!("{request}\n").as_bytes())
+        .await
+        .unwrap();
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(30), s.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// A SEND of a packet signed with `secret`, from `source`.
+async fn signed_send(
+    source: &str,
+    target: &str,
+    from: &str,
+    to: &str,
+    subject: &str,
+    secret: &str,
+) -> serde_json::Value {
+    use mailgate_mmtp::client::PacketBuilder;
+    let mut b = PacketBuilder::new(
+        mailgate_core::Address::parse_mmtp(from).unwrap(),
+        mailgate_core::Address::parse_mmtp(to).unwrap(),
+        subject,
+        "body",
+    );
+    b.sign_with = Some(secret.to_owned());
+    let built = tokio::task::spawn_blocking(move || b.build_with(1, 1).unwrap())
+        .await
+        .unwrap();
+    let request = format!(
+        "{{\"action\":\"SEND\",\"data\":{{\"packet\":{}}}}}",
+        built.text
+    );
+    mmtp_from(source, target, &request).await
+}
+
+/// MMTP: a remote sender is checked against its domain's servers (`_mmtp._tcp` targets and the
+/// domain's addresses) and its key fetched from that domain over verified TLS; a stranger on
+/// another address claiming the same sender is marked unverified, and a signature made with
+/// any other key does not verify. Keys registered without AUTH (trust on first use, when
+/// configured) never make a signature verified.
+#[tokio::test(flavor = "multi_thread")]
+async fn mmtp_senders_and_keys_are_checked_against_the_sender_domain() {
+    use mailgate_core::Address;
+    use mailgate_mmtp::client::MmtpClient;
+    use support::net::{leaf, srv_to, test_ca};
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = test_ca(ca_dir.path());
+    leaf(&ca, ca_dir.path(), "a.test");
+    leaf(&ca, ca_dir.path(), "b.test");
+    leaf(&ca, ca_dir.path(), "mx.a.test");
+    // a.test's MMTP server is mx.a.test (127.0.0.31); B is on 127.0.0.32.
+    let dns = dns_server(vec![
+        srv_to("mmtp", "a.test", "mx.a.test", 8026),
+        a("mx.a.test", [127, 0, 0, 31]),
+    ])
+    .await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let conf_a = Site {
+        ca: Some(ca_dir.path()),
+        dns: Some(dns),
+        mmtp_tls_port: 8026,
+        mmtp: "requests_per_sec = 0.0\ntrust_on_first_use = true",
+        ..Site::new(&["a.test"], "127.0.0.31")
+    }
+    .config(dir_a.path())
+    // mx.a.test's certificate, for the name B verifies.
+    .replace("a.test.pem", "mx.a.test.pem")
+    .replace("a.test.key", "mx.a.test.key");
+    let conf_b = Site {
+        ca: Some(ca_dir.path()),
+        dns: Some(dns),
+        mmtp: "requests_per_sec = 0.0\nhashcash_difficulty = 1\noutbound_tls = true",
+        ..Site::new(&["b.test"], "127.0.0.32")
+    }
+    .config(dir_b.path());
+    let gw_a = Gateway::start(dir_a.path(), Some(&conf_a));
+    let gw_b = Gateway::start(dir_b.path(), Some(&conf_b));
+    gw_a.add_user("alice@a.test", "alice-pw");
+    gw_a.add_user("carol@a.test", "carol-pw");
+    gw_b.add_user("bob@b.test", "bob-pw");
+    let alice = Address::parse_mmtp("(alice)%(a.test)").unwrap();
+    let (alice_secret, alice_public) = mailgate_core::pgp::generate_key(&alice).unwrap();
+    let (mallory_secret, _) = mailgate_core::pgp::generate_key(&alice).unwrap();
+
+    // Alice registers her key at her own server, authenticated.
+    let tls = mailgate::tls::connector(&ca_dir.path().join("ca.pem"), "mx.a.test").unwrap();
+    let mut c = MmtpClient::connect(gw_a.addr("mmtp.tls_listen"), Some(tls))
+        .await
+        .unwrap();
+    c.auth(&alice, "alice-pw").await.unwrap();
+    c.register_key(&alice, &alice_public).await.unwrap();
+
+    let b_plain = gw_b.addr("mmtp.listen").to_owned();
+    let to = "(bob)%(b.test)";
+    // From a.test's server: sender checked, key fetched from a.test, signature verified.
+    let r = signed_send(
+        "127.0.0.31",
+        &b_plain,
+        "(alice)%(a.test)",
+        to,
+        "genuine",
+        &alice_secret,
+    )
+    .await;
+    assert_eq!(r["status"], "OK", "{r}");
+    // From a stranger's address, with a key that is not Alice's.
+    let r = signed_send(
+        "127.0.0.33",
+        &b_plain,
+        "(alice)%(a.test)",
+        to,
+        "forged",
+        &mallory_secret,
+    )
+    .await;
+    assert_eq!(r["status"], "OK", "{r}");
+
+    let bob = Address::parse_mmtp(to).unwrap();
+    let tls = mailgate::tls::connector(&ca_dir.path().join("ca.pem"), "b.test").unwrap();
+    let mut reader = MmtpClient::connect(gw_b.addr("mmtp.tls_listen"), Some(tls))
+        .await
+        .unwrap();
+    reader.auth(&bob, "bob-pw").await.unwrap();
+    let got = reader.receive(&bob, None).await.unwrap();
+    let messages = &got;
+    let by_subject = |s: &str| {
+        messages
+            .iter()
+            .find(|m| m["content"]["subject"] == s)
+            .unwrap_or_else(|| panic!("no {s} in {got:?}"))
+            .clone()
+    };
+    let genuine = by_subject("genuine");
+    assert_eq!(genuine["meta"]["senderVerified"], true, "{genuine}");
+    assert_eq!(genuine["meta"]["senderCheck"], "domain");
+    assert_eq!(genuine["meta"]["signatureVerified"], true);
+    assert_eq!(genuine["meta"]["keySource"], "sender-domain");
+    let forged = by_subject("forged");
+    assert_eq!(forged["meta"]["senderVerified"], false, "{forged}");
+    assert_eq!(forged["meta"]["senderCheck"], "unverified");
+    assert_eq!(forged["meta"]["signatureVerified"], false);
+    assert_eq!(forged["meta"]["keySource"], "sender-domain");
+    let (_, metrics) = gw_b.admin_get("/metrics");
+    for needle in [
+        "event=\"mmtp_sender\",outcome=\"unverified\"} 1",
+        "event=\"mmtp_sender\",outcome=\"domain\"} 1",
+        "event=\"mmtp_signature\",outcome=\"bad_signature\"} 1",
+        "event=\"mmtp_signature\",outcome=\"verified\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not counted:\n{metrics}");
+    }
+
+    // Trust on first use (on at A): carol's key registers without AUTH, but her signatures
+    // are still not "verified".
+    let carol = Address::parse_mmtp("(carol)%(a.test)").unwrap();
+    let (carol_secret, carol_public) = mailgate_core::pgp::generate_key(&carol).unwrap();
+    let mut plain = MmtpClient::connect(gw_a.addr("mmtp.listen"), None)
+        .await
+        .unwrap();
+    plain.register_key(&carol, &carol_public).await.unwrap();
+    let tls = mailgate::tls::connector(&ca_dir.path().join("ca.pem"), "mx.a.test").unwrap();
+    let mut c = MmtpClient::connect(gw_a.addr("mmtp.tls_listen"), Some(tls))
+        .await
+        .unwrap();
+    c.auth(&carol, "carol-pw").await.unwrap();
+    let mut b =
+        mailgate_mmtp::client::PacketBuilder::new(carol.clone(), carol.clone(), "tofu", "x");
+    b.sign_with = Some(carol_secret);
+    let difficulty = c.difficulty();
+    let built = tokio::task::spawn_blocking(move || b.build(difficulty).unwrap())
+        .await
+        .unwrap();
+    c.send(&built.text).await.unwrap();
+    let got = c.receive(&carol, None).await.unwrap();
+    let m = &got[0];
+    assert_eq!(m["meta"]["signatureVerified"], false, "{m}");
+    assert_eq!(m["meta"]["keySource"], "first-use");
+    assert_eq!(m["meta"]["senderCheck"], "account");
+}

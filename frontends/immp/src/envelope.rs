@@ -119,6 +119,8 @@ mod tests {
         m.tags.category.push("work".into());
         m.security.signature = Some("sig".into());
         m.security.signature_verified = Some(true);
+        m.security.sender_check = Some(mailgate_core::SenderCheck::Account);
+        m.security.key_source = Some(mailgate_core::KeySource::LocalOwner);
         m.wire = Some(WireForm {
             protocol: "mmtp".into(),
             bytes: b"{\"x\":1}".to_vec().into(),
@@ -133,6 +135,8 @@ mod tests {
         assert_eq!(copy.tags, m.tags);
         assert_eq!(copy.security.signature.as_deref(), Some("sig"));
         assert_eq!(copy.security.signature_verified, None);
+        assert_eq!(copy.security.sender_check, None);
+        assert_eq!(copy.security.key_source, None);
         assert_eq!(copy.wire, m.wire);
         assert!(Envelope::parse(b"{", "a.test").is_err());
     }

@@ -405,3 +405,36 @@ async fn move_message(
         format!("Message {id} moved to /{target}."),
     )])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailgate_core::{Address, KeySource, SenderCheck};
+
+    #[test]
+    fn both_renderings_show_the_gateway_verdicts() {
+        let mut m = Message::new(
+            Address::parse_imid("carol@elsewhere.test").unwrap(),
+            vec![Address::parse_imid("bob@b.test").unwrap()],
+            "s",
+            "b",
+        );
+        m.security.sender_check = Some(SenderCheck::Unverified);
+        m.security.signature_verified = Some(false);
+        m.security.key_source = Some(KeySource::SenderDomain);
+        let v = message_json(&m, false, false);
+        assert_eq!(v["senderVerified"], false);
+        assert_eq!(v["senderCheck"], "unverified");
+        assert_eq!(v["signatureVerified"], false);
+        assert_eq!(v["keySource"], "sender-domain");
+        let mime = message_mime(&m, false);
+        assert!(mime.contains(
+            &"Mailgate-Verdicts: sender=unverified; signature=unverified; key=sender-domain"
+                .to_owned()
+        ));
+        m.security = Default::default();
+        assert!(!message_mime(&m, false)
+            .iter()
+            .any(|l| l.starts_with("Mailgate-Verdicts")));
+    }
+}

@@ -257,11 +257,10 @@ impl MmtpPeers {
             .await
             .map_err(|_| PeerError::Temporary("too many key fetches at once".into()))?
             .map_err(|_| PeerError::Temporary("shutting down".into()))?;
-        let fetched =
-            match tokio::time::timeout(self.fetch_timeout, self.fetch_key(sender)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(PeerError::Temporary("key fetch timed out".into())),
-            };
+        let fetched = match tokio::time::timeout(self.fetch_timeout, self.fetch_key(sender)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(PeerError::Temporary("key fetch timed out".into())),
+        };
         let ttl = if fetched.is_some() {
             self.key_ttl
         } else {

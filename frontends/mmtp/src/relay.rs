@@ -8,8 +8,8 @@
 //! Anything else is built from the model by [`PacketBuilder::from_message`].
 
 use crate::client::{ClientError, PacketBuilder};
-use async_trait::async_trait;
 use crate::peers::{MmtpPeers, PeerError};
+use async_trait::async_trait;
 use mailgate_core::relay::{Transport, TransportError};
 use mailgate_core::store::QueueEntry;
 use mailgate_core::{Address, Message};

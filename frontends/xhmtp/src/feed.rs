@@ -141,3 +141,25 @@ pub fn not_modified_since(if_modified_since: &str, last_modified: Option<SystemT
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unverified_senders_are_marked_in_the_feed() {
+        let item = |unverified| FeedItem {
+            title: "t".into(),
+            link: "http://x/".into(),
+            guid: "g".into(),
+            date: 0,
+            arrived: 0,
+            author: Some("carol@elsewhere.test".into()),
+            size: None,
+            sender_unverified: unverified,
+        };
+        let text = |f: Feed| String::from_utf8(f.body).unwrap();
+        assert!(text(render("bob", "http://x/", &[item(true)])).contains("(sender not verified)"));
+        assert!(!text(render("bob", "http://x/", &[item(false)])).contains("not verified"));
+    }
+}

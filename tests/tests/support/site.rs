@@ -18,6 +18,8 @@ pub struct Site<'a> {
     pub dns: Option<SocketAddr>,
     /// Fixed listener ports (0: any).
     pub mmtp_port: u16,
+    /// MMTP TLS port.
+    pub mmtp_tls_port: u16,
     /// IMMP port.
     pub immp_port: u16,
     /// XHMTP HTTP port.
@@ -45,6 +47,7 @@ impl<'a> Site<'a> {
             ca: None,
             dns: None,
             mmtp_port: 0,
+            mmtp_tls_port: 0,
             immp_port: 0,
             xhmtp_port: 0,
             relay: "poll_interval_ms = 50\nretry_base_secs = 1\nretry_max_secs = 2",
@@ -82,11 +85,12 @@ impl<'a> Site<'a> {
         out += &format!("[outbound]\ndeny = {}\n", self.deny);
         out += &format!(
             "[relay]\n{relay}\n[admin]\nlisten = \"{ip}:0\"\n\
-             [mmtp]\nlisten = \"{ip}:{mmtp_port}\"\ntls_listen = \"{ip}:0\"\n{mmtp}\n\
+             [mmtp]\nlisten = \"{ip}:{mmtp_port}\"\ntls_listen = \"{ip}:{mmtp_tls_port}\"\n{mmtp}\n\
              [immp]\nlisten = \"{ip}:{immp_port}\"\n{immp}\n\
              [xhmtp]\nlisten = \"{ip}:{xhmtp_port}\"\n{xhmtp}\n{tail}",
             relay = self.relay,
             mmtp_port = self.mmtp_port,
+            mmtp_tls_port = self.mmtp_tls_port,
             mmtp = self.mmtp,
             immp_port = self.immp_port,
             immp = self.immp,
