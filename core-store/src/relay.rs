@@ -1,6 +1,7 @@
 //! The outbound side: the trait a front-end implements to relay mail to a remote domain,
 //! and the retry schedule the relay workers use.
 
+use crate::discovery::SrvTarget;
 use crate::message::Message;
 use crate::store::QueueEntry;
 use async_trait::async_trait;
@@ -15,13 +16,29 @@ pub enum TransportError {
     Permanent(String),
 }
 
+/// A remote domain's servers for one protocol, as the relay's route choice found them: handed
+/// to the transport, which connects there instead of looking the domain up again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The protocol (the transport's [`Transport::protocol`]).
+    pub protocol: String,
+    /// The domain's SRV targets for the protocol, as DNS answered; `None` for a static route
+    /// (the transport's own configuration names the servers).
+    pub srv: Option<Vec<SrvTarget>>,
+}
+
 /// An outbound transport: delivers one stored message to one remote recipient.
 #[async_trait]
 pub trait Transport: Send + Sync {
     /// Protocol name (`mmtp`, `immp`, `xhmtp`).
     fn protocol(&self) -> &'static str;
-    /// Deliver `message` to `entry.recipient`.
-    async fn deliver(&self, entry: &QueueEntry, message: &Message) -> Result<(), TransportError>;
+    /// Deliver `message` to `entry.recipient`, at the servers `route` names.
+    async fn deliver(
+        &self,
+        route: &Route,
+        entry: &QueueEntry,
+        message: &Message,
+    ) -> Result<(), TransportError>;
 }
 
 /// Exponential backoff with jitter: `base * 2^attempt`, capped, then ±25 %.

@@ -14,7 +14,7 @@ use crate::routing::RouteChooser;
 use mailgate_core::address::MAILER_DAEMON;
 use mailgate_core::message::now_ms;
 use mailgate_core::message::rfc3339;
-use mailgate_core::relay::{Backoff, Transport, TransportError};
+use mailgate_core::relay::{Backoff, Route, Transport, TransportError};
 use mailgate_core::store::{LocalDelivery, QueueEntry, RelayOutcome, Submission};
 use mailgate_core::Core;
 use mailgate_core::{Address, Message};
@@ -107,13 +107,13 @@ impl Relay {
         }
     }
 
-    /// The transport for `entry`'s domain (see [`RouteChooser`]).
+    /// The route and transport for `entry`'s domain (see [`RouteChooser`]).
     async fn transport_for(
         &self,
         entry: &QueueEntry,
-    ) -> Result<&Arc<dyn Transport>, TransportError> {
+    ) -> Result<(Route, &Arc<dyn Transport>), TransportError> {
         let available: Vec<&str> = self.transports.iter().map(|t| t.protocol()).collect();
-        let protocol = self
+        let route = self
             .routes
             .choose(
                 &entry.recipient.domain,
@@ -121,10 +121,12 @@ impl Relay {
                 &available,
             )
             .await?;
-        self.transports
+        let transport = self
+            .transports
             .iter()
-            .find(|t| t.protocol() == protocol)
-            .ok_or_else(|| TransportError::Permanent(format!("no {protocol} transport")))
+            .find(|t| t.protocol() == route.protocol)
+            .ok_or_else(|| TransportError::Permanent(format!("no {} transport", route.protocol)))?;
+        Ok((route, transport))
     }
 
     /// The per-domain concurrency limit of `domain`.
@@ -150,14 +152,14 @@ impl Relay {
             _ => None,
         };
         let protocol = match &transport {
-            Some(Ok(t)) => t.protocol(),
+            Some(Ok((_, t))) => t.protocol(),
             _ => "none",
         };
         let result = match (transport, &message) {
             (_, Err(e)) => Err(TransportError::Temporary(format!("store: {e}"))),
             (_, Ok(None)) => Err(TransportError::Permanent("message no longer stored".into())),
             (Some(Err(e)), Ok(Some(_))) => Err(e),
-            (Some(Ok(t)), Ok(Some(message))) => t.deliver(&entry, message).await,
+            (Some(Ok((route, t))), Ok(Some(message))) => t.deliver(&route, &entry, message).await,
             (None, Ok(Some(_))) => Err(TransportError::Temporary("no route chosen".into())),
         };
         let too_old = now - entry.created_at > (self.config.max_age_secs * 1000) as i64;

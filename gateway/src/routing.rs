@@ -4,12 +4,13 @@
 //! `[[xhmtp.routes]]`); else DNS — SRV `_immp._tcp`, `_mmtp._tcp`, `_xhmtp._tcp` of the domain.
 //! Among the protocols the domain offers, the one the message arrived in wins (its original
 //! wire form can then go out unchanged); otherwise `[relay] preference` decides. A domain that
-//! offers none of the enabled protocols has no route: the entry fails and bounces. Where to
-//! connect within the chosen protocol (SRV priority and weight, TXT prefix) is the transport's
-//! business. The resolver caches every answer for its TTL.
+//! offers none of the enabled protocols has no route: the entry fails and bounces. The SRV
+//! answer found for the chosen protocol goes to the transport in the [`Route`], which connects
+//! there (by priority and weight; XHMTP also reads its TXT prefix) without asking again. The
+//! resolver caches every answer for its TTL.
 
 use mailgate_core::discovery::Discovery;
-use mailgate_core::relay::TransportError;
+use mailgate_core::relay::{Route, TransportError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,14 +39,14 @@ impl RouteChooser {
         }
     }
 
-    /// The protocol to relay to `domain` with, given the one the message `arrived` in and the
-    /// protocols there are transports for.
+    /// The route to relay to `domain` on, given the protocol the message `arrived` in and the
+    /// protocols there are transports for: the protocol, and the SRV targets found for it.
     pub async fn choose(
         &self,
         domain: &str,
         arrived: Option<&str>,
         available: &[&str],
-    ) -> Result<String, TransportError> {
+    ) -> Result<Route, TransportError> {
         let mut order: Vec<&str> = Vec::new();
         for p in arrived
             .into_iter()
@@ -65,7 +66,10 @@ impl RouteChooser {
             return order
                 .iter()
                 .find(|p| statics.contains(p))
-                .map(|p| (*p).to_owned())
+                .map(|p| Route {
+                    protocol: (*p).to_owned(),
+                    srv: None,
+                })
                 .ok_or_else(|| {
                     TransportError::Permanent(format!(
                         "the configured route to {domain} uses {}, which is not enabled here",
@@ -90,7 +94,12 @@ impl RouteChooser {
         let mut dns_error = None;
         for (p, answer) in order.iter().zip(answers) {
             match answer {
-                Ok(targets) if !targets.is_empty() => return Ok((*p).to_owned()),
+                Ok(targets) if !targets.is_empty() => {
+                    return Ok(Route {
+                        protocol: (*p).to_owned(),
+                        srv: Some(targets),
+                    })
+                }
                 Ok(_) => {}
                 Err(e) => dns_error = Some(e),
             }
@@ -172,28 +181,50 @@ mod tests {
     async fn arrival_protocol_then_preference_then_nothing() {
         let c = chooser();
         assert_eq!(
-            c.choose("all.test", Some("xhmtp"), ALL).await.unwrap(),
+            c.choose("all.test", Some("xhmtp"), ALL)
+                .await
+                .unwrap()
+                .protocol,
             "xhmtp"
         );
         assert_eq!(
-            c.choose("all.test", Some("mmtp"), ALL).await.unwrap(),
+            c.choose("all.test", Some("mmtp"), ALL)
+                .await
+                .unwrap()
+                .protocol,
             "mmtp"
         );
-        assert_eq!(c.choose("all.test", None, ALL).await.unwrap(), "immp");
         assert_eq!(
-            c.choose("mmtp.test", Some("immp"), ALL).await.unwrap(),
+            c.choose("all.test", None, ALL).await.unwrap().protocol,
+            "immp"
+        );
+        assert_eq!(
+            c.choose("mmtp.test", Some("immp"), ALL)
+                .await
+                .unwrap()
+                .protocol,
             "mmtp"
         );
         assert_eq!(
             c.choose("all.test", Some("immp"), &["xhmtp"])
                 .await
-                .unwrap(),
+                .unwrap()
+                .protocol,
             "xhmtp"
         );
         assert_eq!(
-            c.choose("static.test", Some("immp"), ALL).await.unwrap(),
+            c.choose("static.test", Some("immp"), ALL)
+                .await
+                .unwrap()
+                .protocol,
             "xhmtp"
         );
+        // The SRV answer goes to the transport; a static route has none.
+        let route = c.choose("all.test", None, ALL).await.unwrap();
+        let hosts: Vec<_> = route.srv.unwrap().into_iter().map(|t| t.host).collect();
+        assert_eq!(hosts, ["mx.all.test"]);
+        let route = c.choose("static.test", None, ALL).await.unwrap();
+        assert_eq!(route.srv, None);
         assert!(matches!(
             c.choose("static.test", None, &["immp"]).await,
             Err(TransportError::Permanent(_))
@@ -207,7 +238,10 @@ mod tests {
             Err(TransportError::Temporary(_))
         ));
         // The look-ups run together under one limit: a hanging one does not hold the others.
-        assert_eq!(c.choose("slow.test", None, ALL).await.unwrap(), "mmtp");
+        assert_eq!(
+            c.choose("slow.test", None, ALL).await.unwrap().protocol,
+            "mmtp"
+        );
         assert!(matches!(
             c.choose("slow.test", None, &["immp"]).await,
             Err(TransportError::Temporary(m)) if m.contains("no answer")

@@ -11,9 +11,9 @@ use crate::client::{ClientError, ImmpClient};
 use crate::envelope::Envelope;
 use async_trait::async_trait;
 use mailgate_core::destinations::Destinations;
-use mailgate_core::discovery::Discovery;
+use mailgate_core::discovery::{Discovery, SrvTarget};
 use mailgate_core::message::now_ms;
-use mailgate_core::relay::{Transport, TransportError};
+use mailgate_core::relay::{Route, Transport, TransportError};
 use mailgate_core::store::QueueEntry;
 use mailgate_core::{Core, Message, MessageKind, StoreError};
 use serde::{Deserialize, Serialize};
@@ -89,8 +89,13 @@ impl Federation {
     }
 
     /// Where `domain`'s IMMP server is: `(address, TLS name)` candidates, best first — the
-    /// static route, else the SRV targets (certificates are checked for the target host).
-    async fn candidates(&self, domain: &str) -> Result<Vec<(String, String)>, String> {
+    /// static route, else the SRV targets (`found`, when the caller has them, else looked up;
+    /// certificates are checked for the target host).
+    async fn candidates(
+        &self,
+        domain: &str,
+        found: Option<&[SrvTarget]>,
+    ) -> Result<Vec<(String, String)>, String> {
         if let Some(route) = self
             .routes
             .iter()
@@ -106,7 +111,11 @@ impl Federation {
             .discovery
             .as_ref()
             .ok_or_else(|| format!("no IMMP route to {domain}"))?;
-        let targets = discovery.srv("immp", domain).await?;
+        let targets = match found {
+            Some(srv) => srv.to_vec(),
+            None => discovery.srv("immp", domain).await?,
+        };
+        let targets = mailgate_core::discovery::order(targets);
         if targets.is_empty() {
             return Err(format!(
                 "no IMMP route to {domain} (no _immp._tcp SRV record)"
@@ -154,6 +163,12 @@ impl Federation {
         self.connect_within(domain, &Destinations::default()).await
     }
 
+    /// [`Federation::connect`] to the servers the relay's route choice found.
+    pub async fn connect_routed(&self, domain: &str, route: &Route) -> Result<ImmpClient, String> {
+        self.connect_to(domain, &Destinations::default(), route.srv.as_deref())
+            .await
+    }
+
     /// [`Federation::connect`] for a connection a stranger triggered (an AUTH COOKIE
     /// call-back): candidates found in DNS at a denied address are skipped.
     pub async fn connect_within(
@@ -161,12 +176,21 @@ impl Federation {
         domain: &str,
         allowed: &Destinations,
     ) -> Result<ImmpClient, String> {
+        self.connect_to(domain, allowed, None).await
+    }
+
+    async fn connect_to(
+        &self,
+        domain: &str,
+        allowed: &Destinations,
+        found: Option<&[SrvTarget]>,
+    ) -> Result<ImmpClient, String> {
         let tls = self
             .tls
             .clone()
             .ok_or_else(|| "no TLS trust anchors configured (tls.trust)".to_owned())?;
         let mut last = format!("no allowed address for {domain}");
-        for (address, name) in self.candidates(domain).await? {
+        for (address, name) in self.candidates(domain, found).await? {
             if let Ok(sa) = address.parse::<SocketAddr>() {
                 if !allowed.allowed(sa.ip()) {
                     tracing::info!(%domain, %address, "immp: call-back address is in the outbound deny list");
@@ -212,11 +236,16 @@ impl Transport for ImmpTransport {
         "immp"
     }
 
-    async fn deliver(&self, entry: &QueueEntry, message: &Message) -> Result<(), TransportError> {
+    async fn deliver(
+        &self,
+        route: &Route,
+        entry: &QueueEntry,
+        message: &Message,
+    ) -> Result<(), TransportError> {
         let target = &entry.recipient.domain;
         let mut client = self
             .federation
-            .connect(target)
+            .connect_routed(target, route)
             .await
             .map_err(TransportError::Temporary)?;
         // The cookie is for the server we talk to: the domain its greeting names (one server

@@ -9,7 +9,7 @@
 
 use crate::client::MmtpClient;
 use mailgate_core::destinations::Destinations;
-use mailgate_core::discovery::{host_addresses, Discovery};
+use mailgate_core::discovery::{host_addresses, Discovery, SrvTarget};
 use mailgate_core::Address;
 use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
@@ -152,6 +152,15 @@ impl MmtpPeers {
 
     /// The servers of `domain`, in order, each address a target.
     pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, PeerError> {
+        self.targets_via(domain, None).await
+    }
+
+    /// [`MmtpPeers::targets`], with `domain`'s SRV answer when the caller has it already.
+    pub async fn targets_via(
+        &self,
+        domain: &str,
+        found: Option<&[SrvTarget]>,
+    ) -> Result<Vec<Target>, PeerError> {
         let mut hosts: Vec<(String, u16, bool)> = self
             .routes
             .iter()
@@ -159,14 +168,16 @@ impl MmtpPeers {
             .map(|r| (r.host.clone(), r.port, r.tls))
             .collect();
         if hosts.is_empty() {
-            let dns = self
-                .dns
-                .as_ref()
-                .ok_or_else(|| PeerError::NoServer(format!("no MMTP route to {domain}")))?;
-            let srv = dns
-                .srv("mmtp", domain)
-                .await
-                .map_err(PeerError::Temporary)?;
+            let srv = match found {
+                Some(srv) => srv.to_vec(),
+                None => self
+                    .dns
+                    .as_ref()
+                    .ok_or_else(|| PeerError::NoServer(format!("no MMTP route to {domain}")))?
+                    .srv("mmtp", domain)
+                    .await
+                    .map_err(PeerError::Temporary)?,
+            };
             if srv.is_empty() {
                 return Err(PeerError::NoServer(format!(
                     "no MMTP server for {domain} (no route, no _mmtp._tcp SRV record)"
@@ -304,5 +315,42 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+
+    /// A resolver whose SRV look-ups fail: anything that asks it again is caught.
+    struct NoSrv;
+
+    #[async_trait]
+    impl Discovery for NoSrv {
+        async fn srv(&self, _: &str, _: &str) -> Result<Vec<SrvTarget>, String> {
+            Err("SRV asked again".into())
+        }
+        async fn addresses(&self, _: &str) -> Result<Vec<IpAddr>, String> {
+            Ok(vec![IpAddr::from([192, 0, 2, 1])])
+        }
+        async fn txt(&self, _: &str) -> Result<Vec<String>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_routes_srv_answer_is_used_not_asked_again() {
+        let peers = MmtpPeers::new(Vec::new(), Some(Arc::new(NoSrv)), None, false);
+        let found = [SrvTarget {
+            host: "mx.b.test".into(),
+            port: 8025,
+            priority: 0,
+            weight: 0,
+        }];
+        let targets = peers.targets_via("b.test", Some(&found)).await.unwrap();
+        assert_eq!(targets[0].address, "192.0.2.1:8025".parse().unwrap());
+        assert_eq!(targets[0].host, "mx.b.test");
+        assert!(peers.targets("b.test").await.is_err());
     }
 }

@@ -10,7 +10,7 @@
 use crate::client::{ClientError, PacketBuilder};
 use crate::peers::{MmtpPeers, PeerError};
 use async_trait::async_trait;
-use mailgate_core::relay::{Transport, TransportError};
+use mailgate_core::relay::{Route, Transport, TransportError};
 use mailgate_core::store::QueueEntry;
 use mailgate_core::{Address, Message};
 use std::sync::Arc;
@@ -74,11 +74,16 @@ impl Transport for MmtpTransport {
         "mmtp"
     }
 
-    async fn deliver(&self, entry: &QueueEntry, message: &Message) -> Result<(), TransportError> {
+    async fn deliver(
+        &self,
+        route: &Route,
+        entry: &QueueEntry,
+        message: &Message,
+    ) -> Result<(), TransportError> {
         let mut last = TransportError::Temporary("no MMTP server answered".into());
         let targets = self
             .peers
-            .targets(&entry.recipient.domain)
+            .targets_via(&entry.recipient.domain, route.srv.as_deref())
             .await
             .map_err(transport_error)?;
         for target in targets {

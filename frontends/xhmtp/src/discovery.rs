@@ -5,7 +5,7 @@
 //! The resolver behind [`Discovery`] caches answers for their TTL.
 
 use crate::config::{valid_prefix, XhmtpRoute};
-use mailgate_core::discovery::{host_addresses, Discovery};
+use mailgate_core::discovery::{host_addresses, Discovery, SrvTarget};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -60,6 +60,16 @@ impl Locator {
 
     /// The endpoints of `domain`, best first.
     pub async fn endpoints(&self, domain: &str) -> Result<Vec<Endpoint>, LookupError> {
+        self.endpoints_via(domain, None).await
+    }
+
+    /// [`Locator::endpoints`], with `domain`'s SRV answer when the caller has it already (the
+    /// prefix TXT record is still looked up: it is XHMTP's own).
+    pub async fn endpoints_via(
+        &self,
+        domain: &str,
+        found: Option<&[SrvTarget]>,
+    ) -> Result<Vec<Endpoint>, LookupError> {
         let routes: Vec<Endpoint> = self
             .routes
             .iter()
@@ -77,7 +87,10 @@ impl Locator {
         let Some(dns) = &self.dns else {
             return Err(LookupError::NoRoute(domain.to_owned()));
         };
-        let targets = dns.srv("xhmtp", domain).await.map_err(LookupError::Dns)?;
+        let targets = match found {
+            Some(srv) => mailgate_core::discovery::order(srv.to_vec()),
+            None => dns.srv("xhmtp", domain).await.map_err(LookupError::Dns)?,
+        };
         if targets.is_empty() {
             return Err(LookupError::NoRoute(domain.to_owned()));
         }

@@ -14,7 +14,7 @@ use crate::wire::{format_address, NotifyRequest};
 use async_trait::async_trait;
 use hyper::Method;
 use mailgate_core::message::rfc3339;
-use mailgate_core::relay::{Transport, TransportError};
+use mailgate_core::relay::{Route, Transport, TransportError};
 use mailgate_core::store::QueueEntry;
 use mailgate_core::{Address, Message};
 use std::net::SocketAddr;
@@ -109,8 +109,13 @@ impl Transport for XhmtpTransport {
         "xhmtp"
     }
 
-    async fn deliver(&self, entry: &QueueEntry, message: &Message) -> Result<(), TransportError> {
-        let result = self.notify(&entry.recipient, message).await;
+    async fn deliver(
+        &self,
+        route: &Route,
+        entry: &QueueEntry,
+        message: &Message,
+    ) -> Result<(), TransportError> {
+        let result = self.notify(route, &entry.recipient, message).await;
         let outcome = match &result {
             Ok(()) => "ok",
             Err(TransportError::Temporary(_)) => "retry",
@@ -122,12 +127,22 @@ impl Transport for XhmtpTransport {
 }
 
 impl XhmtpTransport {
-    async fn notify(&self, rcpt: &Address, message: &Message) -> Result<(), TransportError> {
+    async fn notify(
+        &self,
+        route: &Route,
+        rcpt: &Address,
+        message: &Message,
+    ) -> Result<(), TransportError> {
         let recipient = rcpt
             .account()
             .to_xhmtp()
             .map_err(|e| TransportError::Permanent(format!("{rcpt} has no XHMTP form: {e}")))?;
-        let endpoints = match self.x.locator.endpoints(&rcpt.domain).await {
+        let endpoints = match self
+            .x
+            .locator
+            .endpoints_via(&rcpt.domain, route.srv.as_deref())
+            .await
+        {
             Ok(e) => e,
             Err(e @ LookupError::NoRoute(_)) => {
                 return Err(TransportError::Permanent(e.to_string()))
