@@ -672,3 +672,231 @@ async fn a_repeat_of_relayed_mail_is_dropped_per_account() {
     c.submit(other, &peer(), None).await.unwrap();
     assert_eq!(count(bob.id).await, 2);
 }
+
+/// Folder totals, tag counts, tag listings and store-wide counts are kept by the store as mail
+/// comes, is read, flagged, copied, removed and expunged: after every step they equal a count
+/// done the slow way.
+#[tokio::test]
+async fn kept_counts_match_a_recount_after_every_change() {
+    use mailgate_core::store::{TagFilter, IMPORTANCE_TAG};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let alice = store
+        .create_account(&addr("alice@a.test"), "x")
+        .await
+        .unwrap();
+    store.create_folder(alice.id, "INBOX/Work").await.unwrap();
+
+    async fn recount(store: &SqliteStore, account: i64, folder: &str) {
+        let live = store
+            .entries(account, folder, EntryQuery::default())
+            .await
+            .unwrap();
+        let ids: Vec<_> = live.iter().map(|e| e.message).collect();
+        let summaries = store.summaries(&ids).await.unwrap();
+        let info = store
+            .folders(account)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|f| f.name.eq_ignore_ascii_case(folder))
+            .unwrap();
+        assert_eq!(info.total, live.len() as u64, "{folder} total");
+        let unseen = live.iter().filter(|e| !e.flags.seen).count() as u64;
+        assert_eq!(info.unseen, unseen, "{folder} unseen");
+        let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for s in &summaries {
+            for (cat, values) in [
+                ("priority", &s.tags.priority),
+                ("category", &s.tags.category),
+                ("custom", &s.tags.custom),
+            ] {
+                for v in values {
+                    *want.entry((cat.into(), v.clone())).or_default() += 1;
+                }
+            }
+            if s.importance == Importance::High {
+                *want
+                    .entry((IMPORTANCE_TAG.into(), "high".into()))
+                    .or_default() += 1;
+            }
+        }
+        let got: BTreeMap<(String, String), u64> = store
+            .tag_counts(account, folder)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| ((t.category, t.value), t.count))
+            .collect();
+        assert_eq!(got, want, "{folder} tag counts");
+        let work = TagFilter {
+            categories: vec![
+                ("category".into(), vec!["work".into()]),
+                ("priority".into(), vec!["high".into(), "low".into()]),
+            ],
+        };
+        let matching: Vec<i64> = live
+            .iter()
+            .zip(&summaries)
+            .filter(|(_, s)| {
+                s.tags.category.contains(&"work".to_owned())
+                    && s.tags.priority.iter().any(|p| p == "high" || p == "low")
+            })
+            .map(|(e, _)| e.id)
+            .collect();
+        assert_eq!(
+            store.count_entries(account, folder, &work).await.unwrap(),
+            matching.len() as u64
+        );
+        let listed: Vec<i64> = store
+            .entries(
+                account,
+                folder,
+                EntryQuery {
+                    tags: work.clone(),
+                    ..EntryQuery::default()
+                },
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(listed, matching, "{folder} tagged listing");
+        let stats = store.stats().await.unwrap();
+        assert!(stats.messages >= summaries.len() as u64);
+    }
+
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let mut m = Message::new(addr("carol@b.test"), vec![addr("alice@a.test")], "s", "b");
+        if i % 2 == 0 {
+            m.tags.category.push("work".into());
+        }
+        if i % 3 == 0 {
+            m.tags.priority.push("high".into());
+        }
+        if i % 4 == 0 {
+            m.tags.custom.push(format!("c{}", i % 8));
+            m.importance = Importance::High;
+        }
+        ids.push(m.id);
+        let folder = if i < 8 { "INBOX" } else { "INBOX/Work" };
+        store
+            .submit(Submission {
+                message: m,
+                deliveries: vec![LocalDelivery {
+                    account: alice.id,
+                    folder: folder.into(),
+                }],
+                relays: Vec::new(),
+                stamp: None,
+            })
+            .await
+            .unwrap();
+    }
+    recount(&store, alice.id, "INBOX").await;
+    recount(&store, alice.id, "INBOX/Work").await;
+    let inbox = store
+        .entries(alice.id, "INBOX", EntryQuery::default())
+        .await
+        .unwrap();
+    // Read, flagged deleted, undeleted.
+    store
+        .set_flags(
+            alice.id,
+            inbox[0].id,
+            Flags {
+                seen: true,
+                deleted: false,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .set_flags(
+            alice.id,
+            inbox[1].id,
+            Flags {
+                seen: false,
+                deleted: true,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .set_flags(
+            alice.id,
+            inbox[2].id,
+            Flags {
+                seen: true,
+                deleted: true,
+            },
+        )
+        .await
+        .unwrap();
+    recount(&store, alice.id, "INBOX").await;
+    store
+        .set_flags(
+            alice.id,
+            inbox[2].id,
+            Flags {
+                seen: true,
+                deleted: false,
+            },
+        )
+        .await
+        .unwrap();
+    recount(&store, alice.id, "INBOX").await;
+    // Copied to another folder, then removed from the first (a move).
+    store
+        .add_entry(alice.id, "INBOX/Work", inbox[4].message)
+        .await
+        .unwrap();
+    store
+        .remove_entries(alice.id, &[inbox[4].id])
+        .await
+        .unwrap();
+    recount(&store, alice.id, "INBOX").await;
+    recount(&store, alice.id, "INBOX/Work").await;
+    // Expunged, and a whole folder deleted.
+    store.expunge(alice.id, "INBOX").await.unwrap();
+    recount(&store, alice.id, "INBOX").await;
+    store.delete_folder(alice.id, "INBOX/Work").await.unwrap();
+    store.create_folder(alice.id, "INBOX/Work").await.unwrap();
+    recount(&store, alice.id, "INBOX/Work").await;
+    recount(&store, alice.id, "INBOX").await;
+    // Paging: the pages together are the listing.
+    let all: Vec<i64> = store
+        .entries(alice.id, "INBOX", EntryQuery::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .entries(
+                alice.id,
+                "INBOX",
+                EntryQuery {
+                    limit: Some(2),
+                    after,
+                    ..EntryQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.id);
+        paged.extend(page.iter().map(|e| e.id));
+    }
+    assert_eq!(paged, all);
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.accounts, 1);
+}

@@ -4,6 +4,9 @@
 //! without touching the front-ends.
 
 mod hosted;
+mod listing;
+#[cfg(test)]
+mod plans;
 mod schema;
 mod sqlite;
 mod writer;
@@ -202,6 +205,48 @@ pub struct FolderInfo {
     pub unseen: u64,
 }
 
+/// Which messages a listing or a count takes by their tags: every listed category must hold
+/// at least one of its values; a category listed with no values takes every message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagFilter {
+    /// Category → wanted values (MMTP `tagFilters`; [`IMPORTANCE_TAG`] for importance).
+    pub categories: Vec<(String, Vec<String>)>,
+}
+
+impl TagFilter {
+    /// The categories that actually restrict.
+    pub fn restricting(&self) -> impl Iterator<Item = &(String, Vec<String>)> {
+        self.categories
+            .iter()
+            .filter(|(_, values)| !values.is_empty())
+    }
+    /// Whether it takes every message.
+    pub fn is_empty(&self) -> bool {
+        self.restricting().next().is_none()
+    }
+    /// Messages of high importance (IMMP's `::important`).
+    pub fn important() -> Self {
+        TagFilter {
+            categories: vec![(IMPORTANCE_TAG.to_owned(), vec!["high".to_owned()])],
+        }
+    }
+}
+
+/// The category under which the store indexes a message's importance alongside its tags
+/// (value `high`); never one of MMTP's tag categories.
+pub const IMPORTANCE_TAG: &str = "@importance";
+
+/// How many live entries of a folder carry one tag value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagCount {
+    /// Category (`priority`, `category`, `status`, `custom`, or [`IMPORTANCE_TAG`]).
+    pub category: String,
+    /// Value.
+    pub value: String,
+    /// Entries.
+    pub count: u64,
+}
+
 /// Which entries of a folder to list.
 #[derive(Debug, Clone, Default)]
 pub struct EntryQuery {
@@ -213,6 +258,10 @@ pub struct EntryQuery {
     pub limit: Option<u32>,
     /// Newest first instead of oldest first.
     pub newest_first: bool,
+    /// Only entries after this entry id in the listing's order (paging).
+    pub after: Option<i64>,
+    /// Only live entries whose message matches (not with `include_deleted`).
+    pub tags: TagFilter,
 }
 
 /// State of an outbound queue entry.
@@ -443,6 +492,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<MailboxEntry>, StoreError>;
     /// Load a stored message.
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;
+    /// How many live entries of a folder match `tags` (index lookups; no row is counted when
+    /// the filter is empty: the folder's kept total is returned).
+    async fn count_entries(
+        &self,
+        account: AccountId,
+        folder: &str,
+        tags: &TagFilter,
+    ) -> Result<u64, StoreError>;
+    /// The tag values of a folder's live entries with their counts (kept by the store).
+    async fn tag_counts(
+        &self,
+        account: AccountId,
+        folder: &str,
+    ) -> Result<Vec<TagCount>, StoreError>;
     /// The account's (not deleted) mailbox entry holding `message`, in any folder.
     async fn find_entry(
         &self,

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Each entry moves the schema one version up. Append only; never edit a released step.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the foundation.
     r#"
     CREATE TABLE accounts (
@@ -167,7 +167,152 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE public_keys ADD COLUMN owner_verified INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: nothing read counts rows. Triggers keep per-folder totals, per-folder tag counts, the
+    // tags of every live (not deleted) entry, and store-wide counts, in the same transaction
+    // as the change; indexes for every foreign key and ordered listing.
+    MIGRATION_7,
 ];
+
+/// Counters and indexes (migration 7). A live entry is one not flagged deleted.
+const MIGRATION_7: &str = r#"
+    ALTER TABLE folders ADD COLUMN total INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE folders ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0;
+    UPDATE folders SET
+      total = (SELECT COUNT(*) FROM entries e WHERE e.account_id = folders.account_id
+               AND e.folder = folders.name AND e.deleted = 0),
+      unseen = (SELECT COUNT(*) FROM entries e WHERE e.account_id = folders.account_id
+                AND e.folder = folders.name AND e.deleted = 0 AND e.seen = 0);
+
+    CREATE TABLE entry_tags (
+        account_id INTEGER NOT NULL,
+        folder     TEXT NOT NULL COLLATE NOCASE,
+        category   TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        entry_id   INTEGER NOT NULL,
+        PRIMARY KEY (account_id, folder, category, value, entry_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX entry_tags_by_entry ON entry_tags (entry_id);
+    INSERT OR IGNORE INTO entry_tags (account_id, folder, category, value, entry_id)
+      SELECT e.account_id, e.folder, c.key, v.value, e.id
+      FROM entries e JOIN messages m ON m.id = e.message_id,
+           json_each(m.meta, '$.tags') c, json_each(c.value) v
+      WHERE e.deleted = 0
+      UNION ALL
+      SELECT e.account_id, e.folder, '@importance', 'high', e.id
+      FROM entries e JOIN messages m ON m.id = e.message_id
+      WHERE e.deleted = 0 AND m.importance = 1;
+    CREATE TABLE folder_tags (
+        account_id INTEGER NOT NULL,
+        folder     TEXT NOT NULL COLLATE NOCASE,
+        category   TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        n          INTEGER NOT NULL,
+        PRIMARY KEY (account_id, folder, category, value)
+    ) WITHOUT ROWID;
+    INSERT INTO folder_tags (account_id, folder, category, value, n)
+      SELECT account_id, folder, category, value, COUNT(*) FROM entry_tags
+      GROUP BY account_id, folder, category, value;
+
+    CREATE TRIGGER entries_insert AFTER INSERT ON entries WHEN NEW.deleted = 0 BEGIN
+      UPDATE folders SET total = total + 1, unseen = unseen + (NEW.seen = 0)
+        WHERE account_id = NEW.account_id AND name = NEW.folder;
+      INSERT OR IGNORE INTO entry_tags (account_id, folder, category, value, entry_id)
+        SELECT NEW.account_id, NEW.folder, c.key, v.value, NEW.id
+        FROM messages m, json_each(m.meta, '$.tags') c, json_each(c.value) v
+        WHERE m.id = NEW.message_id
+        UNION ALL
+        SELECT NEW.account_id, NEW.folder, '@importance', 'high', NEW.id
+        FROM messages m WHERE m.id = NEW.message_id AND m.importance = 1;
+      INSERT INTO folder_tags (account_id, folder, category, value, n)
+        SELECT account_id, folder, category, value, 1 FROM entry_tags WHERE entry_id = NEW.id
+        ON CONFLICT (account_id, folder, category, value) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER entries_delete AFTER DELETE ON entries WHEN OLD.deleted = 0 BEGIN
+      UPDATE folders SET total = total - 1, unseen = unseen - (OLD.seen = 0)
+        WHERE account_id = OLD.account_id AND name = OLD.folder;
+      -- (An upsert: each tag's row by its key, never a range of rows.)
+      INSERT INTO folder_tags (account_id, folder, category, value, n)
+        SELECT account_id, folder, category, value, 0 FROM entry_tags WHERE entry_id = OLD.id
+        ON CONFLICT (account_id, folder, category, value) DO UPDATE SET n = n - 1;
+      DELETE FROM entry_tags WHERE entry_id = OLD.id;
+    END;
+    CREATE TRIGGER entries_update AFTER UPDATE OF seen, deleted, folder ON entries BEGIN
+      UPDATE folders SET total = total - (OLD.deleted = 0),
+                         unseen = unseen - (OLD.deleted = 0 AND OLD.seen = 0)
+        WHERE account_id = OLD.account_id AND name = OLD.folder;
+      UPDATE folders SET total = total + (NEW.deleted = 0),
+                         unseen = unseen + (NEW.deleted = 0 AND NEW.seen = 0)
+        WHERE account_id = NEW.account_id AND name = NEW.folder;
+      -- The tags leave the old place when the entry stops being live there...
+      INSERT INTO folder_tags (account_id, folder, category, value, n)
+        SELECT account_id, folder, category, value, 0 FROM entry_tags
+        WHERE OLD.deleted = 0 AND (NEW.deleted <> 0 OR OLD.folder <> NEW.folder COLLATE NOCASE)
+          AND entry_id = OLD.id
+        ON CONFLICT (account_id, folder, category, value) DO UPDATE SET n = n - 1;
+      DELETE FROM entry_tags
+        WHERE OLD.deleted = 0 AND (NEW.deleted <> 0 OR OLD.folder <> NEW.folder COLLATE NOCASE)
+          AND entry_id = OLD.id;
+      -- ...and come to the new one when it starts being live there.
+      INSERT OR IGNORE INTO entry_tags (account_id, folder, category, value, entry_id)
+        SELECT NEW.account_id, NEW.folder, c.key, v.value, NEW.id
+        FROM messages m, json_each(m.meta, '$.tags') c, json_each(c.value) v
+        WHERE NEW.deleted = 0 AND (OLD.deleted <> 0 OR OLD.folder <> NEW.folder COLLATE NOCASE)
+          AND m.id = NEW.message_id
+        UNION ALL
+        SELECT NEW.account_id, NEW.folder, '@importance', 'high', NEW.id
+        FROM messages m
+        WHERE NEW.deleted = 0 AND (OLD.deleted <> 0 OR OLD.folder <> NEW.folder COLLATE NOCASE)
+          AND m.id = NEW.message_id AND m.importance = 1;
+      INSERT INTO folder_tags (account_id, folder, category, value, n)
+        SELECT account_id, folder, category, value, 1 FROM entry_tags
+        WHERE NEW.deleted = 0 AND (OLD.deleted <> 0 OR OLD.folder <> NEW.folder COLLATE NOCASE)
+          AND entry_id = NEW.id
+        ON CONFLICT (account_id, folder, category, value) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER accounts_tags_delete AFTER DELETE ON accounts BEGIN
+      DELETE FROM folder_tags WHERE account_id = OLD.id;
+    END;
+
+    CREATE TABLE counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO counters (name, n) VALUES
+      ('messages', (SELECT COUNT(*) FROM messages)),
+      ('accounts', (SELECT COUNT(*) FROM accounts)),
+      ('queue_pending', (SELECT COUNT(*) FROM queue WHERE state IN (0, 1)));
+    CREATE TRIGGER messages_count_insert AFTER INSERT ON messages BEGIN
+      UPDATE counters SET n = n + 1 WHERE name = 'messages';
+    END;
+    CREATE TRIGGER messages_count_delete AFTER DELETE ON messages BEGIN
+      UPDATE counters SET n = n - 1 WHERE name = 'messages';
+    END;
+    CREATE TRIGGER accounts_count_insert AFTER INSERT ON accounts BEGIN
+      UPDATE counters SET n = n + 1 WHERE name = 'accounts';
+    END;
+    CREATE TRIGGER accounts_count_delete AFTER DELETE ON accounts BEGIN
+      UPDATE counters SET n = n - 1 WHERE name = 'accounts';
+    END;
+    CREATE TRIGGER queue_count_insert AFTER INSERT ON queue WHEN NEW.state IN (0, 1) BEGIN
+      UPDATE counters SET n = n + 1 WHERE name = 'queue_pending';
+    END;
+    CREATE TRIGGER queue_count_delete AFTER DELETE ON queue WHEN OLD.state IN (0, 1) BEGIN
+      UPDATE counters SET n = n - 1 WHERE name = 'queue_pending';
+    END;
+    CREATE TRIGGER queue_count_update AFTER UPDATE OF state ON queue
+      WHEN (OLD.state IN (0, 1)) <> (NEW.state IN (0, 1)) BEGIN
+      UPDATE counters SET n = n + (NEW.state IN (0, 1)) - (OLD.state IN (0, 1))
+        WHERE name = 'queue_pending';
+    END;
+
+    CREATE INDEX entries_unseen ON entries (account_id, folder, id) WHERE seen = 0 AND deleted = 0;
+    CREATE INDEX nodes_by_owner ON nodes (owner);
+    CREATE INDEX queue_by_message ON queue (message_id);
+    CREATE INDEX queue_leases ON queue (state, lease_until);
+    CREATE INDEX notifications_by_message ON notifications (message_id)
+      WHERE message_id IS NOT NULL;
+    CREATE INDEX subscriptions_by_account ON subscriptions (account_id, created_at);
+    CREATE INDEX subscriptions_by_node_time ON subscriptions (node, created_at);
+    CREATE INDEX remote_subscriptions_by_node ON remote_subscriptions (node, created_at);
+    CREATE INDEX access_grants_fetched ON access_grants (fetched_at);
+"#;
 
 /// Bring the schema up to date; refuses a database newer than this binary.
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

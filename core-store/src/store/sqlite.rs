@@ -7,7 +7,7 @@ use super::{
     AccessGrant, Account, AccountId, EntryQuery, FetchOutcome, Flags, FolderInfo, LocalDelivery,
     MailboxEntry, MessageSummary, NewNotification, NodeInfo, Notification, PublicKeyRecord,
     QueueEntry, QueueState, RelayOutcome, RelayRequest, Store, StoreError, StoreStats, Submission,
-    Subscription,
+    Subscription, TagCount, TagFilter,
 };
 use crate::address::Address;
 use crate::message::{
@@ -76,6 +76,8 @@ fn open_conn(path: &Path, read_only: bool, fsync: bool) -> rusqlite::Result<Conn
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_prepared_statement_cache_capacity(64);
+    #[cfg(test)]
+    super::plans::record(&conn);
     Ok(conn)
 }
 
@@ -256,7 +258,9 @@ fn origin_key(m: &Message) -> Option<String> {
 fn already_delivered(conn: &Connection, key: &str, account: AccountId) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT 1 FROM messages m JOIN entries e ON e.message_id = m.id
+            // CROSS JOIN fixes the order: the origin key's messages (an index lookup), then
+            // their entries; never the account's whole mailbox.
+            "SELECT 1 FROM messages m CROSS JOIN entries e ON e.message_id = m.id
              WHERE m.origin_key = ?1 AND e.account_id = ?2 LIMIT 1",
         )?
         .query_row(params![key, account], |_| Ok(()))
@@ -433,9 +437,10 @@ pub(super) fn message_id_from_blob(b: Vec<u8>) -> Result<MessageId, StoreError> 
         .map_err(|e| StoreError::Corrupt(format!("message id: {e}")))
 }
 
-const ENTRY_COLUMNS: &str = "id, account_id, folder, message_id, seen, deleted, added_at";
+pub(super) const ENTRY_COLUMNS: &str =
+    "id, account_id, folder, message_id, seen, deleted, added_at";
 
-struct EntryRow {
+pub(super) struct EntryRow {
     id: i64,
     account: AccountId,
     folder: String,
@@ -445,7 +450,7 @@ struct EntryRow {
     added_at: i64,
 }
 
-fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<EntryRow> {
+pub(super) fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<EntryRow> {
     Ok(EntryRow {
         id: r.get(0)?,
         account: r.get(1)?,
@@ -698,12 +703,8 @@ impl Store for SqliteStore {
     async fn folders(&self, account: AccountId) -> Result<Vec<FolderInfo>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT f.name,
-                        COUNT(e.id) FILTER (WHERE e.deleted = 0),
-                        COUNT(e.id) FILTER (WHERE e.deleted = 0 AND e.seen = 0)
-                 FROM folders f LEFT JOIN entries e
-                   ON e.account_id = f.account_id AND e.folder = f.name
-                 WHERE f.account_id = ?1 GROUP BY f.name ORDER BY f.name",
+                // Counts kept by triggers (migration 7).
+                "SELECT name, total, unseen FROM folders WHERE account_id = ?1 ORDER BY name",
             )?;
             let rows = stmt
                 .query_map(params![account], |r| {
@@ -787,29 +788,33 @@ impl Store for SqliteStore {
     ) -> Result<Vec<MailboxEntry>, StoreError> {
         let folder = folder.to_owned();
         self.read(move |c| {
-            let order = if query.newest_first { "DESC" } else { "ASC" };
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries
-                 WHERE account_id = ?1 AND folder = ?2
-                   AND (?3 = 0 OR seen = 0) AND (?4 = 1 OR deleted = 0)
-                 ORDER BY id {order} LIMIT ?5"
-            ))?;
-            let limit = query.limit.map_or(-1, i64::from);
-            let rows = stmt
-                .query_map(
-                    params![
-                        account,
-                        folder,
-                        query.unseen_only,
-                        query.include_deleted,
-                        limit
-                    ],
-                    entry_from_row,
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(EntryRow::into_entry).collect()
+            super::listing::list(c, account, &folder, &query)?
+                .into_iter()
+                .map(EntryRow::into_entry)
+                .collect()
         })
         .await
+    }
+
+    async fn count_entries(
+        &self,
+        account: AccountId,
+        folder: &str,
+        tags: &TagFilter,
+    ) -> Result<u64, StoreError> {
+        let (folder, tags) = (folder.to_owned(), tags.clone());
+        self.read(move |c| super::listing::count(c, account, &folder, &tags))
+            .await
+    }
+
+    async fn tag_counts(
+        &self,
+        account: AccountId,
+        folder: &str,
+    ) -> Result<Vec<TagCount>, StoreError> {
+        let folder = folder.to_owned();
+        self.read(move |c| super::listing::tag_counts(c, account, &folder))
+            .await
     }
 
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
@@ -958,16 +963,24 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 let sql = format!(
+                    // Leases that ran out (a crash mid-delivery) first, then the due entries
+                    // oldest first: two index ranges, no sort.
                     "UPDATE queue SET state = 1, lease_until = ?2
-                     WHERE id IN (SELECT id FROM queue
-                                  WHERE (state = 0 AND next_attempt <= ?1)
-                                     OR (state = 1 AND lease_until <= ?1)
-                                  ORDER BY next_attempt LIMIT ?3)
+                     WHERE id IN (
+                       SELECT id FROM (SELECT id FROM queue WHERE state = 1 AND lease_until <= ?1
+                                       LIMIT ?3)
+                       UNION ALL
+                       SELECT id FROM (SELECT id FROM queue WHERE state = 0 AND next_attempt <= ?1
+                                       ORDER BY next_attempt LIMIT ?3)
+                       LIMIT ?3)
                      RETURNING {QUEUE_COLUMNS}"
                 );
                 let mut stmt = c.prepare_cached(&sql)?;
                 let rows = stmt
-                    .query_map(params![now, now + lease_ms, limit], queue_from_row)?
+                    .query_map(
+                        params![now, now.saturating_add(lease_ms), limit],
+                        queue_from_row,
+                    )?
                     .collect::<Result<Vec<_>, _>>()?;
                 rows.into_iter().map(QueueRow::into_entry).collect()
             })
@@ -1348,9 +1361,11 @@ impl Store for SqliteStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(|c| {
+            // Counts kept by triggers (migration 7).
             let (messages, accounts, queue_depth): (i64, i64, i64) = c.query_row(
-                "SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM accounts),
-                        (SELECT COUNT(*) FROM queue WHERE state IN (0, 1))",
+                "SELECT (SELECT n FROM counters WHERE name = 'messages'),
+                        (SELECT n FROM counters WHERE name = 'accounts'),
+                        (SELECT n FROM counters WHERE name = 'queue_pending')",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
