@@ -9,6 +9,7 @@ use base64::Engine;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use mailgate_core::message::{now_ms, WireForm};
+use mailgate_core::store::TagFilter;
 use mailgate_core::{Address, Importance, Message, Part, Security, Tags};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -478,25 +479,14 @@ pub fn wire_tags(m: &Message) -> Tags {
     tags
 }
 
-/// Does a message match a tag filter (spec §8.3: any value within a category, every category)?
-pub fn matches_filter(tags: &Tags, filter: &IndexMap<String, Vec<String>>) -> bool {
-    filter.iter().all(|(cat, wanted)| {
-        let have: &[String] = match cat.as_str() {
-            "priority" => &tags.priority,
-            "category" => &tags.category,
-            "status" => &tags.status,
-            "custom" => &tags.custom,
-            _ => &[],
-        };
-        wanted.is_empty() || wanted.iter().any(|w| have.iter().any(|h| h == w))
-    })
-}
-
-/// Parse `tagFilters`: an object of category → array of strings.
-pub fn parse_filter(v: Option<&Value>) -> Result<IndexMap<String, Vec<String>>, PacketError> {
-    let mut out = IndexMap::new();
+/// Parse `tagFilters` (spec §8.3: a message matches when it has any listed value of every
+/// listed category): an object of category → array of strings. `None` when it can match
+/// nothing: a category MMTP does not have, with values.
+pub fn parse_filter(v: Option<&Value>) -> Result<Option<TagFilter>, PacketError> {
+    let mut out = TagFilter::default();
+    let mut matches_something = true;
     match v {
-        None | Some(Value::Null) => Ok(out),
+        None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
             for (cat, values) in map {
                 let Value::Array(items) = values else {
@@ -515,12 +505,16 @@ pub fn parse_filter(v: Option<&Value>) -> Result<IndexMap<String, Vec<String>>, 
                         s.to_ascii_lowercase()
                     });
                 }
-                out.insert(cat.clone(), vals);
+                let known = ["priority", "category", "status", "custom"].contains(&cat.as_str());
+                if !known && !vals.is_empty() {
+                    matches_something = false;
+                }
+                out.categories.push((cat.clone(), vals));
             }
-            Ok(out)
         }
-        Some(_) => Err(invalid("tagFilters must be an object")),
+        Some(_) => return Err(invalid("tagFilters must be an object")),
     }
+    Ok(matches_something.then_some(out))
 }
 
 #[cfg(test)]
@@ -638,12 +632,20 @@ mod tests {
         assert_eq!(tags.status, vec!["urgent"]);
         assert_eq!(tags.custom, vec!["a"]);
         let f = parse_filter(Some(
-            &json!({"category": ["coupon", "shop"], "priority": ["high"]}),
+            &json!({"category": ["Coupon", "shop"], "priority": [], "custom": ["A"]}),
         ))
+        .unwrap()
         .unwrap();
-        assert!(matches_filter(&tags, &f));
-        let f = parse_filter(Some(&json!({"category": ["shop"]}))).unwrap();
-        assert!(!matches_filter(&tags, &f));
+        assert_eq!(
+            f.categories,
+            vec![
+                ("category".into(), vec!["coupon".into(), "shop".into()]),
+                ("priority".into(), vec![]),
+                ("custom".into(), vec!["A".into()]),
+            ]
+        );
+        assert!(parse_filter(Some(&json!({"other": ["x"]}))).unwrap().is_none());
+        assert!(parse_filter(Some(&json!({"other": []}))).unwrap().is_some());
         assert!(parse_filter(Some(&json!({"category": "shop"}))).is_err());
         assert!(parse_filter(Some(&json!([1]))).is_err());
     }

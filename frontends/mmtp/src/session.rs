@@ -10,9 +10,10 @@ use mailgate_core::login::FAILURES_PER_CONNECTION;
 use mailgate_core::message::now_ms;
 use mailgate_core::pgp;
 use mailgate_core::ratelimit::RateLimiter;
-use mailgate_core::store::{Account, EntryQuery, MessageSummary, PublicKeyRecord};
+use mailgate_core::store::{Account, EntryQuery, PublicKeyRecord, TagFilter};
 use mailgate_core::{
-    Address, Core, KeySource, LoginError, Origin, SenderCheck, SubmitError, Submitter,
+    Address, Core, KeySource, LoginError, Origin, SenderCheck, StoreError, SubmitError,
+    Submitter,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -453,32 +454,16 @@ impl Session<'_> {
         }
     }
 
-    async fn inbox(&self, account: &Account) -> Result<Vec<(i64, MessageSummary)>, String> {
-        let store = &self.server.core.store;
-        let entries = store
-            .entries(account.id, "INBOX", EntryQuery::default())
-            .await
-            .map_err(|e| error(format!("temporary failure: {e}")))?;
-        let ids: Vec<_> = entries.iter().map(|e| e.message).collect();
-        let summaries = store
-            .summaries(&ids)
-            .await
-            .map_err(|e| error(format!("temporary failure: {e}")))?;
-        let mut by_id: std::collections::HashMap<_, _> =
-            summaries.into_iter().map(|s| (s.id, s)).collect();
-        Ok(entries
-            .into_iter()
-            .filter_map(|e| by_id.remove(&e.message).map(|s| (e.id, s)))
-            .collect())
-    }
-
+    /// RECEIVE / RECEIVE_FILTERED: at most `limit` (or `max_receive`) INBOX messages, oldest
+    /// first, found by index (the tag index for a filter); what was handed out is removed once
+    /// the reply is written.
     async fn receive(&self, data: &Map<String, Value>, filtered: bool) -> Outcome {
         let result = async {
             let email = Self::email(data)?;
             let filter = if filtered {
                 packet::parse_filter(data.get("tagFilters")).map_err(error)?
             } else {
-                Default::default()
+                Some(TagFilter::default())
             };
             let limit = match data.get("limit") {
                 None | Some(Value::Null) => None,
@@ -490,32 +475,41 @@ impl Session<'_> {
             };
             let cap = limit
                 .unwrap_or(u64::MAX)
-                .min(u64::from(self.server.config.max_receive)) as usize;
+                .min(u64::from(self.server.config.max_receive)) as u32;
             let account = self.mailbox(&email).await?;
-            let matching: Vec<(i64, MessageSummary)> = self
-                .inbox(&account)
-                .await?
-                .into_iter()
-                .filter(|(_, s)| packet::matches_filter(&s.tags, &filter))
-                .collect();
-            let remaining = matching.len().saturating_sub(cap);
-            let mut packets: Vec<Box<RawValue>> = Vec::new();
-            let mut taken = Vec::new();
-            for (entry, summary) in matching.into_iter().take(cap) {
-                let message = self
-                    .server
-                    .core
-                    .store
-                    .message(summary.id)
-                    .await
-                    .map_err(|e| error(format!("temporary failure: {e}")))?;
+            let store = &self.server.core.store;
+            let temporary = |e: StoreError| error(format!("temporary failure: {e}"));
+            let (entries, matching) = match &filter {
+                Some(tags) => {
+                    let query = EntryQuery {
+                        limit: Some(cap),
+                        tags: tags.clone(),
+                        ..EntryQuery::default()
+                    };
+                    let entries = store
+                        .entries(account.id, "INBOX", query)
+                        .await
+                        .map_err(temporary)?;
+                    let matching = store
+                        .count_entries(account.id, "INBOX", tags)
+                        .await
+                        .map_err(temporary)?;
+                    (entries, matching)
+                }
+                None => (Vec::new(), 0),
+            };
+            let mut packets: Vec<Box<RawValue>> = Vec::with_capacity(entries.len());
+            let mut taken = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let message = store.message(entry.message).await.map_err(temporary)?;
                 if let Some(m) = message {
                     if let Ok(raw) = RawValue::from_string(packet::render(&m)) {
                         packets.push(raw);
-                        taken.push(entry);
+                        taken.push(entry.id);
                     }
                 }
             }
+            let remaining = (matching as usize).saturating_sub(taken.len());
             #[derive(Serialize)]
             #[serde(rename_all = "camelCase")]
             struct Reply<'a> {
@@ -544,39 +538,47 @@ impl Session<'_> {
         result.unwrap_or_else(Outcome::from)
     }
 
+    /// CHECK: counts the store keeps (INBOX total, tag counts) and, with `tagFilters`, a count
+    /// by the tag index; nothing is counted row by row.
     async fn check(&self, data: &Map<String, Value>) -> String {
         let result = async {
             let email = Self::email(data)?;
             let filter = packet::parse_filter(data.get("tagFilters")).map_err(error)?;
             let account = self.mailbox(&email).await?;
-            let inbox = self.inbox(&account).await?;
+            let store = &self.server.core.store;
+            let temporary = |e: StoreError| error(format!("temporary failure: {e}"));
+            let total = store
+                .count_entries(account.id, "INBOX", &TagFilter::default())
+                .await
+                .map_err(temporary)?;
+            let count = match &filter {
+                Some(tags) if tags.is_empty() => total,
+                Some(tags) => store
+                    .count_entries(account.id, "INBOX", tags)
+                    .await
+                    .map_err(temporary)?,
+                None => 0,
+            };
             let mut tag_counts: Map<String, Value> = Map::new();
             for cat in ["priority", "category", "status", "custom"] {
                 tag_counts.insert(cat.into(), Value::Object(Map::new()));
             }
-            let mut count = 0;
-            for (_, s) in &inbox {
-                if packet::matches_filter(&s.tags, &filter) {
-                    count += 1;
+            for t in store
+                .tag_counts(account.id, "INBOX")
+                .await
+                .map_err(temporary)?
+            {
+                if t.value.starts_with("mmtp-type:") {
+                    continue;
                 }
-                for (cat, values) in [
-                    ("priority", &s.tags.priority),
-                    ("category", &s.tags.category),
-                    ("status", &s.tags.status),
-                    ("custom", &s.tags.custom),
-                ] {
-                    if let Some(Value::Object(m)) = tag_counts.get_mut(cat) {
-                        for v in values.iter().filter(|v| !v.starts_with("mmtp-type:")) {
-                            let n = m.get(v).and_then(Value::as_u64).unwrap_or(0);
-                            m.insert(v.clone(), json!(n + 1));
-                        }
-                    }
+                if let Some(Value::Object(m)) = tag_counts.get_mut(&t.category) {
+                    m.insert(t.value, json!(t.count));
                 }
             }
             Ok::<_, String>(ok(json!({
                 "status": "OK",
                 "count": count,
-                "totalCount": inbox.len(),
+                "totalCount": total,
                 "tagCounts": tag_counts,
             })))
         }
