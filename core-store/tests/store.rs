@@ -328,7 +328,7 @@ async fn mailbox_flags_and_expunge() {
         .await
         .unwrap();
     let unseen = EntryQuery {
-        unseen_only: true,
+        seen: Some(false),
         ..Default::default()
     };
     assert!(store

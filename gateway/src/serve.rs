@@ -320,7 +320,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 read_timeout,
                 Duration::from_secs(config.limits.handshake_timeout_secs),
             )
-            .with_federation(federation.clone()),
+            .with_federation(federation.clone())
+            .with_index_page(config.immp.index_page),
         );
         let l = bind(config.immp.listen, "immp.listen").await?;
         servers.spawn(listener::serve("immp", l, None, ctx.clone(), move |c| {

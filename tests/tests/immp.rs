@@ -13,6 +13,11 @@ async fn login(gw: &Gateway, account: &str, password: &str) -> Conn {
     let tcp = tokio::net::TcpStream::connect(gw.addr("immp.listen"))
         .await
         .unwrap();
+    login_on(gw, tcp, account, password).await
+}
+
+/// [`login`] on a connection made already.
+async fn login_on(gw: &Gateway, tcp: tokio::net::TcpStream, account: &str, password: &str) -> Conn {
     let mut c = upgrade(gw, tcp, "UPGRADE TLS3").await;
     send(&mut c, &format!("AUTH SECRET {account}\n")).await;
     assert!(line(&mut c).await.starts_with("302 "));
@@ -172,4 +177,92 @@ fn cli_send_and_receive_over_immp() {
         text.contains("\"subject\":\"via the CLI\"") && text.contains("\"importance\":\"high\""),
         "{text}"
     );
+}
+
+/// `MBOX INDEX` lists a page at a time (`immp.index_page`) and says where to go on; a reply of
+/// several megabytes over TLS reaches a slow reader whole, its last line included (every reply
+/// is flushed, not left in the TLS buffer until the next one).
+#[tokio::test(flavor = "multi_thread")]
+async fn index_pages_and_large_replies_reach_a_slow_reader_whole() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        "localhost",
+        "hashcash_difficulty = 1\nrequests_per_sec = 0.0",
+    )
+    .replace("[immp]\n", "[immp]\nindex_page = 150\n");
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("alice@localhost", "alice-pw");
+    // 300 messages with 40 KB subjects: a page of 150 is a ~6 MB reply, more than the
+    // kernel buffers between the two ends (the reader's receive buffer is kept small).
+    let mut mmtp = MmtpClient::connect(gw.addr("mmtp.listen"), None)
+        .await
+        .unwrap();
+    let subject = "s".repeat(40_000);
+    for i in 0..300 {
+        let b = PacketBuilder::new(
+            Address::parse_mmtp("(carol)%(elsewhere.test)").unwrap(),
+            Address::parse_mmtp("(alice)%(localhost)").unwrap(),
+            &format!("{i:03} {subject}"),
+            "x",
+        );
+        let built = b.build_with(1, 1).unwrap();
+        mmtp.send(&built.text).await.unwrap();
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let tcp = socket
+        .connect(gw.addr("immp.listen").parse().unwrap())
+        .await
+        .unwrap();
+    let mut c = login_on(&gw, tcp, "alice@localhost", "alice-pw").await;
+    let mut seen = Vec::new();
+    let mut next = "MBOX INDEX /inbox +JSON".to_owned();
+    let mut pages = 0;
+    loop {
+        send(&mut c, &format!("{next}\n")).await;
+        pages += 1;
+        // A slow reader: 64 KiB at a time with pauses, so the socket fills up.
+        let mut text = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let last = loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(20), c.read(&mut buf))
+                .await
+                .expect("the rest of the reply in time (flushed)")
+                .unwrap();
+            assert!(n > 0, "connection closed mid-reply");
+            text.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let s = String::from_utf8_lossy(&text);
+            if let Some(l) = s
+                .lines()
+                .find(|l| l.starts_with("250 ") && l.contains(" messages"))
+            {
+                break l.to_owned();
+            }
+        };
+        let text = String::from_utf8(text).unwrap();
+        for l in text.lines().filter(|l| l.starts_with("250-")) {
+            let v: serde_json::Value = serde_json::from_str(&l[4..]).unwrap();
+            seen.push(v["subject"].as_str().unwrap()[..3].to_owned());
+        }
+        match last.split_once("; more after #") {
+            Some((count, id)) => {
+                assert_eq!(count, "250 150 messages");
+                next = format!("MBOX INDEX /inbox#{id} +JSON");
+            }
+            None => {
+                assert_eq!(last, "250 150 messages");
+                break;
+            }
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(pages, 2);
+    let want: Vec<String> = (0..300).map(|i| format!("{i:03}")).collect();
+    assert_eq!(seen, want, "every message once, in order, over the pages");
+    // The counts come from the store's kept totals.
+    send(&mut c, "MBOX CHECK /inbox\n").await;
+    assert_eq!(line(&mut c).await, "240 /inbox::* u=300 t=300");
 }

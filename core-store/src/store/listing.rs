@@ -43,8 +43,10 @@ pub(super) fn list(
         sql.push_str(" WHERE 1");
         sql.push_str(&tag_conditions(account, folder, &query.tags, &mut args));
     } else {
-        if query.unseen_only && !query.include_deleted {
-            sql.push_str(" INDEXED BY entries_unseen");
+        match (query.seen, query.include_deleted) {
+            (Some(false), false) => sql.push_str(" INDEXED BY entries_unseen"),
+            (Some(true), false) => sql.push_str(" INDEXED BY entries_seen"),
+            _ => {}
         }
         sql.push_str(" WHERE account_id = ? AND folder = ?");
         args.push(Value::Integer(account));
@@ -53,8 +55,10 @@ pub(super) fn list(
             sql.push_str(" AND deleted = 0");
         }
     }
-    if query.unseen_only {
-        sql.push_str(" AND seen = 0");
+    match query.seen {
+        Some(true) => sql.push_str(" AND seen = 1"),
+        Some(false) => sql.push_str(" AND seen = 0"),
+        None => {}
     }
     let order = if query.newest_first { "DESC" } else { "ASC" };
     if let Some(after) = query.after {

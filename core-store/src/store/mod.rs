@@ -250,8 +250,8 @@ pub struct TagCount {
 /// Which entries of a folder to list.
 #[derive(Debug, Clone, Default)]
 pub struct EntryQuery {
-    /// Only entries not yet seen.
-    pub unseen_only: bool,
+    /// Only entries seen (`Some(true)`) or not yet seen (`Some(false)`).
+    pub seen: Option<bool>,
     /// Include entries flagged deleted.
     pub include_deleted: bool,
     /// At most this many (`None`: all).
@@ -506,11 +506,13 @@ pub trait Store: Send + Sync + 'static {
         account: AccountId,
         folder: &str,
     ) -> Result<Vec<TagCount>, StoreError>;
-    /// The account's (not deleted) mailbox entry holding `message`, in any folder.
+    /// The account's (not deleted) mailbox entry holding `message`: in `folder`, or in any
+    /// folder when `None`.
     async fn find_entry(
         &self,
         account: AccountId,
         message: MessageId,
+        folder: Option<&str>,
     ) -> Result<Option<MailboxEntry>, StoreError>;
     /// Load summaries (no parts) of several messages, in the order asked; unknown ids are
     /// left out.

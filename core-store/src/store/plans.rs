@@ -150,13 +150,19 @@ async fn workload(store: &SqliteStore) {
             ..EntryQuery::default()
         },
         EntryQuery {
-            unseen_only: true,
+            seen: Some(false),
             include_deleted: true,
             limit: Some(1),
             ..EntryQuery::default()
         },
         EntryQuery {
-            unseen_only: true,
+            seen: Some(false),
+            limit: Some(5),
+            after: Some(1),
+            ..EntryQuery::default()
+        },
+        EntryQuery {
+            seen: Some(true),
             limit: Some(5),
             after: Some(1),
             ..EntryQuery::default()
@@ -185,7 +191,12 @@ async fn workload(store: &SqliteStore) {
     store.tag_counts(alice.id, "INBOX").await.unwrap();
     store.message(id).await.unwrap();
     store.summaries(&[id]).await.unwrap();
-    let entry = store.find_entry(alice.id, id).await.unwrap().unwrap();
+    store.find_entry(alice.id, id, None).await.unwrap().unwrap();
+    let entry = store
+        .find_entry(alice.id, id, Some("inbox"))
+        .await
+        .unwrap()
+        .unwrap();
     store
         .set_flags(
             alice.id,

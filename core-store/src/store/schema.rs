@@ -303,6 +303,7 @@ const MIGRATION_7: &str = r#"
     END;
 
     CREATE INDEX entries_unseen ON entries (account_id, folder, id) WHERE seen = 0 AND deleted = 0;
+    CREATE INDEX entries_seen ON entries (account_id, folder, id) WHERE seen = 1 AND deleted = 0;
     CREATE INDEX nodes_by_owner ON nodes (owner);
     CREATE INDEX queue_by_message ON queue (message_id);
     CREATE INDEX queue_leases ON queue (state, lease_until);

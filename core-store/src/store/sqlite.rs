@@ -825,13 +825,19 @@ impl Store for SqliteStore {
         &self,
         account: AccountId,
         message: MessageId,
+        folder: Option<&str>,
     ) -> Result<Option<MailboxEntry>, StoreError> {
+        let folder = folder.map(str::to_owned);
         self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {ENTRY_COLUMNS} FROM entries
-                 WHERE message_id = ?1 AND account_id = ?2 AND deleted = 0 LIMIT 1"
+                 WHERE message_id = ?1 AND account_id = ?2 AND deleted = 0
+                   AND (?3 IS NULL OR folder = ?3) LIMIT 1"
             ))?
-            .query_row(params![&message.0.as_bytes()[..], account], entry_from_row)
+            .query_row(
+                params![&message.0.as_bytes()[..], account, folder],
+                entry_from_row,
+            )
             .optional()?
             .map(EntryRow::into_entry)
             .transpose()

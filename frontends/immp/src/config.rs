@@ -13,7 +13,12 @@ pub struct ImmpConfig {
     pub listen: SocketAddr,
     /// Where other domains' IMMP servers are (`[[immp.routes]]`).
     pub routes: Vec<crate::federation::ImmpRoute>,
+    /// Most entries one `MBOX INDEX` reply lists; the rest come page by page (`#<id>`).
+    pub index_page: u32,
 }
+
+/// Default of `immp.index_page`.
+pub const DEFAULT_INDEX_PAGE: u32 = 1000;
 
 impl Default for ImmpConfig {
     fn default() -> Self {
@@ -21,6 +26,7 @@ impl Default for ImmpConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1025)),
             routes: Vec::new(),
+            index_page: DEFAULT_INDEX_PAGE,
         }
     }
 }

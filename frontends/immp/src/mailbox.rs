@@ -4,17 +4,25 @@ use crate::codec::{CommandKind, MboxRef, Reply};
 use base64::Engine;
 use mailgate_core::message::rfc3339;
 use mailgate_core::store::{
-    Account, EntryQuery, Flags, MailboxEntry, MessageSummary, STANDARD_FOLDERS,
+    Account, EntryQuery, Flags, FolderInfo, MailboxEntry, MessageSummary, TagFilter,
+    STANDARD_FOLDERS,
 };
-use mailgate_core::{Core, Importance, Message, MessageId};
+use mailgate_core::{Core, Message, MessageId};
 use serde_json::{json, Value};
 
 /// Run one MBOX command for `account`; returns the replies in order.
 /// `gzip`: base64 output carries gzip streams (`SET COMPRESSION=GZIP`).
-pub async fn run(core: &Core, account: &Account, kind: CommandKind, gzip: bool) -> Vec<Reply> {
+/// `page`: most entries one `MBOX INDEX` lists.
+pub async fn run(
+    core: &Core,
+    account: &Account,
+    kind: CommandKind,
+    gzip: bool,
+    page: u32,
+) -> Vec<Reply> {
     let result = match kind {
         CommandKind::MboxCheck { mbox, recursive } => check(core, account, &mbox, recursive).await,
-        CommandKind::MboxIndex { mbox, json } => index(core, account, &mbox, json).await,
+        CommandKind::MboxIndex { mbox, json } => index(core, account, &mbox, json, page).await,
         CommandKind::MboxFetch {
             mbox,
             json,
@@ -44,16 +52,43 @@ async fn folder(core: &Core, account: &Account, path: &str) -> Result<String, Re
         .ok_or_else(|| Reply::new(405, format!("No such mailbox /{path}.")))
 }
 
-/// Entries of a folder with their summaries, after the filter.
+/// The store query of a filter (`*`, `unread`, `read`, `important`): every one is an index
+/// range or the tag index.
+fn filter_query(filter: Option<&str>) -> EntryQuery {
+    match filter {
+        Some("unread") => EntryQuery {
+            seen: Some(false),
+            ..EntryQuery::default()
+        },
+        Some("read") => EntryQuery {
+            seen: Some(true),
+            ..EntryQuery::default()
+        },
+        Some("important") => EntryQuery {
+            tags: TagFilter::important(),
+            ..EntryQuery::default()
+        },
+        _ => EntryQuery::default(),
+    }
+}
+
+/// At most `limit` entries of a folder after the filter, after entry `after`, with summaries.
 async fn listing(
     core: &Core,
     account: &Account,
     folder: &str,
     filter: Option<&str>,
+    after: Option<i64>,
+    limit: u32,
 ) -> Result<Vec<(MailboxEntry, MessageSummary)>, Reply> {
+    let query = EntryQuery {
+        after,
+        limit: Some(limit),
+        ..filter_query(filter)
+    };
     let entries = core
         .store
-        .entries(account.id, folder, EntryQuery::default())
+        .entries(account.id, folder, query)
         .await
         .map_err(temporary)?;
     let ids: Vec<MessageId> = entries.iter().map(|e| e.message).collect();
@@ -68,13 +103,35 @@ async fn listing(
     Ok(entries
         .into_iter()
         .filter_map(|e| summaries.remove(&e.message).map(|s| (e, s)))
-        .filter(|(e, s)| match filter {
-            Some("unread") => !e.flags.seen,
-            Some("read") => e.flags.seen,
-            Some("important") => s.importance == Importance::High,
-            _ => true,
-        })
         .collect())
+}
+
+/// `(unread, total)` of a folder under a filter, from the counts the store keeps (the
+/// important filter counts its unread entries by the tag index).
+async fn counts(
+    core: &Core,
+    account: &Account,
+    folder: &FolderInfo,
+    filter: &str,
+) -> Result<(u64, u64), Reply> {
+    Ok(match filter {
+        "unread" => (folder.unseen, folder.unseen),
+        "read" => (0, folder.total.saturating_sub(folder.unseen)),
+        "important" => {
+            let query = EntryQuery {
+                tags: TagFilter::important(),
+                ..EntryQuery::default()
+            };
+            let important = core
+                .store
+                .entries(account.id, &folder.name, query)
+                .await
+                .map_err(temporary)?;
+            let unread = important.iter().filter(|e| !e.flags.seen).count() as u64;
+            (unread, important.len() as u64)
+        }
+        _ => (folder.unseen, folder.total),
+    })
 }
 
 async fn check(
@@ -94,13 +151,7 @@ async fn check(
         if !wanted {
             continue;
         }
-        let (unread, total) = if filter == "*" {
-            (f.unseen, f.total)
-        } else {
-            let list = listing(core, account, &f.name, Some(filter)).await?;
-            let unread = list.iter().filter(|(e, _)| !e.flags.seen).count();
-            (unread as u64, list.len() as u64)
-        };
+        let (unread, total) = counts(core, account, &f, filter).await?;
         lines.push(format!(
             "/{}::{filter} u={unread} t={total}",
             f.name.to_ascii_lowercase()
@@ -126,14 +177,31 @@ fn summary_json(e: &MailboxEntry, s: &MessageSummary) -> Value {
     })
 }
 
+/// `MBOX INDEX /<path>[::filter][#<id>] [+JSON]`: at most `page` entries, oldest first, after message `<id>` when given; the last line says how many, and when more are left
+/// the id to ask after (`N messages; more after #<id>`).
 async fn index(
     core: &Core,
     account: &Account,
     mbox: &MboxRef,
     as_json: bool,
+    page: u32,
 ) -> Result<Vec<Reply>, Reply> {
     let name = folder(core, account, &mbox.path).await?;
-    let list = listing(core, account, &name, mbox.filter.as_deref()).await?;
+    let after = match &mbox.id {
+        Some(id) => Some(entry(core, account, &name, id).await?.id),
+        None => None,
+    };
+    let mut list = listing(
+        core,
+        account,
+        &name,
+        mbox.filter.as_deref(),
+        after,
+        page.saturating_add(1),
+    )
+    .await?;
+    let more = list.len() > page as usize;
+    list.truncate(page as usize);
     let mut lines: Vec<String> = list
         .iter()
         .map(|(e, s)| {
@@ -150,7 +218,10 @@ async fn index(
             }
         })
         .collect();
-    lines.push(format!("{} messages", list.len()));
+    match list.last().filter(|_| more) {
+        Some((_, last)) => lines.push(format!("{} messages; more after #{}", list.len(), last.id)),
+        None => lines.push(format!("{} messages", list.len())),
+    }
     Ok(vec![Reply { code: 250, lines }])
 }
 
@@ -164,18 +235,9 @@ async fn entry(
     let not_found = || Reply::new(405, format!("No message {id} in /{folder}."));
     let id: MessageId = id.parse().map_err(|_| not_found())?;
     core.store
-        .entries(
-            account.id,
-            folder,
-            EntryQuery {
-                include_deleted: false,
-                ..Default::default()
-            },
-        )
+        .find_entry(account.id, id, Some(folder))
         .await
         .map_err(temporary)?
-        .into_iter()
-        .find(|e| e.message == id)
         .ok_or_else(not_found)
 }
 

@@ -287,7 +287,14 @@ impl Pipeline {
             | CommandKind::MboxMove { .. } => {
                 if let Phase::Local(account) = &phase {
                     let gzip = self.shared.gzip.load(Ordering::Relaxed);
-                    let replies = mailbox::run(&self.shared.server.core, account, kind, gzip).await;
+                    let replies = mailbox::run(
+                        &self.shared.server.core,
+                        account,
+                        kind,
+                        gzip,
+                        self.shared.server.index_page,
+                    )
+                    .await;
                     for r in replies {
                         self.say(r).await;
                     }

@@ -59,6 +59,8 @@ pub struct ImmpServer {
     pub(crate) cookie_checks: RateLimiter<IpAddr>,
     /// Open authenticated sessions per account, for unsolicited `150 PUSH` lines.
     live: Mutex<HashMap<AccountId, broadcast::Sender<Arc<str>>>>,
+    /// Most entries one `MBOX INDEX` reply lists.
+    pub(crate) index_page: u32,
 }
 
 impl ImmpServer {
@@ -84,7 +86,14 @@ impl ImmpServer {
             handshake_timeout,
             cookie_checks: RateLimiter::new(2.0, 10),
             live: Mutex::new(HashMap::new()),
+            index_page: crate::config::DEFAULT_INDEX_PAGE,
         }
+    }
+
+    /// Most entries one `MBOX INDEX` reply lists (at least 1).
+    pub fn with_index_page(mut self, page: u32) -> Self {
+        self.index_page = page.max(1);
+        self
     }
 
     /// Routes and TLS trust for AUTH COOKIE call-backs.
@@ -223,8 +232,14 @@ impl ImmpServer {
         let writer = tokio::spawn(async move {
             while let Some(text) = out_rx.recv().await {
                 // A peer that stops reading is dropped after the idle timeout, which unblocks
-                // the pipelines and the reader waiting on this writer.
-                match tokio::time::timeout(write_timeout, wr.write_all(text.as_bytes())).await {
+                // the pipelines and the reader waiting on this writer. Every reply is flushed
+                // once written: TLS keeps ciphertext it could not send when the socket was
+                // full, and without a flush it would wait for the next reply.
+                let sent = async {
+                    wr.write_all(text.as_bytes()).await?;
+                    wr.flush().await
+                };
+                match tokio::time::timeout(write_timeout, sent).await {
                     Ok(Ok(())) => {}
                     _ => break,
                 }

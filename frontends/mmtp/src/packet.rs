@@ -644,7 +644,9 @@ mod tests {
                 ("custom".into(), vec!["A".into()]),
             ]
         );
-        assert!(parse_filter(Some(&json!({"other": ["x"]}))).unwrap().is_none());
+        assert!(parse_filter(Some(&json!({"other": ["x"]})))
+            .unwrap()
+            .is_none());
         assert!(parse_filter(Some(&json!({"other": []}))).unwrap().is_some());
         assert!(parse_filter(Some(&json!({"category": "shop"}))).is_err());
         assert!(parse_filter(Some(&json!([1]))).is_err());

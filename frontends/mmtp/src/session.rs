@@ -12,8 +12,7 @@ use mailgate_core::pgp;
 use mailgate_core::ratelimit::RateLimiter;
 use mailgate_core::store::{Account, EntryQuery, PublicKeyRecord, TagFilter};
 use mailgate_core::{
-    Address, Core, KeySource, LoginError, Origin, SenderCheck, StoreError, SubmitError,
-    Submitter,
+    Address, Core, KeySource, LoginError, Origin, SenderCheck, StoreError, SubmitError, Submitter,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -131,7 +130,7 @@ impl MmtpServer {
         let mut frames = FrameReader::new(rd, max_frame).with_budget(self.core.budget.clone());
         let mut welcome = self.welcome(tls).to_string();
         welcome.push('\n');
-        if wr.write_all(welcome.as_bytes()).await.is_err() {
+        if wr.write_all(welcome.as_bytes()).await.is_err() || wr.flush().await.is_err() {
             return;
         }
         let mut session = Session {
@@ -173,9 +172,13 @@ impl MmtpServer {
             };
             let mut reply = outcome.reply;
             reply.push('\n');
-            // A peer that stops reading is dropped after the idle timeout.
-            let written =
-                tokio::time::timeout(self.read_timeout, wr.write_all(reply.as_bytes())).await;
+            // A peer that stops reading is dropped after the idle timeout. The flush sends what
+            // TLS still holds of the reply (else it would wait for the next one).
+            let sent = async {
+                wr.write_all(reply.as_bytes()).await?;
+                wr.flush().await
+            };
+            let written = tokio::time::timeout(self.read_timeout, sent).await;
             if !matches!(written, Ok(Ok(()))) {
                 break;
             }

@@ -517,7 +517,7 @@ async fn inbox_message(
     let id = wire::parse_id(&id).ok_or_else(missing)?;
     x.core
         .store
-        .find_entry(account.id, id)
+        .find_entry(account.id, id, None)
         .await?
         .ok_or_else(missing)?;
     let msg = x.core.store.message(id).await?.ok_or_else(missing)?;
