@@ -85,21 +85,46 @@ pub(super) fn count(
     folder: &str,
     tags: &TagFilter,
 ) -> Result<u64, StoreError> {
-    let n: i64 = if tags.is_empty() {
+    let restricting: Vec<_> = tags.restricting().collect();
+    let n: i64 = if restricting.is_empty() {
         c.prepare_cached("SELECT total FROM folders WHERE account_id = ?1 AND name = ?2")?
             .query_row(params![account, folder], |r| r.get(0))
             .optional()?
             .unwrap_or(0)
+    } else if let [(category, values)] = restricting.as_slice() {
+        // One category and one value: the kept count. (Several values of one category may
+        // meet in one message, so their counts do not add up: those go by the index.)
+        match values.as_slice() {
+            [value] => c
+                .prepare_cached(
+                    "SELECT n FROM folder_tags
+                     WHERE account_id = ?1 AND folder = ?2 AND category = ?3 AND value = ?4",
+                )?
+                .query_row(params![account, folder, category, value], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0),
+            _ => count_by_index(c, account, folder, tags)?,
+        }
     } else {
-        let mut args = Vec::new();
-        let sql = format!(
-            "SELECT COUNT(*) FROM entries WHERE 1{}",
-            tag_conditions(account, folder, tags, &mut args)
-        );
-        c.prepare_cached(&sql)?
-            .query_row(params_from_iter(args), |r| r.get(0))?
+        count_by_index(c, account, folder, tags)?
     };
     Ok(n.max(0) as u64)
+}
+
+/// Count the entries the tag index names for every restricting category.
+fn count_by_index(
+    c: &Connection,
+    account: AccountId,
+    folder: &str,
+    tags: &TagFilter,
+) -> Result<i64, StoreError> {
+    let mut args = Vec::new();
+    let sql = format!(
+        "SELECT COUNT(*) FROM entries WHERE 1{}",
+        tag_conditions(account, folder, tags, &mut args)
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params_from_iter(args), |r| r.get(0))?)
 }
 
 /// The tag values of the folder's live entries, with their counts.

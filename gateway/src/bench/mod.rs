@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod scale;
+
 /// What to benchmark.
 #[derive(Subcommand)]
 pub enum BenchTarget {
@@ -22,6 +24,9 @@ pub enum BenchTarget {
     /// the server itself, from 127.0.0.1, so the notifier check passes), then feed requests per
     /// second for --to. The server needs `xhmtp.notify_rate_per_sec = 0` and --to's password.
     Xhmtp(XhmtpBench),
+    /// Fill a store to each of --sizes messages (one mailbox, then spread over --accounts) and
+    /// measure submits and every read's store calls at each size.
+    Scale(scale::ScaleBench),
 }
 
 /// `mailgate bench xhmtp` options.
@@ -145,6 +150,7 @@ pub async fn run(target: BenchTarget) -> anyhow::Result<()> {
         BenchTarget::Store(opts) => store(opts).await,
         BenchTarget::Mmtp(opts) => mmtp(opts).await,
         BenchTarget::Xhmtp(opts) => xhmtp(opts).await,
+        BenchTarget::Scale(opts) => scale::run(opts).await,
     }
 }
 
@@ -307,10 +313,11 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         );
     }
     let packets = Arc::new(packets);
+    let connections = usable_connections(&opts.target, opts.connections, opts.json).await?;
     let target = Arc::new(opts.target.clone());
     let s = load(
         packets.len() as u64,
-        opts.connections,
+        connections,
         opts.seconds,
         opts.json,
         move || {
@@ -329,14 +336,53 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     report(
         &s,
         opts.json,
-        json!({"bench": "mmtp", "connections": opts.connections, "size": opts.size,
+        json!({"bench": "mmtp", "connections": connections, "size": opts.size,
                "difficulty": difficulty, "mint_hashes_per_sec": mint_rate}),
         &format!(
-            "mmtp: {} connections, SENDs of {} B bodies (acknowledged = durably stored)",
-            opts.connections, opts.size
+            "mmtp: {connections} connections, SENDs of {} B bodies (acknowledged = durably stored)",
+            opts.size
         ),
     );
     Ok(())
+}
+
+/// How many of `wanted` connections the server at `target` keeps open from this address: they
+/// are opened together and held briefly; one the server closes at once was refused (its
+/// `[limits] max_connections_per_ip`, 16 by default, or its connection limits). The run then
+/// uses that many, and says so, instead of failing on the refused ones.
+async fn usable_connections(target: &str, wanted: usize, quiet: bool) -> anyhow::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut held = Vec::new();
+    for _ in 0..wanted.max(1) {
+        match tokio::net::TcpStream::connect(target).await {
+            Ok(s) => held.push(s),
+            Err(e) if held.is_empty() => return Err(e.into()),
+            Err(_) => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut kept = 0;
+    let mut buf = [0u8; 512];
+    for s in &mut held {
+        // Closed by the server: EOF or a reset; open: a greeting, or nothing yet.
+        match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            _ => kept += 1,
+        }
+    }
+    drop(held);
+    // Let the server see them close before the run opens its own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if kept == 0 {
+        anyhow::bail!("the server at {target} refused every connection from this address");
+    }
+    if kept < wanted && !quiet {
+        eprintln!(
+            "note: the server keeps {kept} connections from this address open, not {wanted} \
+             (its [limits] max_connections_per_ip, 16 by default): running with {kept}"
+        );
+    }
+    Ok(kept.min(wanted))
 }
 
 /// Run `count` operations on `connections` concurrent tasks for at most `seconds`: each task
@@ -436,43 +482,51 @@ async fn xhmtp(opts: XhmtpBench) -> anyhow::Result<()> {
     );
     let prefix = opts.prefix.clone();
     let port = server.port();
-    let s = http_load(opts.notifications, opts.connections, opts.seconds, opts.json, move |i| {
-        let (h, p) = (h.clone(), p.clone());
-        let url = format!(
-            "http://{user}:bench{run}{i}@127.0.0.1:{port}/{prefix}/bench/{}",
-            mailgate_core::MessageId::new()
-        );
-        async move {
-            let body = json!({"url": url, "from": "load@bench.test", "subject": "bench", "size": 4096});
-            let resp = h
-                .send(Call {
-                    method: hyper::Method::POST,
-                    connect: server,
-                    https: false,
-                    host: "localhost",
-                    path: &p,
-                    basic: None,
-                    headers: Vec::new(),
-                    json: Some(body.to_string().into_bytes()),
-                })
-                .await?;
-            anyhow::ensure!(
-                resp.status == 202,
-                "notification answered {}: {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.body)
+    let connections = usable_connections(&opts.target, opts.connections, opts.json).await?;
+    let s = http_load(
+        opts.notifications,
+        connections,
+        opts.seconds,
+        opts.json,
+        move |i| {
+            let (h, p) = (h.clone(), p.clone());
+            let url = format!(
+                "http://{user}:bench{run}{i}@127.0.0.1:{port}/{prefix}/bench/{}",
+                mailgate_core::MessageId::new()
             );
-            Ok(())
-        }
-    })
+            async move {
+                // The sender's domain is the URL's host, so the receiver's sender check passes.
+                let body =
+                    json!({"url": url, "from": "load@127.0.0.1", "subject": "bench", "size": 4096});
+                let resp = h
+                    .send(Call {
+                        method: hyper::Method::POST,
+                        connect: server,
+                        https: false,
+                        host: "localhost",
+                        path: &p,
+                        basic: None,
+                        headers: Vec::new(),
+                        json: Some(body.to_string().into_bytes()),
+                    })
+                    .await?;
+                anyhow::ensure!(
+                    resp.status == 202,
+                    "notification answered {}: {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                );
+                Ok(())
+            }
+        },
+    )
     .await?;
     report(
         &s,
         opts.json,
-        json!({"bench": "xhmtp-notify", "connections": opts.connections}),
+        json!({"bench": "xhmtp-notify", "connections": connections}),
         &format!(
-            "xhmtp notifications: {} concurrent, each on a new connection (202 = durably stored)",
-            opts.connections
+            "xhmtp notifications: {connections} concurrent, each on a new connection (202 = durably stored)"
         ),
     );
 
@@ -485,7 +539,7 @@ async fn xhmtp(opts: XhmtpBench) -> anyhow::Result<()> {
     );
     let s = http_load(
         opts.feeds,
-        opts.connections,
+        connections,
         opts.seconds,
         opts.json,
         move |_| {
@@ -512,10 +566,9 @@ async fn xhmtp(opts: XhmtpBench) -> anyhow::Result<()> {
     report(
         &s,
         opts.json,
-        json!({"bench": "xhmtp-feed", "connections": opts.connections}),
+        json!({"bench": "xhmtp-feed", "connections": connections}),
         &format!(
-            "xhmtp feed requests: {} concurrent, each on a new connection, full feed (no 304)",
-            opts.connections
+            "xhmtp feed requests: {connections} concurrent, each on a new connection, full feed (no 304)"
         ),
     );
     Ok(())

@@ -1,0 +1,114 @@
+//! Every `mailgate bench` mode runs briefly against the real program (a smoke test: the
+//! benchmarks keep working; no timing is asserted). A run that asks for more connections than
+//! the server keeps open from one address uses what it gets and says so.
+
+mod support;
+
+use support::{config_with, run_ok, Gateway};
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_bench_mode_runs_and_respects_the_servers_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = text(&run_ok(
+        &[
+            "bench",
+            "store",
+            "--messages",
+            "200",
+            "--tasks",
+            "8",
+            "--size",
+            "512",
+        ],
+        None,
+        dir.path(),
+    ));
+    assert!(
+        out.contains("store: 8 tasks") && out.contains("/s"),
+        "{out}"
+    );
+
+    let (out, _) = text(&run_ok(
+        &[
+            "bench",
+            "scale",
+            "--sizes",
+            "200,400",
+            "--samples",
+            "10",
+            "--accounts",
+            "10",
+        ],
+        None,
+        dir.path(),
+    ));
+    for row in [
+        "submit (16 at a time)",
+        "MMTP CHECK  ",
+        "IMMP MBOX INDEX",
+        "XHMTP feed",
+    ] {
+        assert_eq!(
+            out.matches(row).count(),
+            4,
+            "{row} at two sizes, two layouts:\n{out}"
+        );
+    }
+
+    let config = config_with(dir.path(), "localhost", "requests_per_sec = 0.0")
+        .replace("[xhmtp]\n", "[xhmtp]\nnotify_rate_per_sec = 0.0\n");
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("bob@localhost", "bob-pw");
+    // 24 connections asked for; the server keeps 16 from one address (the default).
+    let (out, err) = text(&run_ok(
+        &[
+            "bench",
+            "mmtp",
+            "--target",
+            gw.addr("mmtp.listen"),
+            "--to",
+            "(bob)%(localhost)",
+            "--messages",
+            "100",
+            "--connections",
+            "24",
+            "--size",
+            "256",
+        ],
+        None,
+        dir.path(),
+    ));
+    assert!(err.contains("running with 16"), "{err}");
+    assert!(out.contains("mmtp: 16 connections"), "{out}");
+    let (out, _) = text(&run_ok(
+        &[
+            "bench",
+            "xhmtp",
+            "--target",
+            gw.addr("xhmtp.listen"),
+            "--to",
+            "bob@localhost",
+            "--password",
+            "bob-pw",
+            "--notifications",
+            "50",
+            "--feeds",
+            "20",
+            "--connections",
+            "4",
+        ],
+        None,
+        dir.path(),
+    ));
+    assert!(
+        out.contains("xhmtp notifications") && out.contains("xhmtp feed"),
+        "{out}"
+    );
+}
