@@ -61,7 +61,7 @@ fn message(sender: &Address, rcpt: &Address, i: u64, body: &str) -> Message {
     m.origin_id = Some(format!("scale-{i}"));
     m.tags = Tags {
         category: vec![["work", "personal", "promotion"][(i % 3) as usize].into()],
-        priority: if i % 10 == 0 {
+        priority: if i.is_multiple_of(10) {
             vec!["high".into()]
         } else {
             Vec::new()
