@@ -69,6 +69,30 @@ impl MmtpClient {
         let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::Timeout)??;
+        Self::over(tcp, tls).await
+    }
+
+    /// [`MmtpClient::connect`] from a chosen local address (load generators spreading their
+    /// connections over several source addresses).
+    pub async fn connect_from(
+        addr: std::net::SocketAddr,
+        source: std::net::IpAddr,
+    ) -> Result<Self, ClientError> {
+        let socket = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        let tcp = tokio::time::timeout(TIMEOUT, socket.connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        Self::over(tcp, None).await
+    }
+
+    async fn over(
+        tcp: TcpStream,
+        tls: Option<(TlsConnector, ServerName<'static>)>,
+    ) -> Result<Self, ClientError> {
         let _ = tcp.set_nodelay(true);
         let stream: BoxedIo = match tls {
             None => Box::new(tcp),

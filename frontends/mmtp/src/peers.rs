@@ -67,7 +67,21 @@ pub const SERVES_TTL: Duration = Duration::from_secs(300);
 /// How long a failed look-up of it is remembered (the sender is unverified meanwhile).
 pub const SERVES_ERROR_TTL: Duration = Duration::from_secs(30);
 
-/// A small map whose entries expire; when full, expired entries go, then everything.
+/// Entries are kept this long past their expiry, to be answered from while a fresh answer is
+/// looked up in the background.
+const STALE_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// What a [`TtlCache`] holds for a key.
+enum Cached<V> {
+    /// Within its time to live.
+    Fresh(V),
+    /// Expired, but not by more than [`STALE_FOR`]: usable while it is renewed.
+    Stale(V),
+    /// Nothing usable.
+    Missing,
+}
+
+/// A small map whose entries expire; when full, long-expired entries go, then everything.
 struct TtlCache<K, V> {
     entries: Mutex<HashMap<K, (V, Instant)>>,
 }
@@ -80,18 +94,27 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
     }
 
     fn get(&self, key: &K) -> Option<V> {
+        match self.lookup(key) {
+            Cached::Fresh(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn lookup(&self, key: &K) -> Cached<V> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(key)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(v, _)| v.clone())
+        let now = Instant::now();
+        match entries.get(key) {
+            Some((v, until)) if *until > now => Cached::Fresh(v.clone()),
+            Some((v, until)) if *until + STALE_FOR > now => Cached::Stale(v.clone()),
+            _ => Cached::Missing,
+        }
     }
 
     fn put(&self, key: K, value: V, ttl: Duration) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= CACHE_ENTRIES {
             let now = Instant::now();
-            entries.retain(|_, (_, until)| *until > now);
+            entries.retain(|_, (_, until)| *until + STALE_FOR > now);
             if entries.len() >= CACHE_ENTRIES {
                 entries.clear();
             }
@@ -110,6 +133,8 @@ pub struct MmtpPeers {
     key_ttl: Duration,
     keys: TtlCache<String, Option<String>>,
     serving: TtlCache<(String, IpAddr), Result<bool, PeerError>>,
+    /// Keys whose stale answer is being renewed in the background.
+    renewing: Mutex<std::collections::HashSet<(String, IpAddr)>>,
     fetches: Semaphore,
     fetch_timeout: Duration,
 }
@@ -133,6 +158,7 @@ impl MmtpPeers {
             key_ttl: Duration::from_secs(3600),
             keys: TtlCache::new(),
             serving: TtlCache::new(),
+            renewing: Mutex::new(std::collections::HashSet::new()),
             fetches: Semaphore::new(KEY_FETCHES),
             fetch_timeout: Duration::from_secs(10),
         }
@@ -221,20 +247,43 @@ impl MmtpPeers {
 
     /// Is `peer` one of `domain`'s servers: an address of one of its MMTP servers (static
     /// route or `_mmtp._tcp` target), or of the domain name itself? `Err` when DNS failed.
-    /// Answers are kept for [`SERVES_TTL`] (failures for [`SERVES_ERROR_TTL`]), so a stream
-    /// of SENDs from one server costs one look-up.
-    pub async fn serves(&self, domain: &str, peer: IpAddr) -> Result<bool, PeerError> {
+    /// Answers are kept for [`SERVES_TTL`] (failures for [`SERVES_ERROR_TTL`]); an expired one
+    /// is still answered from while a fresh one is looked up in the background, so only the
+    /// first SEND from a server waits for DNS, never a stream of them.
+    pub async fn serves(self: &Arc<Self>, domain: &str, peer: IpAddr) -> Result<bool, PeerError> {
         let peer = canonical(peer);
         let key = (domain.to_ascii_lowercase(), peer);
-        if let Some(hit) = self.serving.get(&key) {
-            return hit;
+        match self.serving.lookup(&key) {
+            Cached::Fresh(answer) => answer,
+            Cached::Stale(answer) => {
+                let first = self
+                    .renewing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone());
+                if first {
+                    let peers = self.clone();
+                    tokio::spawn(async move {
+                        let _ = peers.renew_serves(key).await;
+                    });
+                }
+                answer
+            }
+            Cached::Missing => self.renew_serves(key).await,
         }
-        let answer = self.look_up_serves(domain, peer).await;
+    }
+
+    async fn renew_serves(&self, key: (String, IpAddr)) -> Result<bool, PeerError> {
+        let answer = self.look_up_serves(&key.0, key.1).await;
         let ttl = if answer.is_ok() {
             SERVES_TTL
         } else {
             SERVES_ERROR_TTL
         };
+        self.renewing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         self.serving.put(key, answer.clone(), ttl);
         answer
     }

@@ -67,15 +67,24 @@ pub struct MmtpBench {
     /// MMTP server, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:8025")]
     target: String,
-    /// Recipient: a local account of the server.
+    /// Recipient: a local account of the server; with --spread, a pattern whose `{n}` is
+    /// replaced by 0…N-1 (`(user{n})%(localhost)`).
     #[arg(long)]
     to: String,
+    /// Spread the SENDs round-robin over this many recipients (see --to).
+    #[arg(long, default_value_t = 1)]
+    spread: u64,
     /// Sender address.
     #[arg(long, default_value = "(load)%(bench.test)")]
     from: String,
     /// Concurrent connections.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Spread the connections over this many source addresses, 127.1.0.1, 127.2.0.1, … (one
+    /// /24 each, so per-address and per-network limits apply to each share; loopback targets
+    /// only).
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
     /// Total SENDs (stops at this count or after --seconds).
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
@@ -85,6 +94,10 @@ pub struct MmtpBench {
     /// Upper bound on the sending phase, seconds.
     #[arg(long, default_value_t = 120)]
     seconds: u64,
+    /// Stamp difficulty to mint at (default: what the server advertises, else 5, the original
+    /// client's).
+    #[arg(long)]
+    difficulty: Option<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -260,11 +273,24 @@ fn report(s: &Summary, as_json: bool, mut extra: serde_json::Value, label: &str)
 async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
     let from = Address::parse_any(&opts.from)?;
-    let to = Address::parse_any(&opts.to)?;
-    let difficulty = MmtpClient::connect(&opts.target, None).await?.difficulty();
+    let spread = opts.spread.max(1);
+    anyhow::ensure!(
+        spread == 1 || opts.to.contains("{n}"),
+        "--spread needs a --to pattern with {{n}}"
+    );
+    let recipients: Vec<Address> = (0..spread)
+        .map(|n| Address::parse_any(&opts.to.replace("{n}", &n.to_string())))
+        .collect::<Result<_, _>>()?;
+    let difficulty = match opts.difficulty {
+        Some(d) => d,
+        None => MmtpClient::connect(&opts.target, None).await?.difficulty(),
+    };
     // Mint every stamp first, on every core, so the run measures the server.
     let body = "x".repeat(opts.size);
-    let builder = PacketBuilder::new(from, to, "bench", &body);
+    let builders: Vec<PacketBuilder> = recipients
+        .into_iter()
+        .map(|to| PacketBuilder::new(from.clone(), to, "bench", &body))
+        .collect();
     let count = opts.messages as usize;
     let started = Instant::now();
     let (packets, hashes) = tokio::task::spawn_blocking(move || {
@@ -272,12 +298,12 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         let results: Vec<anyhow::Result<(Vec<String>, u64)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
-                    let builder = &builder;
+                    let builders = &builders;
                     scope.spawn(move || {
                         let mut out = Vec::new();
                         let mut hashes = 0;
-                        for _ in (t..count).step_by(threads) {
-                            let p = builder.build_with(difficulty, 1)?;
+                        for i in (t..count).step_by(threads) {
+                            let p = builders[i % builders.len()].build_with(difficulty, 1)?;
                             hashes += p.hashes;
                             out.push(p.text);
                         }
@@ -313,16 +339,32 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         );
     }
     let packets = Arc::new(packets);
-    let connections = usable_connections(&opts.target, opts.connections, opts.json).await?;
-    let target = Arc::new(opts.target.clone());
+    let sources = opts.sources.max(1) as usize;
+    let connections = if sources == 1 {
+        usable_connections(&opts.target, opts.connections, opts.json).await?
+    } else {
+        opts.connections
+    };
+    let target: std::net::SocketAddr = tokio::net::lookup_host(&opts.target)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{} has no address", opts.target))?;
+    let opened = Arc::new(AtomicU64::new(0));
     let s = load(
         packets.len() as u64,
         connections,
         opts.seconds,
         opts.json,
         move || {
-            let target = target.clone();
-            async move { Ok(MmtpClient::connect(&target, None).await?) }
+            let k = opened.fetch_add(1, Ordering::Relaxed) as usize % sources;
+            async move {
+                Ok(if sources == 1 {
+                    MmtpClient::connect(&target.to_string(), None).await?
+                } else {
+                    let source = std::net::Ipv4Addr::new(127, 1 + k as u8, 0, 1);
+                    MmtpClient::connect_from(target, source.into()).await?
+                })
+            }
         },
         move |mut client: MmtpClient, i| {
             let packets = packets.clone();
@@ -337,6 +379,7 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         &s,
         opts.json,
         json!({"bench": "mmtp", "connections": connections, "size": opts.size,
+               "spread": spread, "sources": sources,
                "difficulty": difficulty, "mint_hashes_per_sec": mint_rate}),
         &format!(
             "mmtp: {connections} connections, SENDs of {} B bodies (acknowledged = durably stored)",
