@@ -53,7 +53,20 @@ async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
 /// Serve HTTP/1.1 with `app` on one accepted connection; on shutdown, finish the request in
 /// flight and close.
 /// Handlers find the peer's address as axum's `ConnectInfo<SocketAddr>`.
-pub async fn serve_http(app: Router, conn: Accepted, header_timeout: Duration) {
+pub async fn serve_http(app: Router, mut conn: Accepted, header_timeout: Duration) {
+    use tokio::io::AsyncReadExt;
+    // Until its first byte a connection gets no HTTP machinery (hyper's buffers are 8 KiB
+    // and more): an idle one costs only this small wait, under the same header time limit.
+    let mut first = [0u8; 1];
+    let read = tokio::select! {
+        r = tokio::time::timeout(header_timeout, conn.stream.read(&mut first)) => r,
+        // Shutting down, or closed to make room for another connection.
+        _ = conn.shutdown.cancelled() => return,
+    };
+    let stream = match read {
+        Ok(Ok(1)) => mailgate_core::io::Prefixed::new(first[0], conn.stream),
+        _ => return,
+    };
     let peer = conn.peer;
     let state = conn.state.clone();
     let service = TowerToHyperService::new(app.map_request(
@@ -68,7 +81,7 @@ pub async fn serve_http(app: Router, conn: Accepted, header_timeout: Duration) {
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(64 * 1024);
-    let http = builder.serve_connection(TokioIo::new(conn.stream), service);
+    let http = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(http);
     tokio::select! {
         r = http.as_mut() => {

@@ -45,6 +45,9 @@ pub struct DomainKey {
     pub armored: String,
 }
 
+/// Read buffer of a connection (command lines; payload reads larger than it bypass it).
+const LINE_BUFFER: usize = 2048;
+
 /// The IMMP front-end: shared by every connection.
 pub struct ImmpServer {
     pub(crate) core: Arc<Core>,
@@ -120,7 +123,9 @@ impl ImmpServer {
     ) where
         S: Io + 'static,
     {
-        let mut io = BufReader::new(stream);
+        // Small buffers: an idle connection holds them all the time, and reads larger than
+        // the buffer (payloads) bypass it.
+        let mut io = BufReader::with_capacity(LINE_BUFFER, stream);
         if io
             .get_mut()
             .write_all(self.greeting().as_bytes())
@@ -226,7 +231,7 @@ impl ImmpServer {
         state: Arc<ConnState>,
     ) {
         let (rd, mut wr) = tokio::io::split(stream);
-        let mut rd = BufReader::new(rd);
+        let mut rd = BufReader::with_capacity(LINE_BUFFER, rd);
         let (out, mut out_rx) = mpsc::channel::<String>(256);
         let write_timeout = self.read_timeout;
         let writer = tokio::spawn(async move {

@@ -9,6 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Room made in the buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
+/// The first read of a request, before any buffer is allocated.
+const FIRST_READ: usize = 512;
 
 /// Why no frame could be read.
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +160,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.reset(self.buf.len());
                 return Err(CodecError::TooLarge(self.max_frame));
             }
-            self.make_room().await?;
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let n = if self.buf.is_empty() {
+                // Between requests nothing is allocated: the wait for the next one reads into
+                // a small array (an idle connection costs its few hundred bytes, not a buffer).
+                let mut first = [0u8; FIRST_READ];
+                let n = self.inner.read(&mut first).await?;
+                self.buf.extend_from_slice(&first[..n]);
+                n
+            } else {
+                self.make_room().await?;
+                self.inner.read_buf(&mut self.buf).await?
+            };
             if n == 0 {
                 let pending = self.buf.iter().any(|b| !b.is_ascii_whitespace());
                 self.reset(self.buf.len());
