@@ -130,6 +130,18 @@ where
     Ok(summarise(lat, started.elapsed()))
 }
 
+/// The summaries of the INBOX entries `query` lists (what an index or a feed shows).
+async fn listed_summaries(store: &SqliteStore, id: i64, query: EntryQuery) -> anyhow::Result<()> {
+    let ids: Vec<MessageId> = store
+        .entries(id, "INBOX", query)
+        .await?
+        .iter()
+        .map(|e| e.message)
+        .collect();
+    store.summaries(&ids).await?;
+    Ok(())
+}
+
 /// Every measurement at one size.
 async fn measure(
     store: &Arc<SqliteStore>,
@@ -262,14 +274,7 @@ async fn measure(
                 limit: Some(1001),
                 ..EntryQuery::default()
             };
-            let ids: Vec<MessageId> = store
-                .entries(id, "INBOX", query)
-                .await?
-                .iter()
-                .map(|e| e.message)
-                .collect();
-            store.summaries(&ids).await?;
-            Ok(())
+            listed_summaries(store, id, query).await
         })
         .await?,
     ));
@@ -282,14 +287,7 @@ async fn measure(
                 newest_first: true,
                 ..EntryQuery::default()
             };
-            let ids: Vec<MessageId> = store
-                .entries(id, "INBOX", query)
-                .await?
-                .iter()
-                .map(|e| e.message)
-                .collect();
-            store.summaries(&ids).await?;
-            Ok(())
+            listed_summaries(store, id, query).await
         })
         .await?,
     ));
