@@ -336,3 +336,70 @@ pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store of schema 6 with mail in it gets correct counts from migration 7's backfill.
+    #[test]
+    fn migration_7_counts_what_is_already_stored() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..6] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 6).unwrap();
+        conn.execute_batch(
+            r#"
+            INSERT INTO accounts (id, address_key, address, password_hash, created_at)
+              VALUES (1, 'bob@a.test', 'bob@a.test', 'x', 0);
+            INSERT INTO folders (account_id, name) VALUES (1, 'INBOX'), (1, 'INBOX/Work');
+            INSERT INTO messages (id, sender, subject, kind, importance, received_at, size, meta)
+              VALUES (x'01', 'c@b.test', 's', 0, 1, 0, 1,
+                      '{"recipients":[],"tags":{"category":["work","shop"]}}'),
+                     (x'02', 'c@b.test', 's', 0, 0, 0, 1,
+                      '{"recipients":[],"tags":{"category":["work"],"priority":["low"]}}'),
+                     (x'03', 'c@b.test', 's', 0, 0, 0, 1, '{"recipients":[]}');
+            INSERT INTO entries (account_id, folder, message_id, seen, deleted, added_at)
+              VALUES (1, 'INBOX', x'01', 0, 0, 0), (1, 'INBOX', x'02', 1, 0, 0),
+                     (1, 'INBOX', x'03', 0, 1, 0), (1, 'INBOX/Work', x'02', 0, 0, 0);
+            INSERT INTO queue (message_id, recipient, domain, state, next_attempt, created_at)
+              VALUES (x'01', 'd@c.test', 'c.test', 0, 0, 0), (x'02', 'd@c.test', 'c.test', 3, 0, 0);
+            "#,
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let folder = |name: &str| -> (i64, i64) {
+            conn.query_row(
+                "SELECT total, unseen FROM folders WHERE account_id = 1 AND name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(folder("INBOX"), (2, 1));
+        assert_eq!(folder("INBOX/Work"), (1, 1));
+        let tag = |folder: &str, cat: &str, value: &str| -> i64 {
+            conn.query_row(
+                "SELECT n FROM folder_tags WHERE account_id = 1 AND folder = ?1
+                 AND category = ?2 AND value = ?3",
+                [folder, cat, value],
+                |r| r.get(0),
+            )
+            .unwrap_or(0)
+        };
+        assert_eq!(tag("INBOX", "category", "work"), 2);
+        assert_eq!(tag("INBOX", "category", "shop"), 1);
+        assert_eq!(tag("INBOX", "@importance", "high"), 1);
+        assert_eq!(tag("INBOX/Work", "priority", "low"), 1);
+        let counter = |name: &str| -> i64 {
+            conn.query_row("SELECT n FROM counters WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(counter("messages"), 3);
+        assert_eq!(counter("accounts"), 1);
+        assert_eq!(counter("queue_pending"), 1);
+    }
+}
