@@ -460,7 +460,18 @@ where
     for _ in 0..connections.max(1) {
         let (next, connect, call, bar) = (next.clone(), connect.clone(), call.clone(), bar.clone());
         tasks.spawn(async move {
-            let mut state = connect().await?;
+            // A slot the server has not freed yet (a connection just closed) is retried.
+            let mut tries = 0;
+            let mut state = loop {
+                match connect().await {
+                    Ok(s) => break s,
+                    Err(_) if tries < 20 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let mut lat = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
