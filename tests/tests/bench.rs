@@ -87,7 +87,7 @@ fn every_bench_mode_runs_and_respects_the_servers_limits() {
     ));
     assert!(err.contains("running with 16"), "{err}");
     assert!(out.contains("mmtp: 16 connections"), "{out}");
-    let (out, _) = text(&run_ok(
+    let (out, err) = text(&run_ok(
         &[
             "bench",
             "xhmtp",
@@ -102,13 +102,14 @@ fn every_bench_mode_runs_and_respects_the_servers_limits() {
             "--feeds",
             "20",
             "--connections",
-            "4",
+            "24",
         ],
         None,
         dir.path(),
     ));
+    assert!(err.contains("running with 16"), "{err}");
     assert!(
-        out.contains("xhmtp notifications") && out.contains("xhmtp feed"),
+        out.contains("xhmtp notifications: 16 concurrent") && out.contains("xhmtp feed"),
         "{out}"
     );
 }

@@ -506,15 +506,47 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
-    load(
+    let call = Arc::new(call);
+    let retried = Arc::new(AtomicU64::new(0));
+    let counted = retried.clone();
+    let s = load(
         count,
         connections,
         seconds,
         quiet,
         || async { Ok(()) },
-        move |(), i| call(i),
+        move |(), i| {
+            let (call, retried) = (call.clone(), retried.clone());
+            async move {
+                // A request per connection: one refused while the server was still freeing
+                // the slot of the one before (its per-address limit) is retried.
+                let mut tries = 0;
+                loop {
+                    match call(i).await {
+                        Ok(()) => return Ok(()),
+                        Err(e)
+                            if tries < 20
+                                && e.downcast_ref::<mailgate_xhmtp::http::HttpError>()
+                                    .is_some_and(|h| {
+                                        matches!(h, mailgate_xhmtp::http::HttpError::Io(_))
+                                    }) =>
+                        {
+                            tries += 1;
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        },
     )
-    .await
+    .await?;
+    let retried = counted.load(Ordering::Relaxed);
+    if retried > 0 && !quiet {
+        eprintln!("note: {retried} requests were retried after a refused connection");
+    }
+    Ok(s)
 }
 
 async fn xhmtp(opts: XhmtpBench) -> anyhow::Result<()> {
