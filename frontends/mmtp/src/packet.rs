@@ -479,6 +479,11 @@ pub fn wire_tags(m: &Message) -> Tags {
     tags
 }
 
+/// Most categories one `tagFilters` may name.
+const MAX_FILTER_CATEGORIES: usize = 8;
+/// Most values it may list per category.
+const MAX_FILTER_VALUES: usize = 64;
+
 /// Parse `tagFilters` (spec §8.3: a message matches when it has any listed value of every
 /// listed category): an object of category → array of strings. `None` when it can match
 /// nothing: a category MMTP does not have, with values.
@@ -488,12 +493,22 @@ pub fn parse_filter(v: Option<&Value>) -> Result<Option<TagFilter>, PacketError>
     match v {
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
+            if map.len() > MAX_FILTER_CATEGORIES {
+                return Err(invalid(format!(
+                    "tagFilters may name at most {MAX_FILTER_CATEGORIES} categories"
+                )));
+            }
             for (cat, values) in map {
                 let Value::Array(items) = values else {
                     return Err(invalid(format!(
                         "tagFilters.{cat} must be an array of strings"
                     )));
                 };
+                if items.len() > MAX_FILTER_VALUES {
+                    return Err(invalid(format!(
+                        "tagFilters.{cat} may list at most {MAX_FILTER_VALUES} values"
+                    )));
+                }
                 let mut vals = Vec::new();
                 for item in items {
                     let s = item.as_str().ok_or_else(|| {
@@ -649,6 +664,8 @@ mod tests {
             .is_none());
         assert!(parse_filter(Some(&json!({"other": []}))).unwrap().is_some());
         assert!(parse_filter(Some(&json!({"category": "shop"}))).is_err());
+        let many: Vec<String> = (0..65).map(|i| format!("v{i}")).collect();
+        assert!(parse_filter(Some(&json!({ "custom": many }))).is_err());
         assert!(parse_filter(Some(&json!([1]))).is_err());
     }
 }
