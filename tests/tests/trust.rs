@@ -326,6 +326,19 @@ async fn mmtp_senders_and_keys_are_checked_against_the_sender_domain() {
     .await;
     assert_eq!(r["status"], "OK", "{r}");
 
+    // A sender domain whose DNS answers REFUSED (the test server serves only `test.`): the
+    // check cannot run, so the sender is unverified, and the failure is counted as such.
+    let r = signed_send(
+        "127.0.0.33",
+        &b_plain,
+        "(zed)%(refused.example)",
+        to,
+        "refused",
+        &mallory_secret,
+    )
+    .await;
+    assert_eq!(r["status"], "OK", "{r}");
+
     let bob = Address::parse_mmtp(to).unwrap();
     let tls = mailgate::tls::connector(&ca_dir.path().join("ca.pem"), "b.test").unwrap();
     let mut reader = MmtpClient::connect(gw_b.addr("mmtp.tls_listen"), Some(tls))
@@ -346,6 +359,9 @@ async fn mmtp_senders_and_keys_are_checked_against_the_sender_domain() {
     assert_eq!(genuine["meta"]["senderCheck"], "domain");
     assert_eq!(genuine["meta"]["signatureVerified"], true);
     assert_eq!(genuine["meta"]["keySource"], "sender-domain");
+    let refused = by_subject("refused");
+    assert_eq!(refused["meta"]["senderCheck"], "unverified", "{refused}");
+    assert_eq!(refused["meta"]["signatureVerified"], false);
     let forged = by_subject("forged");
     assert_eq!(forged["meta"]["senderVerified"], false, "{forged}");
     assert_eq!(forged["meta"]["senderCheck"], "unverified");
@@ -355,6 +371,8 @@ async fn mmtp_senders_and_keys_are_checked_against_the_sender_domain() {
     for needle in [
         "event=\"mmtp_sender\",outcome=\"unverified\"} 1",
         "event=\"mmtp_sender\",outcome=\"domain\"} 1",
+        "event=\"mmtp_sender\",outcome=\"dns_error\"} 1",
+        "event=\"mmtp_signature\",outcome=\"key_fetch_failed\"} 1",
         "event=\"mmtp_signature\",outcome=\"bad_signature\"} 1",
         "event=\"mmtp_signature\",outcome=\"verified\"} 1",
     ] {
