@@ -803,51 +803,20 @@ async fn kept_counts_match_a_recount_after_every_change() {
         .await
         .unwrap();
     // Read, flagged deleted, undeleted.
-    store
-        .set_flags(
-            alice.id,
-            inbox[0].id,
-            Flags {
-                seen: true,
-                deleted: false,
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .set_flags(
-            alice.id,
-            inbox[1].id,
-            Flags {
-                seen: false,
-                deleted: true,
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .set_flags(
-            alice.id,
-            inbox[2].id,
-            Flags {
-                seen: true,
-                deleted: true,
-            },
-        )
-        .await
-        .unwrap();
+    let flag = |entry: i64, seen: bool, deleted: bool| {
+        let store = store.clone();
+        async move {
+            store
+                .set_flags(alice.id, entry, Flags { seen, deleted })
+                .await
+                .unwrap()
+        }
+    };
+    flag(inbox[0].id, true, false).await;
+    flag(inbox[1].id, false, true).await;
+    flag(inbox[2].id, true, true).await;
     recount(&store, alice.id, "INBOX").await;
-    store
-        .set_flags(
-            alice.id,
-            inbox[2].id,
-            Flags {
-                seen: true,
-                deleted: false,
-            },
-        )
-        .await
-        .unwrap();
+    flag(inbox[2].id, true, false).await;
     recount(&store, alice.id, "INBOX").await;
     // Copied to another folder, then removed from the first (a move).
     store

@@ -304,40 +304,22 @@ async fn mmtp_senders_and_keys_are_checked_against_the_sender_domain() {
     let b_plain = gw_b.addr("mmtp.listen").to_owned();
     let to = "(bob)%(b.test)";
     // From a.test's server: sender checked, key fetched from a.test, signature verified.
-    let r = signed_send(
-        "127.0.0.31",
-        &b_plain,
-        "(alice)%(a.test)",
-        to,
-        "genuine",
-        &alice_secret,
-    )
-    .await;
-    assert_eq!(r["status"], "OK", "{r}");
-    // From a stranger's address, with a key that is not Alice's.
-    let r = signed_send(
-        "127.0.0.33",
-        &b_plain,
-        "(alice)%(a.test)",
-        to,
-        "forged",
-        &mallory_secret,
-    )
-    .await;
-    assert_eq!(r["status"], "OK", "{r}");
-
-    // A sender domain whose DNS answers REFUSED (the test server serves only `test.`): the
+    // From a stranger's address, with a key that is not Alice's: neither.
+    // From a sender domain whose DNS answers REFUSED (the test server serves only `test.`): the
     // check cannot run, so the sender is unverified, and the failure is counted as such.
-    let r = signed_send(
-        "127.0.0.33",
-        &b_plain,
-        "(zed)%(refused.example)",
-        to,
-        "refused",
-        &mallory_secret,
-    )
-    .await;
-    assert_eq!(r["status"], "OK", "{r}");
+    for (source, from, subject, secret) in [
+        ("127.0.0.31", "(alice)%(a.test)", "genuine", &alice_secret),
+        ("127.0.0.33", "(alice)%(a.test)", "forged", &mallory_secret),
+        (
+            "127.0.0.33",
+            "(zed)%(refused.example)",
+            "refused",
+            &mallory_secret,
+        ),
+    ] {
+        let r = signed_send(source, &b_plain, from, to, subject, secret).await;
+        assert_eq!(r["status"], "OK", "{subject}: {r}");
+    }
 
     let bob = Address::parse_mmtp(to).unwrap();
     let tls = mailgate::tls::connector(&ca_dir.path().join("ca.pem"), "b.test").unwrap();
