@@ -58,6 +58,7 @@ pub async fn serve_http(app: Router, mut conn: Accepted, header_timeout: Duratio
     // Until its first byte a connection gets no HTTP machinery (hyper's buffers are 8 KiB
     // and more): an idle one costs only this small wait, under the same header time limit.
     let mut first = [0u8; 1];
+    let waiting = std::time::Instant::now();
     let read = tokio::select! {
         r = tokio::time::timeout(header_timeout, conn.stream.read(&mut first)) => r,
         // Shutting down, or closed to make room for another connection.
@@ -79,7 +80,12 @@ pub async fn serve_http(app: Router, mut conn: Accepted, header_timeout: Duratio
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        // The wait for the first byte counts against the same limit.
+        .header_read_timeout(
+            header_timeout
+                .saturating_sub(waiting.elapsed())
+                .max(Duration::from_millis(1)),
+        )
         .max_buf_size(64 * 1024);
     let http = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(http);
