@@ -297,7 +297,81 @@ pub struct WireForm {
     pub protocol: String,
     /// The original octets.
     pub bytes: Bytes,
+    /// Where each part's octets lie inside `bytes`, one entry per part of the message (empty
+    /// when the front-end did not say). When every part has a span, the store keeps the
+    /// octets once — in the wire form — and rebuilds the parts from it when reading.
+    pub spans: Vec<Option<WireSpan>>,
 }
+
+impl WireForm {
+    /// A wire form whose parts are stored separately.
+    pub fn new(protocol: impl Into<String>, bytes: Bytes) -> Self {
+        WireForm {
+            protocol: protocol.into(),
+            bytes,
+            spans: Vec::new(),
+        }
+    }
+
+    /// The span of every part, when each has one.
+    pub fn all_spans(&self, parts: usize) -> Option<Vec<WireSpan>> {
+        (parts > 0 && self.spans.len() == parts)
+            .then(|| self.spans.iter().copied().collect::<Option<Vec<_>>>())
+            .flatten()
+    }
+
+    /// Decode a part's octets from its span.
+    pub fn decode(&self, span: &WireSpan) -> Result<Bytes, SpanError> {
+        let end = span.start.checked_add(span.len).ok_or(SpanError)?;
+        if end > self.bytes.len() {
+            return Err(SpanError);
+        }
+        let raw = self.bytes.slice(span.start..end);
+        match span.encoding {
+            SpanEncoding::Raw => Ok(raw),
+            SpanEncoding::JsonString => serde_json::from_slice::<String>(&raw)
+                .map(Bytes::from)
+                .map_err(|_| SpanError),
+            SpanEncoding::JsonBase64 => {
+                use base64::Engine;
+                let text = serde_json::from_slice::<std::borrow::Cow<'_, str>>(&raw)
+                    .map_err(|_| SpanError)?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map(Bytes::from)
+                    .map_err(|_| SpanError)
+            }
+        }
+    }
+}
+
+/// A part's octets inside a message's wire form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSpan {
+    /// Offset of the first octet.
+    pub start: usize,
+    /// Number of octets.
+    pub len: usize,
+    /// How the octets encode the part.
+    pub encoding: SpanEncoding,
+}
+
+/// How a [`WireSpan`]'s octets encode a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanEncoding {
+    /// The part's octets themselves.
+    Raw,
+    /// A JSON string literal (quotes included) whose value is the part's text.
+    JsonString,
+    /// A JSON string literal whose value is the part's octets in base64.
+    JsonBase64,
+}
+
+/// A span that does not decode against its wire form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a part's span does not decode against the message's wire form")]
+pub struct SpanError;
 
 /// A message in mailgate's model.
 #[derive(Debug, Clone, PartialEq, Eq)]

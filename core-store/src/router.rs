@@ -14,7 +14,8 @@ use crate::metrics::Metrics;
 use crate::password::{hash_password, verify_password, PasswordError};
 use crate::ratelimit::RateLimiter;
 use crate::store::{
-    Account, LocalDelivery, RelayRequest, SpentStamp, Store, StoreError, Submission,
+    Account, AccountRef, FolderChoice, LocalDelivery, RelayRequest, SpentStamp, Store, StoreError,
+    Submission,
 };
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -336,25 +337,18 @@ impl Core {
         let mut relays = Vec::new();
         for rcpt in &message.recipients {
             if self.policy.is_local(&rcpt.domain) {
-                let account = self
-                    .store
-                    .account(rcpt)
-                    .await?
-                    .ok_or_else(|| SubmitError::UnknownRecipient(rcpt.clone()))?;
+                // The account and folder are resolved inside the submit's transaction: no
+                // read before it, and an unknown recipient fails the whole submit.
                 let folder = match &rcpt.folder {
                     // Push notifications bypass the inbox.
-                    _ if message.kind == crate::message::MessageKind::Push => "PUSH".to_owned(),
-                    Some(f) => self
-                        .store
-                        .find_folder(account.id, f)
-                        .await?
-                        .unwrap_or_else(|| "INBOX".to_owned()),
-                    None => "INBOX".to_owned(),
+                    _ if message.kind == crate::message::MessageKind::Push => {
+                        FolderChoice::Exact("PUSH".to_owned())
+                    }
+                    Some(f) => FolderChoice::Existing(f.clone()),
+                    None => FolderChoice::Exact("INBOX".to_owned()),
                 };
-                receipt.local.push((rcpt.clone(), folder.clone()));
-                receipt.local_accounts.push(account.id);
                 deliveries.push(LocalDelivery {
-                    account: account.id,
+                    account: AccountRef::Address(rcpt.account()),
                     folder,
                 });
             } else {
@@ -370,14 +364,35 @@ impl Core {
                 });
             }
         }
-        self.store
+        let local: Vec<Address> = message
+            .recipients
+            .iter()
+            .filter(|r| self.policy.is_local(&r.domain))
+            .cloned()
+            .collect();
+        let placed = self
+            .store
             .submit(Submission {
                 message,
                 deliveries,
                 relays,
                 stamp,
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::UnknownRecipient(a) => SubmitError::UnknownRecipient(
+                    local
+                        .iter()
+                        .find(|r| r.same_account(&a))
+                        .cloned()
+                        .unwrap_or(a),
+                ),
+                other => other.into(),
+            })?;
+        for (rcpt, p) in local.into_iter().zip(placed) {
+            receipt.local.push((rcpt, p.folder));
+            receipt.local_accounts.push(p.account);
+        }
         Ok(receipt)
     }
 

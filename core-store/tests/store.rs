@@ -64,17 +64,14 @@ async fn message_round_trips_with_every_field() {
         peer: "127.0.0.1".into(),
         at: 5,
     });
-    m.wire = Some(mailgate_core::message::WireForm {
-        protocol: "mmtp".into(),
-        bytes: Bytes::from_static(b"{\"a\":1}"),
-    });
+    m.wire = Some(mailgate_core::message::WireForm::new(
+        "mmtp",
+        Bytes::from_static(b"{\"a\":1}"),
+    ));
     store
         .submit(Submission {
             message: m.clone(),
-            deliveries: vec![LocalDelivery {
-                account: bob.id,
-                folder: "INBOX".into(),
-            }],
+            deliveries: vec![LocalDelivery::to(bob.id, "INBOX")],
             relays: vec![],
             stamp: None,
         })
@@ -88,6 +85,65 @@ async fn message_round_trips_with_every_field() {
         .unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].message, m.id);
+}
+
+/// Parts that lie in the wire form are stored once, inside it, and read back identical.
+#[tokio::test]
+async fn parts_kept_as_spans_of_the_wire_form_are_stored_once() {
+    use mailgate_core::message::{SpanEncoding, WireForm, WireSpan};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let wire = Bytes::from_static(br#"{"body":"plain text","esc":"a\nb","att":"aGk="}"#);
+    let span = |text: &str, encoding| WireSpan {
+        start: wire
+            .windows(text.len())
+            .position(|w| w == text.as_bytes())
+            .unwrap(),
+        len: text.len(),
+        encoding,
+    };
+    let mut m = Message::new(
+        addr("x@b.test"),
+        vec![addr("bob@a.test")],
+        "s",
+        "plain text",
+    );
+    for (name, data) in [("esc", &b"a\nb"[..]), ("att", &b"hi"[..])] {
+        m.parts.push(Part {
+            name: name.into(),
+            media_type: "text/plain".into(),
+            data: Bytes::copy_from_slice(data),
+            content: false,
+        });
+    }
+    let mut form = WireForm::new("mmtp", wire.clone());
+    form.spans = vec![
+        Some(span("plain text", SpanEncoding::Raw)),
+        Some(span(r#""a\nb""#, SpanEncoding::JsonString)),
+        Some(span(r#""aGk=""#, SpanEncoding::JsonBase64)),
+    ];
+    m.wire = Some(form);
+    let delivery = LocalDelivery::to(bob.id, "INBOX");
+    store
+        .submit(Submission {
+            message: m.clone(),
+            deliveries: vec![delivery],
+            relays: vec![],
+            stamp: None,
+        })
+        .await
+        .unwrap();
+    let back = store.message(m.id).await.unwrap().unwrap();
+    assert_eq!(back, m);
+    let db = rusqlite::Connection::open(dir.path().join("mail.db")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM parts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0, "the octets are in the wire form only");
 }
 
 #[tokio::test]
@@ -264,10 +320,7 @@ async fn concurrent_submits_share_commits() {
                 store
                     .submit(Submission {
                         message: m,
-                        deliveries: vec![LocalDelivery {
-                            account: bob.id,
-                            folder: "INBOX".into(),
-                        }],
+                        deliveries: vec![LocalDelivery::to(bob.id, "INBOX")],
                         relays: vec![],
                         stamp: None,
                     })
@@ -596,10 +649,7 @@ async fn notifications_deduplicate_and_fetch_atomically() {
             first.id,
             FetchOutcome::Fetched(Box::new(Submission {
                 message: copy,
-                deliveries: vec![LocalDelivery {
-                    account: bob.id,
-                    folder: "INBOX".into(),
-                }],
+                deliveries: vec![LocalDelivery::to(bob.id, "INBOX")],
                 relays: vec![],
                 stamp: None,
             })),
@@ -786,10 +836,7 @@ async fn kept_counts_match_a_recount_after_every_change() {
         store
             .submit(Submission {
                 message: m,
-                deliveries: vec![LocalDelivery {
-                    account: alice.id,
-                    folder: folder.into(),
-                }],
+                deliveries: vec![LocalDelivery::to(alice.id, folder)],
                 relays: Vec::new(),
                 stamp: None,
             })

@@ -259,10 +259,7 @@ impl Relay {
         dsn.tags.status.push("delivery-status".into());
         Some(Box::new(Submission {
             message: dsn,
-            deliveries: vec![LocalDelivery {
-                account,
-                folder: "INBOX".into(),
-            }],
+            deliveries: vec![LocalDelivery::to(account, "INBOX")],
             relays: Vec::new(),
             stamp: None,
         }))

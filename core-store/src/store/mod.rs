@@ -32,6 +32,9 @@ pub enum StoreError {
     /// No account with that address.
     #[error("no account {0}")]
     NoAccount(String),
+    /// A delivery's recipient is no account here.
+    #[error("no such user here: {0}")]
+    UnknownRecipient(Address),
     /// Something with that name exists already (a node).
     #[error("{0} exists already")]
     Exists(String),
@@ -85,8 +88,48 @@ pub struct PublicKeyRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalDelivery {
     /// Receiving account.
+    pub account: AccountRef,
+    /// Folder.
+    pub folder: FolderChoice,
+}
+
+impl LocalDelivery {
+    /// Into this account's folder of exactly this path (made when missing).
+    pub fn to(account: AccountId, folder: impl Into<String>) -> Self {
+        LocalDelivery {
+            account: AccountRef::Id(account),
+            folder: FolderChoice::Exact(folder.into()),
+        }
+    }
+}
+
+/// The account of a delivery: known by id, or looked up by address inside the submit's own
+/// transaction (no separate read; an unknown address fails the submit with
+/// [`StoreError::UnknownRecipient`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountRef {
+    /// By row id.
+    Id(AccountId),
+    /// By address (its account key).
+    Address(Address),
+}
+
+/// The folder of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FolderChoice {
+    /// This path, made when missing (`INBOX`, `INBOX/Receipts`, `PUSH`).
+    Exact(String),
+    /// The account's existing folder of this name — the path itself, else the shortest whose
+    /// last component it is (case-insensitive) — or INBOX when there is none (`bob+work`).
+    Existing(String),
+}
+
+/// Where a submit placed the message for one delivery, in the order of the deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The account.
     pub account: AccountId,
-    /// Folder path (`INBOX`, `INBOX/Receipts`).
+    /// The folder path.
     pub folder: String,
 }
 
@@ -440,7 +483,7 @@ pub enum FetchOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Write message, mailbox entries, queue entries and spent stamp in one transaction;
     /// returns only once the commit is durable.
-    async fn submit(&self, submission: Submission) -> Result<(), StoreError>;
+    async fn submit(&self, submission: Submission) -> Result<Vec<Placement>, StoreError>;
 
     /// Create an account; fails with [`StoreError::AccountExists`].
     async fn create_account(
@@ -477,12 +520,6 @@ pub trait Store: Send + Sync + 'static {
     async fn create_folder(&self, account: AccountId, name: &str) -> Result<(), StoreError>;
     /// Delete a user folder, its sub-folders and their entries; false when there was none.
     async fn delete_folder(&self, account: AccountId, name: &str) -> Result<bool, StoreError>;
-    /// Resolve a folder name case-insensitively, by full path or by last segment.
-    async fn find_folder(
-        &self,
-        account: AccountId,
-        name: &str,
-    ) -> Result<Option<String>, StoreError>;
     /// Entries of a folder, oldest first.
     async fn entries(
         &self,

@@ -78,7 +78,7 @@ async fn workload(store: &SqliteStore) {
         .unwrap();
     store.key(&addr("alice@a.test")).await.unwrap();
     store.create_folder(alice.id, "INBOX/Work").await.unwrap();
-    store.find_folder(alice.id, "inbox/work").await.unwrap();
+    store.create_folder(bob.id, "INBOX/Work").await.unwrap();
     let mut last = None;
     for i in 0..3 {
         let mut m = Message::new(
@@ -101,13 +101,11 @@ async fn workload(store: &SqliteStore) {
             .submit(Submission {
                 message: m.clone(),
                 deliveries: vec![
+                    LocalDelivery::to(alice.id, "INBOX"),
+                    // By address and folder name: resolved inside the transaction.
                     LocalDelivery {
-                        account: alice.id,
-                        folder: "INBOX".into(),
-                    },
-                    LocalDelivery {
-                        account: bob.id,
-                        folder: "INBOX/Work".into(),
+                        account: AccountRef::Address(addr("bob@a.test")),
+                        folder: FolderChoice::Existing("work".into()),
                     },
                 ],
                 relays: vec![RelayRequest {
@@ -126,10 +124,7 @@ async fn workload(store: &SqliteStore) {
         let _ = store
             .submit(Submission {
                 message: m,
-                deliveries: vec![LocalDelivery {
-                    account: alice.id,
-                    folder: "INBOX".into(),
-                }],
+                deliveries: vec![LocalDelivery::to(alice.id, "INBOX")],
                 relays: Vec::new(),
                 stamp: None,
             })

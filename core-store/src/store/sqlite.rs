@@ -4,14 +4,15 @@ use super::hosted;
 use super::schema::migrate;
 use super::writer::Writer;
 use super::{
-    AccessGrant, Account, AccountId, EntryQuery, FetchOutcome, Flags, FolderInfo, LocalDelivery,
-    MailboxEntry, MessageSummary, NewNotification, NodeInfo, Notification, PublicKeyRecord,
-    QueueEntry, QueueState, RelayOutcome, RelayRequest, Store, StoreError, StoreStats, Submission,
-    Subscription, TagCount, TagFilter,
+    AccessGrant, Account, AccountId, AccountRef, EntryQuery, FetchOutcome, Flags, FolderChoice,
+    FolderInfo, LocalDelivery, MailboxEntry, MessageSummary, NewNotification, NodeInfo,
+    Notification, Placement, PublicKeyRecord, QueueEntry, QueueState, RelayOutcome, RelayRequest,
+    Store, StoreError, StoreStats, Submission, Subscription, TagCount, TagFilter,
 };
 use crate::address::Address;
 use crate::message::{
     now_ms, Importance, Message, MessageId, MessageKind, Part, Security, Tags, TraceHop, WireForm,
+    WireSpan,
 };
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -160,6 +161,41 @@ struct MessageMeta {
     security: Security,
     #[serde(default)]
     trace: Vec<TraceHop>,
+    /// The parts, when every one of them lies in the wire form (then no `parts` rows exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parts: Option<Vec<SpannedPart>>,
+}
+
+/// A part kept as a span of its message's wire form.
+#[derive(Serialize, Deserialize)]
+struct SpannedPart {
+    name: String,
+    media_type: String,
+    content: bool,
+    span: WireSpan,
+}
+
+/// The parts of `m` as spans of its wire form, when every part has one.
+fn spanned_parts(m: &Message) -> Option<Vec<SpannedPart>> {
+    let spans = m.wire.as_ref()?.all_spans(m.parts.len())?;
+    let parts = m
+        .parts
+        .iter()
+        .zip(spans)
+        .map(|(p, span)| SpannedPart {
+            name: p.name.clone(),
+            media_type: p.media_type.clone(),
+            content: p.content,
+            span,
+        })
+        .collect();
+    debug_assert!(m.wire.as_ref().is_some_and(|w| {
+        m.parts
+            .iter()
+            .zip(&w.spans)
+            .all(|(p, s)| s.is_some_and(|s| w.decode(&s).ok().as_ref() == Some(&p.data)))
+    }));
+    Some(parts)
 }
 
 pub(super) fn parse_stored_address(s: &str) -> Result<Address, StoreError> {
@@ -182,12 +218,15 @@ fn kind_from_code(c: i64) -> MessageKind {
 }
 
 fn insert_message(conn: &Connection, m: &Message) -> Result<(), StoreError> {
+    let spanned = spanned_parts(m);
+    let separate_parts = spanned.is_none();
     let meta = MessageMeta {
         recipients: m.recipients.iter().map(ToString::to_string).collect(),
         origin_id: m.origin_id.clone(),
         tags: m.tags.clone(),
         security: m.security.clone(),
         trace: m.trace.clone(),
+        parts: spanned,
     };
     let meta = serde_json::to_string(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let id = m.id.0.as_bytes();
@@ -209,6 +248,10 @@ fn insert_message(conn: &Connection, m: &Message) -> Result<(), StoreError> {
         m.wire.as_ref().map(|w| &w.bytes[..]),
         origin_key(m),
     ])?;
+    if !separate_parts {
+        // The octets are in the wire form: stored once.
+        return Ok(());
+    }
     let mut part_stmt = conn.prepare_cached(
         "INSERT INTO parts (message_id, idx, name, media_type, is_content, data)
          VALUES (?1,?2,?3,?4,?5,?6)",
@@ -274,7 +317,59 @@ fn already_delivered(conn: &Connection, key: &str, account: AccountId) -> Result
         .is_some())
 }
 
-pub(super) fn write_submission(conn: &Connection, s: &Submission) -> Result<(), StoreError> {
+/// The account and folder of a delivery, resolved inside the submit's transaction.
+fn place(conn: &Connection, d: &LocalDelivery) -> Result<Placement, StoreError> {
+    let account = match &d.account {
+        AccountRef::Id(id) => *id,
+        AccountRef::Address(a) => conn
+            .prepare_cached("SELECT id FROM accounts WHERE address_key = ?1")?
+            .query_row(params![a.account_key()], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownRecipient(a.clone()))?,
+    };
+    let folder = match &d.folder {
+        FolderChoice::Exact(f) => f.clone(),
+        FolderChoice::Existing(name) => {
+            find_folder_in(conn, account, name)?.unwrap_or_else(|| "INBOX".to_owned())
+        }
+    };
+    Ok(Placement { account, folder })
+}
+
+/// The account's folder called `name`: the path itself, else the shortest path whose last
+/// component it is (case-insensitive).
+fn find_folder_in(
+    conn: &Connection,
+    account: AccountId,
+    name: &str,
+) -> Result<Option<String>, StoreError> {
+    let exact: Option<String> = conn
+        .prepare_cached("SELECT name FROM folders WHERE account_id = ?1 AND name = ?2")?
+        .query_row(params![account, name], |r| r.get(0))
+        .optional()?;
+    if exact.is_some() {
+        return Ok(exact);
+    }
+    let suffix = format!("/{}", name.to_ascii_lowercase());
+    let mut stmt = conn.prepare_cached("SELECT name FROM folders WHERE account_id = ?1")?;
+    let names = stmt
+        .query_map(params![account], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names
+        .into_iter()
+        .filter(|n| n.to_ascii_lowercase().ends_with(&suffix))
+        .min_by(|a, b| (a.len(), a).cmp(&(b.len(), b))))
+}
+
+pub(super) fn write_submission(
+    conn: &Connection,
+    s: &Submission,
+) -> Result<Vec<Placement>, StoreError> {
+    let placed = s
+        .deliveries
+        .iter()
+        .map(|d| place(conn, d))
+        .collect::<Result<Vec<_>, _>>()?;
     // The stamp is spent first: a replayed stamp is refused even when the mail is a repeat.
     if let Some(stamp) = &s.stamp {
         let inserted = conn
@@ -286,33 +381,33 @@ pub(super) fn write_submission(conn: &Connection, s: &Submission) -> Result<(), 
     }
     // A repeat of mail an account already holds (a relay retried after a crash or a lost
     // answer) is dropped for that account: at-least-once delivery, seen once.
+    let mut fresh: Vec<&Placement> = placed.iter().collect();
     if let Some(key) = origin_key(&s.message) {
-        let mut fresh = Vec::with_capacity(s.deliveries.len());
-        for d in &s.deliveries {
-            if !already_delivered(conn, &key, d.account)? {
-                fresh.push(d.clone());
+        let mut kept = Vec::with_capacity(fresh.len());
+        for p in fresh {
+            if !already_delivered(conn, &key, p.account)? {
+                kept.push(p);
             }
         }
-        if fresh.len() < s.deliveries.len() {
-            if fresh.is_empty() && s.relays.is_empty() {
-                return Ok(());
-            }
-            return write_fresh(conn, &s.message, &fresh, &s.relays);
+        if kept.is_empty() && s.relays.is_empty() && !placed.is_empty() {
+            return Ok(placed);
         }
+        fresh = kept;
     }
-    write_fresh(conn, &s.message, &s.deliveries, &s.relays)
+    write_fresh(conn, &s.message, &fresh, &s.relays)?;
+    Ok(placed)
 }
 
 fn write_fresh(
     conn: &Connection,
     message: &Message,
-    deliveries: &[LocalDelivery],
+    placements: &[&Placement],
     relays: &[RelayRequest],
 ) -> Result<(), StoreError> {
     insert_message(conn, message)?;
     let now = message.received_at;
-    for d in deliveries {
-        insert_entry(conn, d.account, &d.folder, &message.id, now)?;
+    for p in placements {
+        insert_entry(conn, p.account, &p.folder, &message.id, now)?;
     }
     if !relays.is_empty() {
         let mut q = conn.prepare_cached(
@@ -394,21 +489,50 @@ fn load_message(conn: &Connection, id: MessageId) -> Result<Option<Message>, Sto
     else {
         return Ok(None);
     };
-    let meta: MessageMeta =
+    let mut meta: MessageMeta =
         serde_json::from_str(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, media_type, is_content, data FROM parts WHERE message_id = ?1 ORDER BY idx",
-    )?;
-    let parts = stmt
-        .query_map(params![idb], |r| {
-            Ok(Part {
-                name: r.get(0)?,
-                media_type: r.get(1)?,
-                content: r.get(2)?,
-                data: bytes::Bytes::from(r.get::<_, Vec<u8>>(3)?),
+    let mut wire = match (wire_protocol, wire) {
+        (Some(protocol), Some(bytes)) => Some(WireForm::new(protocol, bytes.into())),
+        _ => None,
+    };
+    let parts = match (meta.parts.take(), &mut wire) {
+        (Some(spanned), Some(wire)) => spanned
+            .into_iter()
+            .map(|p| {
+                wire.spans.push(Some(p.span));
+                Ok(Part {
+                    data: wire
+                        .decode(&p.span)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    name: p.name,
+                    media_type: p.media_type,
+                    content: p.content,
+                })
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?,
+        (Some(_), None) => {
+            return Err(StoreError::Corrupt(
+                "message parts refer to a missing wire form".into(),
+            ))
+        }
+        (None, _) => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, media_type, is_content, data FROM parts
+                 WHERE message_id = ?1 ORDER BY idx",
+            )?;
+            let parts = stmt
+                .query_map(params![idb], |r| {
+                    Ok(Part {
+                        name: r.get(0)?,
+                        media_type: r.get(1)?,
+                        content: r.get(2)?,
+                        data: bytes::Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            parts
+        }
+    };
     let recipients = meta
         .recipients
         .iter()
@@ -426,13 +550,7 @@ fn load_message(conn: &Connection, id: MessageId) -> Result<Option<Message>, Sto
         kind: kind_from_code(kind),
         security: meta.security,
         trace: meta.trace,
-        wire: match (wire_protocol, wire) {
-            (Some(protocol), Some(bytes)) => Some(WireForm {
-                protocol,
-                bytes: bytes.into(),
-            }),
-            _ => None,
-        },
+        wire,
         received_at,
     }))
 }
@@ -531,7 +649,7 @@ impl QueueRow {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn submit(&self, submission: Submission) -> Result<(), StoreError> {
+    async fn submit(&self, submission: Submission) -> Result<Vec<Placement>, StoreError> {
         self.writer
             .write(move |c| write_submission(c, &submission))
             .await
@@ -756,34 +874,6 @@ impl Store for SqliteStore {
                 Ok(n > 0)
             })
             .await
-    }
-
-    async fn find_folder(
-        &self,
-        account: AccountId,
-        name: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let name = name.to_owned();
-        self.read(move |c| {
-            let exact: Option<String> = c
-                .prepare_cached("SELECT name FROM folders WHERE account_id = ?1 AND name = ?2")?
-                .query_row(params![account, name], |r| r.get(0))
-                .optional()?;
-            if exact.is_some() {
-                return Ok(exact);
-            }
-            let suffix = format!("/{}", name.to_ascii_lowercase());
-            let mut stmt = c.prepare_cached(
-                "SELECT name FROM folders WHERE account_id = ?1 ORDER BY length(name), name",
-            )?;
-            let names = stmt
-                .query_map(params![account], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(names
-                .into_iter()
-                .find(|n| n.to_ascii_lowercase().ends_with(&suffix)))
-        })
-        .await
     }
 
     async fn entries(

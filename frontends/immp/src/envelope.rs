@@ -95,10 +95,7 @@ impl Envelope {
             let bytes = STANDARD
                 .decode(&w.data)
                 .map_err(|_| "envelope wire form is not base64".to_owned())?;
-            m.wire = Some(WireForm {
-                protocol: w.protocol,
-                bytes: bytes.into(),
-            });
+            m.wire = Some(WireForm::new(w.protocol, bytes.into()));
         }
         Ok(())
     }
@@ -121,10 +118,7 @@ mod tests {
         m.security.signature_verified = Some(true);
         m.security.sender_check = Some(mailgate_core::SenderCheck::Account);
         m.security.key_source = Some(mailgate_core::KeySource::LocalOwner);
-        m.wire = Some(WireForm {
-            protocol: "mmtp".into(),
-            bytes: b"{\"x\":1}".to_vec().into(),
-        });
+        m.wire = Some(WireForm::new("mmtp", b"{\"x\":1}".to_vec().into()));
         let json = serde_json::to_vec(&Envelope::of(&m)).unwrap();
         assert!(Envelope::parse(&json, "c.test").is_err());
         let (env, from) = Envelope::parse(&json, "A.test").unwrap();

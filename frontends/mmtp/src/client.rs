@@ -212,7 +212,7 @@ async fn read_value(frames: &mut FrameReader<ReadHalf<BoxedIo>>) -> Result<Value
     let frame = tokio::time::timeout(TIMEOUT, frames.next_frame())
         .await
         .map_err(|_| ClientError::Timeout)??;
-    serde_json::from_str(frame.get()).map_err(|e| ClientError::Protocol(e.to_string()))
+    serde_json::from_slice(frame.bytes()).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 fn ok(reply: Value) -> Result<Value, ClientError> {

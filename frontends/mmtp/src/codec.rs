@@ -3,6 +3,7 @@
 //! cut out of the stream with its exact bytes kept (the content hash is checked over the bytes as
 //! they arrived). Replies are one JSON object followed by `\n`, written in one piece.
 
+use bytes::Bytes;
 use mailgate_core::budget::{BudgetError, MemoryBudget, Reservation, FREE_ALLOWANCE};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -39,14 +40,14 @@ pub enum CodecError {
 /// One complete JSON value, with the budget reservation that covers its bytes (kept while the
 /// request is processed).
 pub struct Frame {
-    raw: Box<RawValue>,
+    bytes: Bytes,
     _budget: Option<Reservation>,
 }
 
 impl Frame {
-    /// The value's text, exactly as it arrived.
-    pub fn get(&self) -> &str {
-        self.raw.get()
+    /// The value's octets, exactly as they arrived (valid UTF-8 JSON).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
     }
 
     /// Extend the frame's reservation to `factor` times its size, for the copies processing
@@ -56,7 +57,7 @@ impl Frame {
         budget: &MemoryBudget,
         factor: usize,
     ) -> Result<(), BudgetError> {
-        let want = self.raw.get().len().saturating_mul(factor);
+        let want = self.bytes.len().saturating_mul(factor);
         if want <= FREE_ALLOWANCE {
             return Ok(());
         }
@@ -150,9 +151,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next complete JSON value, exactly as it arrived.
     pub async fn next_frame(&mut self) -> Result<Frame, CodecError> {
         loop {
-            if let Some(raw) = self.take_buffered()? {
+            if let Some(bytes) = self.take_buffered()? {
                 return Ok(Frame {
-                    raw,
+                    bytes,
                     _budget: self.reservation.take(),
                 });
             }
@@ -206,7 +207,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Cut one complete value off the front of the buffer, if there is one.
-    fn take_buffered(&mut self) -> Result<Option<Box<RawValue>>, CodecError> {
+    fn take_buffered(&mut self) -> Result<Option<Bytes>, CodecError> {
         let start = match self.scan.start {
             Some(s) => s,
             None => {
@@ -246,27 +247,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.reset(end);
             return Err(CodecError::TooLarge(self.max_frame));
         }
+        // One pass checks the value is JSON and valid UTF-8; later parses borrow from it.
         if let Err(e) = serde_json::from_slice::<&RawValue>(&self.buf[start..end]) {
             self.reset(self.buf.len());
             return Err(CodecError::Malformed(e.to_string()));
         }
         if end - start <= FREE_ALLOWANCE {
-            let parsed = serde_json::from_slice::<Box<RawValue>>(&self.buf[start..end]);
+            let frame = Bytes::copy_from_slice(&self.buf[start..end]);
             self.reset(end);
-            return parsed
-                .map(Some)
-                .map_err(|e| CodecError::Malformed(e.to_string()));
+            return Ok(Some(frame));
         }
         // A large value: the buffer itself becomes the frame (no copy); what follows the value
         // moves to a new buffer.
         let rest = self.buf.split_off(end);
-        let mut value = std::mem::replace(&mut self.buf, rest);
-        value.drain(..start);
+        let value = std::mem::replace(&mut self.buf, rest);
         self.reset(0);
-        let text = String::from_utf8(value).map_err(|e| CodecError::Malformed(e.to_string()))?;
-        RawValue::from_string(text)
-            .map(Some)
-            .map_err(|e| CodecError::Malformed(e.to_string()))
+        Ok(Some(Bytes::from(value).slice(start..)))
     }
 
     /// Drop the first `n` buffered bytes and start a new scan; a buffer grown for a large
@@ -298,7 +294,7 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match r.next_frame().await {
-                Ok(v) => out.push(Ok(v.get().to_owned())),
+                Ok(v) => out.push(Ok(String::from_utf8(v.bytes().to_vec()).unwrap())),
                 Err(CodecError::Closed) => break,
                 Err(e @ CodecError::Truncated) => {
                     out.push(Err(e.to_string()));
@@ -350,7 +346,7 @@ mod tests {
         });
         let mut r = FrameReader::new(server, 8 * 1024 * 1024);
         let frame = r.next_frame().await.unwrap();
-        assert_eq!(frame.get(), text);
+        assert_eq!(&frame.bytes()[..], text.as_bytes());
         writer.await.unwrap();
     }
 
@@ -366,8 +362,11 @@ mod tests {
             }
         });
         let mut r = FrameReader::new(server, 1000);
-        assert_eq!(r.next_frame().await.unwrap().get(), r#"{"action":"CHECK"}"#);
-        assert_eq!(r.next_frame().await.unwrap().get(), r#"{"x":1}"#);
+        assert_eq!(
+            &r.next_frame().await.unwrap().bytes()[..],
+            br#"{"action":"CHECK"}"#
+        );
+        assert_eq!(&r.next_frame().await.unwrap().bytes()[..], br#"{"x":1}"#);
         writer.await.unwrap();
         assert!(matches!(r.next_frame().await, Err(CodecError::Closed)));
     }

@@ -8,7 +8,7 @@ use crate::jsjson;
 use base64::Engine;
 use bytes::Bytes;
 use indexmap::IndexMap;
-use mailgate_core::message::{now_ms, WireForm};
+use mailgate_core::message::{now_ms, SpanEncoding, WireForm, WireSpan};
 use mailgate_core::store::TagFilter;
 use mailgate_core::{Address, Importance, Message, Part, Security, Tags};
 use serde::Deserialize;
@@ -95,6 +95,7 @@ pub struct SendPacket {
     pub signed_text: Option<String>,
 }
 
+/// A packet's top level, borrowed from its bytes: the large `content` is kept as raw text.
 #[derive(Deserialize)]
 struct WirePacket<'a> {
     #[serde(borrow)]
@@ -104,6 +105,79 @@ struct WirePacket<'a> {
     #[serde(borrow)]
     content: Option<&'a RawValue>,
     verification: Option<Value>,
+}
+
+/// The content object, each field still raw: the body and attachments are decoded only once,
+/// straight into the message (or kept as spans of the packet when no decoding is needed).
+#[derive(Deserialize)]
+struct Content<'a> {
+    #[serde(borrow)]
+    subject: Option<&'a RawValue>,
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
+    #[serde(borrow)]
+    encrypted: Option<&'a RawValue>,
+    #[serde(borrow)]
+    attachments: Option<&'a RawValue>,
+}
+
+/// One attachment of the `attachments` extension.
+#[derive(Deserialize)]
+struct Attachment<'a> {
+    name: Option<Value>,
+    #[serde(rename = "type")]
+    media_type: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// A part's octets and where they lie in the packet.
+struct Decoded {
+    data: Bytes,
+    span: WireSpan,
+}
+
+/// Where `sub` (borrowed from `packet`) starts in it.
+fn offset_in(packet: &Bytes, sub: &str) -> usize {
+    (sub.as_ptr() as usize).saturating_sub(packet.as_ptr() as usize)
+}
+
+/// A JSON string literal of the packet as a part: a slice of the packet when it has no
+/// escapes, else its decoded text.
+fn string_part(packet: &Bytes, literal: &str) -> Result<Decoded, ()> {
+    let start = offset_in(packet, literal);
+    let inner = literal
+        .strip_prefix('"')
+        .and_then(|l| l.strip_suffix('"'))
+        .ok_or(())?;
+    if !inner.contains('\\') {
+        return Ok(Decoded {
+            data: packet.slice_ref(inner.as_bytes()),
+            span: WireSpan {
+                start: start + 1,
+                len: inner.len(),
+                encoding: SpanEncoding::Raw,
+            },
+        });
+    }
+    let text: String = serde_json::from_str(literal).map_err(|_| ())?;
+    Ok(Decoded {
+        data: Bytes::from(text),
+        span: WireSpan {
+            start,
+            len: literal.len(),
+            encoding: SpanEncoding::JsonString,
+        },
+    })
+}
+
+/// An optional string field: `null` and absence are `None`.
+fn optional_string(raw: Option<&RawValue>) -> Result<Option<Value>, ()> {
+    match raw.map(|r| serde_json::from_str::<Value>(r.get())) {
+        None | Some(Ok(Value::Null)) => Ok(None),
+        Some(Ok(v @ Value::String(_))) => Ok(Some(v)),
+        Some(_) => Err(()),
+    }
 }
 
 fn invalid(s: impl Into<String>) -> PacketError {
@@ -159,8 +233,6 @@ pub fn normalise_tags(v: Option<&Value>) -> Tags {
     tags
 }
 
-/// Check the content hash: first over the bytes as they arrived, then over JavaScript's
-/// serialisation of the parsed value. Returns the text that matched (what a signature covers).
 /// Which text the content hash covers: the raw bytes (hashed once, not copied), else
 /// `JSON.stringify` of the parsed content (built only then).
 enum HashedText {
@@ -168,21 +240,26 @@ enum HashedText {
     Stringified(String),
 }
 
-fn matching_text(raw: &str, parsed: &Map<String, Value>, expected: &str) -> Option<HashedText> {
+/// Check the content hash: first over the bytes as they arrived, then over JavaScript's
+/// serialisation of the parsed value. Returns the text that matched (what a signature covers).
+fn matching_text(raw: &str, expected: &str) -> Option<HashedText> {
     let hex_of = |s: &str| hex::encode(Sha256::digest(s.as_bytes()));
     let expected = expected.to_ascii_lowercase();
     if hex_of(raw) == expected {
         return Some(HashedText::Raw);
     }
-    let js = jsjson::stringify_object(parsed);
+    let parsed: Map<String, Value> = serde_json::from_str(raw).ok()?;
+    let js = jsjson::stringify_object(&parsed);
     (hex_of(&js) == expected).then_some(HashedText::Stringified(js))
 }
 
-/// Parse and validate the `data.packet` of a SEND request (`raw` is its exact text).
+/// Parse and validate the `data.packet` of a SEND request: `packet` is its exact bytes (a
+/// slice of the request frame; the message's wire form and unescaped parts share them).
 /// `peer` is recorded in the trace.
-pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
-    let wire: WirePacket<'_> =
-        serde_json::from_str(raw).map_err(|e| invalid(format!("packet is not an object: {e}")))?;
+pub fn parse_send(packet: impl Into<Bytes>, peer: &str) -> Result<SendPacket, PacketError> {
+    let packet: Bytes = packet.into();
+    let wire: WirePacket<'_> = serde_json::from_slice(&packet)
+        .map_err(|e| invalid(format!("packet is not an object: {e}")))?;
     let meta: Map<String, Value> = match wire.meta {
         Some(m) => serde_json::from_str(m.get()).map_err(|_| invalid("meta must be an object"))?,
         None => return Err(invalid("meta is missing")),
@@ -218,13 +295,13 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
         Some(_) => return Err(invalid("meta.hashcashToken must be {token, counter}")),
     };
     let content_raw = wire.content.ok_or_else(|| invalid("content is missing"))?;
-    let mut content: Map<String, Value> = serde_json::from_str(content_raw.get())
-        .map_err(|_| invalid("content must be an object"))?;
-    let encrypted = match content.get("encrypted") {
-        Some(Value::String(_)) => true,
-        Some(_) => return Err(invalid("content.encrypted must be a string")),
-        None => false,
+    let content: Content<'_> = serde_json::from_str(content_raw.get())
+        .map_err(|e| invalid(format!("content must be an object: {e}")))?;
+    let encrypted_text = match optional_string(content.encrypted) {
+        Ok(v) => v.and_then(|v| v.as_str().map(str::to_owned)),
+        Err(()) => return Err(invalid("content.encrypted must be a string")),
     };
+    let encrypted = encrypted_text.is_some();
     if meta.get("encrypted").and_then(Value::as_bool) == Some(true) && !encrypted {
         return Err(invalid(
             "meta.encrypted is true but content.encrypted is missing",
@@ -247,8 +324,7 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
         None
     } else {
         let hash = message_hash.ok_or_else(|| invalid("verification.messageHash is missing"))?;
-        let hashed =
-            matching_text(content_raw.get(), &content, hash).ok_or(PacketError::Integrity)?;
+        let hashed = matching_text(content_raw.get(), hash).ok_or(PacketError::Integrity)?;
         signature.as_ref().map(|_| match hashed {
             HashedText::Raw => content_raw.get().to_owned(),
             HashedText::Stringified(js) => js,
@@ -269,26 +345,36 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
     message.importance = importance;
     message.security.content_hash = message_hash.map(str::to_ascii_lowercase);
     message.security.signature = signature.clone();
+    let mut spans = Vec::new();
     if encrypted {
-        message.security.encrypted = content
-            .get("encrypted")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        message.security.encrypted = encrypted_text;
     } else {
-        message.subject = match content.remove("subject") {
-            Some(Value::String(s)) => s,
-            None | Some(Value::Null) => String::new(),
-            Some(_) => return Err(invalid("content.subject must be a string")),
+        message.subject = match optional_string(content.subject) {
+            Ok(v) => v
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            Err(()) => return Err(invalid("content.subject must be a string")),
         };
-        let body = match content.remove("body") {
-            Some(Value::String(s)) => s,
-            None | Some(Value::Null) => String::new(),
-            Some(_) => return Err(invalid("content.body must be a string")),
+        let body = match content.body.filter(|b| b.get() != "null") {
+            None => Decoded {
+                data: Bytes::new(),
+                span: WireSpan {
+                    start: 0,
+                    len: 0,
+                    encoding: SpanEncoding::Raw,
+                },
+            },
+            Some(b) => string_part(&packet, b.get())
+                .map_err(|()| invalid("content.body must be a string"))?,
         };
-        message.parts.push(Part::text_body(body));
-        message
-            .parts
-            .extend(parse_attachments(content.get("attachments"))?);
+        let mut part = Part::text_body(String::new());
+        part.data = body.data;
+        message.parts.push(part);
+        spans.push(Some(body.span));
+        for (part, span) in parse_attachments(&packet, content.attachments)? {
+            message.parts.push(part);
+            spans.push(Some(span));
+        }
     }
     if kind != "SEND" {
         message.tags.custom.retain(|c| !c.starts_with("mmtp-type:"));
@@ -299,10 +385,9 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
         peer: peer.to_owned(),
         at: now_ms(),
     });
-    message.wire = Some(WireForm {
-        protocol: "mmtp".into(),
-        bytes: Bytes::copy_from_slice(raw.as_bytes()),
-    });
+    let mut wire_form = WireForm::new("mmtp", packet);
+    wire_form.spans = spans;
+    message.wire = Some(wire_form);
     Ok(SendPacket {
         message,
         client_id,
@@ -316,31 +401,46 @@ pub fn parse_send(raw: &str, peer: &str) -> Result<SendPacket, PacketError> {
 }
 
 /// The `attachments` extension: `[{name, type, data (base64)}]` inside `content`, so the content
-/// hash and signature cover it.
-fn parse_attachments(v: Option<&Value>) -> Result<Vec<Part>, PacketError> {
-    let items = match v {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(invalid("content.attachments must be an array")),
+/// hash and signature cover it. Each part's octets are kept as a span of the packet.
+fn parse_attachments(
+    packet: &Bytes,
+    raw: Option<&RawValue>,
+) -> Result<Vec<(Part, WireSpan)>, PacketError> {
+    let items: Vec<&RawValue> = match raw.map(RawValue::get) {
+        None | Some("null") => return Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|_| invalid("content.attachments must be an array"))?,
     };
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let field = |k: &str| item.get(k).and_then(Value::as_str);
-            let data = field("data")
-                .ok_or_else(|| invalid(format!("content.attachments[{i}].data is missing")))?;
+            let missing = || invalid(format!("content.attachments[{i}].data is missing"));
+            let a: Attachment<'_> = serde_json::from_str(item.get()).map_err(|_| missing())?;
+            let literal = a
+                .data
+                .map(RawValue::get)
+                .filter(|d| d.starts_with('"'))
+                .ok_or_else(missing)?;
+            let span = WireSpan {
+                start: offset_in(packet, literal),
+                len: literal.len(),
+                encoding: SpanEncoding::JsonBase64,
+            };
+            let text: std::borrow::Cow<'_, str> =
+                serde_json::from_str(literal).map_err(|_| missing())?;
             let data = base64::engine::general_purpose::STANDARD
-                .decode(data)
+                .decode(text.as_bytes())
                 .map_err(|e| invalid(format!("content.attachments[{i}].data: bad base64: {e}")))?;
-            Ok(Part {
-                name: field("name").unwrap_or("attachment").to_owned(),
-                media_type: field("type")
-                    .unwrap_or("application/octet-stream")
-                    .to_owned(),
+            let text_of = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).map(str::to_owned);
+            let part = Part {
+                name: text_of(&a.name).unwrap_or_else(|| "attachment".to_owned()),
+                media_type: text_of(&a.media_type)
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
                 data: Bytes::from(data),
                 content: false,
-            })
+            };
+            Ok((part, span))
         })
         .collect()
 }
@@ -554,22 +654,22 @@ mod tests {
     fn original_client_frames_parse() {
         for name in ["send-plain.json", "send-signed.json", "send-encrypted.json"] {
             let raw = packet_of(&fixture(name));
-            let p = parse_send(&raw, "127.0.0.1").unwrap_or_else(|e| panic!("{name}: {e}"));
+            let p = parse_send(raw.clone(), "127.0.0.1").unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(p.sender_text, "(alice)%(a.test)");
             assert_eq!(p.message.wire.as_ref().unwrap().bytes, raw.as_bytes());
         }
-        let signed = parse_send(&packet_of(&fixture("send-signed.json")), "x").unwrap();
+        let signed = parse_send(packet_of(&fixture("send-signed.json")), "x").unwrap();
         assert_eq!(signed.message.importance, Importance::High);
         assert_eq!(signed.message.tags.custom, vec!["fixtures".to_string()]);
         assert!(signed.signature.is_some());
-        let enc = parse_send(&packet_of(&fixture("send-encrypted.json")), "x").unwrap();
+        let enc = parse_send(packet_of(&fixture("send-encrypted.json")), "x").unwrap();
         assert!(enc.encrypted && enc.signed_text.is_none());
     }
 
     #[test]
     fn rendering_an_mmtp_message_returns_its_bytes() {
         let raw = packet_of(&fixture("send-signed.json"));
-        let mut p = parse_send(&raw, "x").unwrap();
+        let mut p = parse_send(raw.clone(), "x").unwrap();
         p.message.security.signature_verified = Some(true);
         let out = render(&p.message);
         let back: Value = serde_json::from_str(&out).unwrap();
@@ -590,16 +690,13 @@ mod tests {
     fn validation_errors_name_the_reason() {
         let raw = packet_of(&fixture("send-plain.json"));
         let tamper = raw.replace("Hello Bob", "Hello Eve");
-        assert_eq!(
-            parse_send(&tamper, "x").unwrap_err(),
-            PacketError::Integrity
-        );
+        assert_eq!(parse_send(tamper, "x").unwrap_err(), PacketError::Integrity);
         let bad = raw.replace(
             "\"sender\":\"(alice)%(a.test)\"",
             "\"sender\":\"alice@a.test\"",
         );
         assert!(matches!(
-            parse_send(&bad, "x"),
+            parse_send(bad.clone(), "x"),
             Err(PacketError::Address {
                 field: "sender",
                 ..
@@ -607,11 +704,51 @@ mod tests {
         ));
         let bad = raw.replace("\"type\":\"SEND\"", "\"type\":\"SPAM\"");
         assert_eq!(
-            parse_send(&bad, "x").unwrap_err(),
+            parse_send(bad.clone(), "x").unwrap_err(),
             PacketError::Type("SPAM".into())
         );
         assert!(parse_send("[]", "x").is_err());
         assert!(parse_send("{\"meta\":{}}", "x").is_err());
+    }
+
+    /// A packet's parts are spans of its bytes: an unescaped body shares them, an escaped body
+    /// and base64 attachments decode from their spans to exactly the parsed octets.
+    #[test]
+    fn parts_are_spans_of_the_packet() {
+        let content = r#"{"subject":"s","body":"line one\nline \"two\"","attachments":[{"name":"a.txt","type":"text/plain","data":"aGVsbG8="}]}"#;
+        for (content, escaped) in [
+            (content.to_owned(), true),
+            (content.replace("\\n", " ").replace("\\\"", "'"), false),
+        ] {
+            let hash = hex::encode(Sha256::digest(content.as_bytes()));
+            let packet = format!(
+                r#"{{"meta":{{"messageId":"m1","hashcashToken":{{"token":"t","counter":1}}}},"sender":"(a)%(x.test)","recipient":"(b)%(y.test)","content":{content},"verification":{{"messageHash":"{hash}"}}}}"#
+            );
+            let bytes = Bytes::from(packet.clone());
+            let p = parse_send(bytes.clone(), "x").unwrap();
+            let wire = p.message.wire.as_ref().unwrap();
+            assert_eq!(
+                wire.bytes.as_ptr(),
+                bytes.as_ptr(),
+                "the wire form is the packet itself"
+            );
+            let spans = wire
+                .all_spans(p.message.parts.len())
+                .expect("every part has a span");
+            for (part, span) in p.message.parts.iter().zip(&spans) {
+                assert_eq!(wire.decode(span).unwrap(), part.data);
+            }
+            assert_eq!(&p.message.parts[1].data[..], b"hello");
+            let body = &p.message.parts[0].data;
+            let inside = bytes.as_ptr_range().contains(&body.as_ptr());
+            assert_eq!(
+                inside, !escaped,
+                "an unescaped body is a slice of the packet"
+            );
+            if escaped {
+                assert_eq!(&body[..], b"line one\nline \"two\"");
+            }
+        }
     }
 
     #[test]
@@ -625,7 +762,7 @@ mod tests {
         m.tags.category.push("work".into());
         let text = render(&m);
         let p = parse_send(
-            &text.replace(
+            text.replace(
                 "\"hashcashToken\":null",
                 "\"hashcashToken\":{\"token\":\"t\",\"counter\":0}",
             ),

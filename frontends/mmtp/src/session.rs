@@ -2,8 +2,9 @@
 
 use crate::codec::{CodecError, Frame, FrameReader};
 use crate::config::MmtpConfig;
-use crate::packet::{self, CATEGORY, PRIORITY, STATUS};
+use crate::packet::{self, PacketError, CATEGORY, PRIORITY, STATUS};
 use crate::peers::MmtpPeers;
+use bytes::Bytes;
 use mailgate_core::hashcash::HashcashPolicy;
 use mailgate_core::io::ConnState;
 use mailgate_core::login::FAILURES_PER_CONNECTION;
@@ -211,15 +212,11 @@ struct SendData<'a> {
     packet: Option<&'a RawValue>,
 }
 
-/// The SEND packet of a request frame, parsed: `Err` is the reply for a request without one.
-fn parse_send_frame(frame: &str, peer: &str) -> Result<Result<packet::SendPacket, String>, String> {
-    let request: Request<'_> =
-        serde_json::from_str(frame).map_err(|e| error(format!("invalid request: {e}")))?;
-    let data = request.data.map(RawValue::get).unwrap_or("{}");
-    match serde_json::from_str::<SendData<'_>>(data) {
-        Ok(SendData {
-            packet: Some(p), ..
-        }) => Ok(packet::parse_send(p.get(), peer).map_err(|e| e.to_string())),
+/// The packet of a SEND request's `data`, as a slice of the frame: `Err` is the reply for a
+/// request without one.
+fn send_packet(frame: &Frame, data: Option<&RawValue>) -> Result<Bytes, String> {
+    match data.map(|d| serde_json::from_str::<SendData<'_>>(d.get())) {
+        Some(Ok(SendData { packet: Some(p) })) => Ok(frame.bytes().slice_ref(p.get().as_bytes())),
         _ => Err(error("data.packet is missing")),
     }
 }
@@ -229,7 +226,7 @@ impl Session<'_> {
         if !self.server.limiter.check(&self.peer.ip()) {
             return error("rate limit exceeded; slow down").into();
         }
-        let request: Request<'_> = match serde_json::from_str(frame.get()) {
+        let request: Request<'_> = match serde_json::from_slice(frame.bytes()) {
             Ok(r) => r,
             Err(e) => return error(format!("invalid request: {e}")).into(),
         };
@@ -238,7 +235,11 @@ impl Session<'_> {
             _ => return error("request has no \"action\"").into(),
         };
         if action == "SEND" {
-            return self.send(frame).await.into();
+            let packet = match send_packet(&frame, request.data) {
+                Ok(p) => p,
+                Err(reply) => return reply.into(),
+            };
+            return self.send(frame, packet).await.into();
         }
         let data_raw = request.data.map(RawValue::get).unwrap_or("{}");
         let data: Map<String, Value> = match serde_json::from_str(data_raw) {
@@ -295,37 +296,29 @@ impl Session<'_> {
         }
     }
 
-    async fn send(&mut self, mut frame: Frame) -> String {
+    async fn send(&mut self, mut frame: Frame, packet: Bytes) -> String {
         let peer = self.peer.ip().to_string();
-        // Parsing and storing a SEND make about four more copies of its bytes: they are
-        // reserved too, so the body budget bounds the memory of SENDs in flight.
+        // Parsing and storing a SEND make a few more copies of its bytes: they are reserved
+        // too, so the body budget bounds the memory of SENDs in flight.
         if let Err(e) = frame
             .reserve_processing(&self.server.core.budget, SEND_MEMORY_FACTOR)
             .await
         {
             return error(e);
         }
-        // A large packet is parsed off the async threads; the frame moves there and back (no
-        // copy), keeping its budget reservation until the submit is done.
-        let (frame, parsed) = if frame.get().len() > 64 * 1024 {
-            tokio::task::spawn_blocking(move || {
-                let parsed = parse_send_frame(frame.get(), &peer);
-                (Some(frame), parsed)
-            })
-            .await
-            .unwrap_or_else(|_| (None, Err(error("internal error"))))
+        // A large packet is parsed off the async threads. The frame keeps its budget
+        // reservation until the submit is done; the message shares its bytes.
+        let parsed = if packet.len() > 64 * 1024 {
+            tokio::task::spawn_blocking(move || packet::parse_send(packet, &peer))
+                .await
+                .unwrap_or_else(|_| Err(PacketError::Invalid("internal error".into())))
         } else {
-            let parsed = parse_send_frame(frame.get(), &peer);
-            (Some(frame), parsed)
+            packet::parse_send(packet, &peer)
         };
         let _budget = frame;
-        let parsed = match parsed {
-            Ok(p) => p,
-            Err(reply) => return reply,
-        };
         let mut p = match parsed {
             Ok(p) => p,
-            Err(e) => return self.refuse(e, "invalid_packet"),
+            Err(e) => return self.refuse(e.to_string(), "invalid_packet"),
         };
         let spent = match self.server.hashcash.verify(
             &p.stamp.token,

@@ -210,10 +210,7 @@ impl Fetcher {
         });
         Ok(Submission {
             message,
-            deliveries: vec![LocalDelivery {
-                account: n.notice.account,
-                folder: "INBOX".into(),
-            }],
+            deliveries: vec![LocalDelivery::to(n.notice.account, "INBOX")],
             relays: Vec::new(),
             stamp: None,
         })

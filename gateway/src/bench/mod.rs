@@ -214,10 +214,7 @@ async fn store(opts: StoreBench) -> anyhow::Result<()> {
                 store
                     .submit(Submission {
                         message: m,
-                        deliveries: vec![LocalDelivery {
-                            account: account.id,
-                            folder: "INBOX".into(),
-                        }],
+                        deliveries: vec![LocalDelivery::to(account.id, "INBOX")],
                         relays: Vec::new(),
                         stamp: None,
                     })

@@ -95,10 +95,7 @@ async fn fill(
                 store
                     .submit(Submission {
                         message: message(&sender, rcpt, i, &body),
-                        deliveries: vec![LocalDelivery {
-                            account: *id,
-                            folder: "INBOX".into(),
-                        }],
+                        deliveries: vec![LocalDelivery::to(*id, "INBOX")],
                         relays: Vec::new(),
                         stamp: None,
                     })
@@ -171,10 +168,7 @@ async fn measure(
                 store
                     .submit(Submission {
                         message: m,
-                        deliveries: vec![LocalDelivery {
-                            account: one[0].0,
-                            folder: "INBOX".into(),
-                        }],
+                        deliveries: vec![LocalDelivery::to(one[0].0, "INBOX")],
                         relays: Vec::new(),
                         stamp: None,
                     })

@@ -17,14 +17,14 @@ fuzz_target!(|data: &[u8]| {
         for _ in 0..64 {
             match frames.next_frame().await {
                 Ok(frame) => {
-                    let text = frame.get();
-                    assert!(text.len() <= MAX);
+                    let bytes = frame.bytes().clone();
+                    assert!(bytes.len() <= MAX);
                     // One complete JSON value (numbers may be beyond f64: RawValue keeps them).
-                    assert!(serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok());
-                    let _ = mailgate_mmtp::packet::parse_send(text, "127.0.0.1");
-                    let value = serde_json::from_str::<serde_json::Value>(text).ok();
+                    assert!(serde_json::from_slice::<&serde_json::value::RawValue>(&bytes).is_ok());
+                    let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+                    let _ = mailgate_mmtp::packet::parse_send(bytes, "127.0.0.1");
                     if let Some(packet) = value.as_ref().and_then(|v| v.pointer("/data/packet")) {
-                        let _ = mailgate_mmtp::packet::parse_send(&packet.to_string(), "127.0.0.1");
+                        let _ = mailgate_mmtp::packet::parse_send(packet.to_string(), "127.0.0.1");
                     }
                 }
                 Err(CodecError::Closed | CodecError::Truncated | CodecError::Io(_)) => break,
