@@ -112,4 +112,34 @@ fn every_bench_mode_runs_and_respects_the_servers_limits() {
         out.contains("xhmtp notifications: 16 concurrent") && out.contains("xhmtp feed"),
         "{out}"
     );
+    gw.add_user("carol@localhost", "carol-pw");
+    let ca = gw.dir.join("data/tls/cert.pem");
+    let (out, _) = text(&run_ok(
+        &[
+            "bench",
+            "immp",
+            "--target",
+            gw.addr("immp.listen"),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--from",
+            "carol@localhost",
+            "--password",
+            "carol-pw",
+            "--to",
+            "bob@localhost",
+            "--messages",
+            "50",
+            "--connections",
+            "4",
+            "--size",
+            "256",
+        ],
+        None,
+        dir.path(),
+    ));
+    assert!(
+        out.contains("immp: 4 connections, DELIVER/DATA/DONE"),
+        "{out}"
+    );
 }

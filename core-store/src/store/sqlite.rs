@@ -78,8 +78,6 @@ fn open_conn(path: &Path, read_only: bool, fsync: bool) -> rusqlite::Result<Conn
         // a temporary file written for every page a job touches twice (13 % of the writer's
         // time with it on disk).
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // The pages every submit touches (indexes, counters) stay cached across batches.
-        conn.pragma_update(None, "cache_size", -65536)?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_prepared_statement_cache_capacity(64);

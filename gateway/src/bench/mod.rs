@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod immp;
 mod scale;
 
 /// What to benchmark.
@@ -24,6 +25,9 @@ pub enum BenchTarget {
     /// the server itself, from 127.0.0.1, so the notifier check passes), then feed requests per
     /// second for --to. The server needs `xhmtp.notify_rate_per_sec = 0` and --to's password.
     Xhmtp(XhmtpBench),
+    /// IMMP DELIVER / DATA / DONE over concurrent connections to a running server, each
+    /// upgraded to TLS and authenticated as --from (a local account) once.
+    Immp(immp::ImmpBench),
     /// Fill a store to each of --sizes messages (one mailbox, then spread over --accounts) and
     /// measure submits and every read's store calls at each size.
     Scale(scale::ScaleBench),
@@ -163,6 +167,7 @@ pub async fn run(target: BenchTarget) -> anyhow::Result<()> {
         BenchTarget::Store(opts) => store(opts).await,
         BenchTarget::Mmtp(opts) => mmtp(opts).await,
         BenchTarget::Xhmtp(opts) => xhmtp(opts).await,
+        BenchTarget::Immp(opts) => immp::run(opts).await,
         BenchTarget::Scale(opts) => scale::run(opts).await,
     }
 }
