@@ -132,9 +132,12 @@ pub struct MmtpPeers {
     destinations: Destinations,
     key_ttl: Duration,
     keys: TtlCache<String, Option<String>>,
-    serving: TtlCache<(String, IpAddr), Result<bool, PeerError>>,
-    /// Keys whose stale answer is being renewed in the background.
-    renewing: Mutex<std::collections::HashSet<(String, IpAddr)>>,
+    /// Per domain: the addresses of its MMTP servers and of the domain name itself.
+    serving: TtlCache<String, Result<Arc<Vec<IpAddr>>, PeerError>>,
+    /// Domains whose stale answer is being renewed in the background.
+    renewing: Mutex<std::collections::HashSet<String>>,
+    /// One lookup per domain at a time: concurrent first SENDs wait for it, not each its own.
+    lookups: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     fetches: Semaphore,
     fetch_timeout: Duration,
 }
@@ -159,6 +162,7 @@ impl MmtpPeers {
             keys: TtlCache::new(),
             serving: TtlCache::new(),
             renewing: Mutex::new(std::collections::HashSet::new()),
+            lookups: Mutex::new(std::collections::HashMap::new()),
             fetches: Semaphore::new(KEY_FETCHES),
             fetch_timeout: Duration::from_secs(10),
         }
@@ -252,29 +256,51 @@ impl MmtpPeers {
     /// first SEND from a server waits for DNS, never a stream of them.
     pub async fn serves(self: &Arc<Self>, domain: &str, peer: IpAddr) -> Result<bool, PeerError> {
         let peer = canonical(peer);
-        let key = (domain.to_ascii_lowercase(), peer);
-        match self.serving.lookup(&key) {
+        let domain = domain.to_ascii_lowercase();
+        let servers = match self.serving.lookup(&domain) {
             Cached::Fresh(answer) => answer,
             Cached::Stale(answer) => {
                 let first = self
                     .renewing
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key.clone());
+                    .insert(domain.clone());
                 if first {
                     let peers = self.clone();
                     tokio::spawn(async move {
-                        let _ = peers.renew_serves(key).await;
+                        let _ = peers.renew_serves(domain).await;
                     });
                 }
                 answer
             }
-            Cached::Missing => self.renew_serves(key).await,
-        }
+            Cached::Missing => self.first_lookup(domain).await,
+        };
+        servers.map(|addresses| addresses.contains(&peer))
     }
 
-    async fn renew_serves(&self, key: (String, IpAddr)) -> Result<bool, PeerError> {
-        let answer = self.look_up_serves(&key.0, key.1).await;
+    /// The answer for a domain not in the cache: one lookup, which concurrent callers share.
+    async fn first_lookup(&self, domain: String) -> Result<Arc<Vec<IpAddr>>, PeerError> {
+        let gate = self
+            .lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(domain.clone())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        let answer = match self.serving.lookup(&domain) {
+            Cached::Fresh(answer) | Cached::Stale(answer) => answer,
+            Cached::Missing => self.renew_serves(domain.clone()).await,
+        };
+        self.lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domain);
+        answer
+    }
+
+    async fn renew_serves(&self, domain: String) -> Result<Arc<Vec<IpAddr>>, PeerError> {
+        let answer = self.look_up_servers(&domain).await.map(Arc::new);
         let ttl = if answer.is_ok() {
             SERVES_TTL
         } else {
@@ -283,26 +309,26 @@ impl MmtpPeers {
         self.renewing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        self.serving.put(key, answer.clone(), ttl);
+            .remove(&domain);
+        self.serving.put(domain, answer.clone(), ttl);
         answer
     }
 
-    async fn look_up_serves(&self, domain: &str, peer: IpAddr) -> Result<bool, PeerError> {
-        let servers = match self.targets(domain).await {
-            Ok(targets) => targets,
+    /// The addresses of `domain`'s MMTP servers and of the domain name itself.
+    async fn look_up_servers(&self, domain: &str) -> Result<Vec<IpAddr>, PeerError> {
+        let mut addresses: Vec<IpAddr> = match self.targets(domain).await {
+            Ok(targets) => targets.iter().map(|t| canonical(t.address.ip())).collect(),
             Err(PeerError::NoServer(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
-        if servers.iter().any(|t| canonical(t.address.ip()) == peer) {
-            return Ok(true);
-        }
         match host_addresses(self.dns.as_ref(), domain).await {
-            Ok(addresses) => Ok(addresses.into_iter().any(|a| canonical(a) == peer)),
-            // No resolver at all: nothing can be checked, so nothing matches.
-            Err(_) if self.dns.is_none() => Ok(false),
-            Err(e) => Err(PeerError::Temporary(e)),
+            Ok(own) => addresses.extend(own.into_iter().map(canonical)),
+            // No resolver at all: nothing can be checked, so nothing matches; and when the
+            // domain's servers are known, its own name failing to resolve takes none away.
+            Err(_) if self.dns.is_none() || !addresses.is_empty() => {}
+            Err(e) => return Err(PeerError::Temporary(e)),
         }
+        Ok(addresses)
     }
 
     /// The public key of remote `sender`, asked of its own domain's MMTP servers over verified
@@ -401,5 +427,51 @@ mod tests {
         assert_eq!(targets[0].address, "192.0.2.1:8025".parse().unwrap());
         assert_eq!(targets[0].host, "mx.b.test");
         assert!(peers.targets("b.test").await.is_err());
+    }
+
+    /// A slow resolver that counts its SRV questions.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl Discovery for Counting {
+        async fn srv(&self, _: &str, _: &str) -> Result<Vec<SrvTarget>, String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(vec![SrvTarget {
+                host: "mx.b.test".into(),
+                port: 8025,
+                priority: 0,
+                weight: 0,
+            }])
+        }
+        async fn addresses(&self, _: &str) -> Result<Vec<IpAddr>, String> {
+            Ok(vec![IpAddr::from([192, 0, 2, 1])])
+        }
+        async fn txt(&self, _: &str) -> Result<Vec<String>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// First SENDs from many connections and addresses at once ask DNS about the sender's
+    /// domain once, and each gets its own answer.
+    #[tokio::test]
+    async fn concurrent_first_checks_of_a_domain_share_one_lookup() {
+        let dns = Arc::new(Counting::default());
+        let peers = Arc::new(MmtpPeers::new(Vec::new(), Some(dns.clone()), None, false));
+        let checks = (0..32u8).map(|i| {
+            let peers = peers.clone();
+            let ip = if i % 2 == 0 {
+                [192, 0, 2, 1]
+            } else {
+                [198, 51, 100, i]
+            };
+            tokio::spawn(async move { (i, peers.serves("B.test", IpAddr::from(ip)).await) })
+        });
+        for check in checks {
+            let (i, answer) = check.await.unwrap();
+            assert_eq!(answer.unwrap(), i % 2 == 0, "check {i}");
+        }
+        assert_eq!(dns.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
