@@ -295,6 +295,7 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         .collect();
     let count = opts.messages as usize;
     let started = Instant::now();
+    let base = mailgate_core::message::now_ms();
     let (packets, hashes) = tokio::task::spawn_blocking(move || {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let results: Vec<anyhow::Result<(Vec<String>, u64)>> = std::thread::scope(|scope| {
@@ -305,7 +306,11 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
                         let mut out = Vec::new();
                         let mut hashes = 0;
                         for i in (t..count).step_by(threads) {
-                            let p = builders[i % builders.len()].build_with(difficulty, 1)?;
+                            // A stamp names its millisecond: each packet gets its own (going
+                            // back from now), so no two stamps are the same.
+                            let mut builder = builders[i % builders.len()].clone();
+                            builder.timestamp = Some(base - i as i64);
+                            let p = builder.build_with(difficulty, 1)?;
                             hashes += p.hashes;
                             out.push(p.text);
                         }
