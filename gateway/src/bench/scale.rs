@@ -8,6 +8,7 @@ use clap::Args;
 use mailgate_core::message::Tags;
 use mailgate_core::store::{EntryQuery, LocalDelivery, Submission, TagFilter};
 use mailgate_core::{Address, Message, MessageId, Metrics, SqliteOptions, SqliteStore, Store};
+use mailgate_immp::config::DEFAULT_INDEX_PAGE;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -262,10 +263,11 @@ async fn measure(
         .await?,
     ));
     out.push((
-        "IMMP MBOX INDEX (page of 1000)",
+        "IMMP MBOX INDEX (one page)",
         sample(samples.min(50), |_| async {
             let query = EntryQuery {
-                limit: Some(1001),
+                // One page and the look-ahead that says whether there is more.
+                limit: Some(DEFAULT_INDEX_PAGE + 1),
                 ..EntryQuery::default()
             };
             listed_summaries(store, id, query).await
