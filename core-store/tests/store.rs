@@ -916,3 +916,62 @@ async fn kept_counts_match_a_recount_after_every_change() {
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.accounts, 1);
 }
+
+/// Under sustained writes the write-ahead log is kept near its limit: a passive checkpoint
+/// alone never finds it wholly copied, so it never restarts (it grew to 15 GB while a million
+/// messages came in without a pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_ahead_log_is_kept_to_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = SqliteOptions::new(dir.path().join("mail.db"));
+    opts.wal_limit = 256 * 1024;
+    let store = Arc::new(SqliteStore::open(opts, Arc::new(Metrics::new())).unwrap());
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let wal = dir.path().join("mail.db-wal");
+    let (mut largest, mut written, mut sent) = (0u64, 0u64, 0usize);
+    let started = std::time::Instant::now();
+    // Without a pause, for 3 s (at most 4,000 messages): many checkpoint ticks.
+    while started.elapsed() < std::time::Duration::from_secs(3) && sent < 4_000 {
+        let writes = (0..16).map(|i| {
+            let store = store.clone();
+            let body = format!("{sent}-{i}-{}", "x".repeat(16 * 1024));
+            tokio::spawn(async move {
+                let m = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "s", &body);
+                store
+                    .submit(Submission {
+                        message: m,
+                        deliveries: vec![LocalDelivery::to(bob.id, "INBOX")],
+                        relays: vec![],
+                        stamp: None,
+                    })
+                    .await
+                    .unwrap();
+            })
+        });
+        for w in writes {
+            w.await.unwrap();
+        }
+        sent += 16;
+        written += 16 * 16 * 1024;
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert!(
+        largest > 256 * 1024,
+        "the test wrote past the limit ({largest})"
+    );
+    assert!(
+        largest < written / 3,
+        "WAL reached {largest} bytes for {written} bytes of bodies"
+    );
+    assert_eq!(
+        store
+            .entries(bob.id, "INBOX", EntryQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        sent
+    );
+}

@@ -36,6 +36,10 @@ pub struct SqliteOptions {
     pub fsync: bool,
     /// Reader connections (concurrent reads).
     pub readers: usize,
+    /// Size the write-ahead log may reach before a checkpoint waits for the writer and
+    /// truncates it (under sustained writes it would otherwise never restart and grow without
+    /// bound).
+    pub wal_limit: u64,
 }
 
 impl SqliteOptions {
@@ -45,9 +49,13 @@ impl SqliteOptions {
             path: path.into(),
             fsync: true,
             readers: 4,
+            wal_limit: DEFAULT_WAL_LIMIT,
         }
     }
 }
+
+/// Default [`SqliteOptions::wal_limit`]: 64 MiB.
+pub const DEFAULT_WAL_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -105,8 +113,15 @@ impl SqliteStore {
         // Checkpoints run on their own thread and connection, so the writer's commits never
         // wait for the WAL to be copied back into the database file.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // When the log restarts, a file grown past the limit is cut back to it.
+        conn.pragma_update(None, "journal_size_limit", opts.wal_limit as i64)?;
         let checkpointer = open_conn(&opts.path, false, opts.fsync)?;
-        let writer = Writer::start(conn, checkpointer, metrics)?;
+        let wal = {
+            let mut p = opts.path.clone().into_os_string();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
+        let writer = Writer::start(conn, checkpointer, (wal, opts.wal_limit), metrics)?;
         Ok(SqliteStore {
             writer,
             readers: Arc::new(ReaderPool {

@@ -10,6 +10,8 @@
 use super::StoreError;
 use crate::metrics::Metrics;
 use rusqlite::Connection;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -91,21 +93,27 @@ pub(crate) struct Writer {
 impl Writer {
     /// Start the writer thread that owns `conn`, and the checkpoint thread that owns
     /// `checkpointer` (both on the same database; the writer's auto-checkpoint is off).
+    /// `wal` is the write-ahead log's path and the size past which the checkpoint truncates it.
     pub(crate) fn start(
         conn: Connection,
         checkpointer: Connection,
+        wal: (PathBuf, u64),
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Cmd>(MAX_BATCH * 4);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let restart = Arc::new(AtomicBool::new(false));
         let thread_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("mailgate-store-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, stop_rx))?;
+            .spawn({
+                let restart = restart.clone();
+                move || checkpoint_loop(checkpointer, wal, &restart, stop_rx)
+            })?;
         std::thread::Builder::new()
             .name("mailgate-store-writer".into())
             .spawn(move || {
-                run(conn, rx, &thread_metrics);
+                run(conn, rx, &restart, &thread_metrics);
                 drop(stop_tx);
             })?;
         Ok(Writer {
@@ -172,10 +180,17 @@ fn in_savepoint<R>(
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Cmd>, metrics: &Metrics) {
+/// Run batches until stopped. When the checkpoint thread has found the log past its limit,
+/// the writer restarts it between two batches (see [`checkpoint_loop`]).
+fn run(conn: Connection, mut rx: mpsc::Receiver<Cmd>, restart: &AtomicBool, metrics: &Metrics) {
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     let mut stop: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
+        if restart.swap(false, Ordering::Relaxed) {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "store: restarting the write-ahead log failed");
+            }
+        }
         let started = Instant::now();
         let mut next = Some(first);
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -218,12 +233,25 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Cmd>, metrics: &Metrics) {
 }
 
 /// Copy committed WAL frames into the database file (PASSIVE: never blocks the writer or
-/// readers) until the writer stops.
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+/// readers) until the writer stops. Under sustained writes a passive checkpoint never finds
+/// the log wholly copied, so the log never restarts and grows without bound (15 GB for a
+/// million messages): once it passes its limit, this asks the writer to restart it, which the
+/// writer does between two batches — copying only what came since this thread's last pass,
+/// and without contending for the write lock (a RESTART from here waited behind batch after
+/// batch and let the log reach 160 times its limit).
+fn checkpoint_loop(
+    conn: Connection,
+    (wal, limit): (PathBuf, u64),
+    restart: &AtomicBool,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "store: passive checkpoint failed");
+        }
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > limit) {
+            restart.store(true, Ordering::Relaxed);
         }
     }
 }
