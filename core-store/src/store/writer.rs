@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Largest number of jobs folded into one transaction.
 const MAX_BATCH: usize = 1024;
+/// Bytes of one WAL frame: a 4 KiB page and its header.
+const PAGE_FRAME: u64 = 4096 + 24;
 /// How often the checkpoint thread copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
@@ -67,19 +69,6 @@ impl WriteHealth {
     /// When a write last succeeded.
     pub(crate) fn last_ok(&self) -> Option<Instant> {
         self.last_ok.lock().ok().and_then(|t| *t)
-    }
-}
-
-/// Is this the kind of error a full or failing disk gives (not a constraint or a bad value)?
-fn is_storage_failure(e: &StoreError) -> bool {
-    use rusqlite::ErrorCode::*;
-    match e {
-        StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) => matches!(
-            f.code,
-            DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseCorrupt | NotADatabase
-        ),
-        StoreError::CommitFailed(_) | StoreError::Io(_) => true,
-        _ => false,
     }
 }
 
@@ -140,7 +129,7 @@ impl Writer {
                 };
                 match &answer {
                     Ok(_) => health.record(Ok(()), &metrics),
-                    Err(e) if is_storage_failure(e) => health.record(Err(e.to_string()), &metrics),
+                    Err(e) if e.is_storage_failure() => health.record(Err(e.to_string()), &metrics),
                     Err(_) => {}
                 }
                 let _ = tx.send(answer);
@@ -236,9 +225,10 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Cmd>, restart: &AtomicBool, metr
 /// readers) until the writer stops. Under sustained writes a passive checkpoint never finds
 /// the log wholly copied, so the log never restarts and grows without bound (15 GB for a
 /// million messages): once it passes its limit, this asks the writer to restart it, which the
-/// writer does between two batches — copying only what came since this thread's last pass,
-/// and without contending for the write lock (a RESTART from here waited behind batch after
-/// batch and let the log reach 160 times its limit).
+/// writer does between two batches — copying only what this thread has not copied yet, and
+/// without contending for the write lock (a RESTART from here waited behind batch after batch
+/// and let the log reach 160 times its limit). When writes outrun this thread's copying, the
+/// log may grow to four times its limit before the writer is asked to catch up anyway.
 fn checkpoint_loop(
     conn: Connection,
     (wal, limit): (PathBuf, u64),
@@ -247,10 +237,21 @@ fn checkpoint_loop(
 ) {
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %e, "store: passive checkpoint failed");
-        }
-        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > limit) {
+        // (busy, frames in the log, frames copied)
+        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        let behind = match pass {
+            Ok((log, copied)) => (log - copied).max(0) as u64 * PAGE_FRAME,
+            Err(e) => {
+                tracing::debug!(error = %e, "store: passive checkpoint failed");
+                continue;
+            }
+        };
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        // The restart copies what is not copied yet while the writer waits: asked for when
+        // little is left, or when the log has grown to four times its limit regardless.
+        if (size > limit && behind < limit / 4) || size > limit.saturating_mul(4) {
             restart.store(true, Ordering::Relaxed);
         }
     }
