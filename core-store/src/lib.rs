@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod hashcash;
 pub mod io;
 pub mod login;
+pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod password;

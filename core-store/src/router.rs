@@ -9,6 +9,7 @@ use crate::address::Address;
 use crate::budget::MemoryBudget;
 use crate::destinations::Destinations;
 use crate::login::{LoginGuard, LoginLimits};
+use crate::mailbox;
 use crate::message::{Message, SenderCheck};
 use crate::metrics::Metrics;
 use crate::password::{hash_password, verify_password, PasswordError};
@@ -69,6 +70,9 @@ pub enum Submitter {
     /// A peer that did not authenticate as a local account (a remote server, an anonymous
     /// sender); it may deliver to local accounts only, after the protocol's anti-abuse check.
     Peer(IpAddr),
+    /// Mail the gateway fetched from the host a notification named (XHMTP): a peer's mail,
+    /// whose sender only the front-end's own check ties to anything.
+    Fetched,
     /// The gateway itself, on behalf of something it already authorised (a push published by
     /// the node's owner): it may relay, and sends as the node.
     Gateway,
@@ -310,28 +314,7 @@ impl Core {
                 self.policy.max_recipients,
             ));
         }
-        message.security.sender_check = Some(match &origin.submitter {
-            Submitter::Account(account) => {
-                if !account.address.same_account(&message.sender) {
-                    return Err(SubmitError::SenderMismatch(message.sender.clone()));
-                }
-                SenderCheck::Account
-            }
-            Submitter::Gateway => SenderCheck::Gateway,
-            Submitter::Peer(_) => {
-                if self.policy.is_local(&message.sender.domain) {
-                    return Err(SubmitError::LocalSenderUnauthenticated(
-                        message.sender.clone(),
-                    ));
-                }
-                // Only the front-end's own check of the peer against the sender's domain
-                // counts; anything else it or the peer set is a claim.
-                match message.security.sender_check {
-                    Some(SenderCheck::Domain) => SenderCheck::Domain,
-                    _ => SenderCheck::Unverified,
-                }
-            }
-        });
+        self.check_sender(&mut message, origin)?;
         let mut receipt = Receipt::default();
         let mut deliveries = Vec::new();
         let mut relays = Vec::new();
@@ -342,10 +325,10 @@ impl Core {
                 let folder = match &rcpt.folder {
                     // Push notifications bypass the inbox.
                     _ if message.kind == crate::message::MessageKind::Push => {
-                        FolderChoice::Exact("PUSH".to_owned())
+                        FolderChoice::Exact(mailbox::PUSH.to_owned())
                     }
                     Some(f) => FolderChoice::Existing(f.clone()),
-                    None => FolderChoice::Exact("INBOX".to_owned()),
+                    None => FolderChoice::Exact(mailbox::INBOX.to_owned()),
                 };
                 deliveries.push(LocalDelivery {
                     account: AccountRef::Address(rcpt.account()),
@@ -394,6 +377,63 @@ impl Core {
             receipt.local_accounts.push(p.account);
         }
         Ok(receipt)
+    }
+
+    /// Mail the gateway writes together with a state change — a bounce with the relay failure
+    /// it reports, a fetched message with its notification — placed in one local account's
+    /// INBOX under the same size and sender rules as [`Core::submit`]. The store writes the
+    /// returned submission in the transaction of that change.
+    pub fn local_delivery(
+        &self,
+        mut message: Message,
+        to: AccountRef,
+        origin: &Origin,
+    ) -> Result<Submission, SubmitError> {
+        let size = message.size();
+        if size > self.policy.max_message_size {
+            return Err(SubmitError::TooLarge {
+                size,
+                max: self.policy.max_message_size,
+            });
+        }
+        self.check_sender(&mut message, origin)?;
+        Ok(Submission {
+            message,
+            deliveries: vec![LocalDelivery {
+                account: to,
+                folder: FolderChoice::Exact(mailbox::INBOX.to_owned()),
+            }],
+            relays: Vec::new(),
+            stamp: None,
+        })
+    }
+
+    /// What ties the submitter to the message's sender, recorded in its security state; a
+    /// sender the submitter may not use is refused.
+    fn check_sender(&self, message: &mut Message, origin: &Origin) -> Result<(), SubmitError> {
+        message.security.sender_check = Some(match &origin.submitter {
+            Submitter::Account(account) => {
+                if !account.address.same_account(&message.sender) {
+                    return Err(SubmitError::SenderMismatch(message.sender.clone()));
+                }
+                SenderCheck::Account
+            }
+            Submitter::Gateway => SenderCheck::Gateway,
+            Submitter::Peer(_) | Submitter::Fetched => {
+                if self.policy.is_local(&message.sender.domain) {
+                    return Err(SubmitError::LocalSenderUnauthenticated(
+                        message.sender.clone(),
+                    ));
+                }
+                // Only the front-end's own check of the peer against the sender's domain
+                // counts; anything else it or the peer set is a claim.
+                match message.security.sender_check {
+                    Some(SenderCheck::Domain) => SenderCheck::Domain,
+                    _ => SenderCheck::Unverified,
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Check a local account's password: refused at once while the peer or the account is

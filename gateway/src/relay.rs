@@ -15,9 +15,9 @@ use mailgate_core::address::MAILER_DAEMON;
 use mailgate_core::message::now_ms;
 use mailgate_core::message::rfc3339;
 use mailgate_core::relay::{Backoff, Route, Transport, TransportError};
-use mailgate_core::store::{LocalDelivery, QueueEntry, RelayOutcome, Submission};
+use mailgate_core::store::{AccountRef, QueueEntry, RelayOutcome, Submission};
 use mailgate_core::Core;
-use mailgate_core::{Address, Message};
+use mailgate_core::{Address, Message, Origin, Submitter};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -257,11 +257,19 @@ impl Relay {
             body,
         );
         dsn.tags.status.push("delivery-status".into());
-        Some(Box::new(Submission {
-            message: dsn,
-            deliveries: vec![LocalDelivery::to(account, "INBOX")],
-            relays: Vec::new(),
-            stamp: None,
-        }))
+        let origin = Origin {
+            protocol: "local",
+            submitter: Submitter::Gateway,
+        };
+        match self
+            .core
+            .local_delivery(dsn, AccountRef::Id(account), &origin)
+        {
+            Ok(submission) => Some(Box::new(submission)),
+            Err(e) => {
+                tracing::warn!(error = %e, "bounce: refused");
+                None
+            }
+        }
     }
 }

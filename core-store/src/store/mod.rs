@@ -11,7 +11,7 @@ mod schema;
 mod sqlite;
 mod writer;
 
-pub use sqlite::{SqliteOptions, SqliteStore, STANDARD_FOLDERS};
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 use crate::address::Address;
 use crate::message::{Message, MessageId};
@@ -23,9 +23,14 @@ pub type AccountId = i64;
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database reported an error.
-    #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    /// The database back-end failed, described in back-end-neutral terms.
+    #[error("database error: {message}")]
+    Backend {
+        /// What kind of failure it was.
+        kind: BackendErrorKind,
+        /// The back-end's own description.
+        message: String,
+    },
     /// An account with that address exists already.
     #[error("account {0} exists already")]
     AccountExists(String),
@@ -56,6 +61,32 @@ pub enum StoreError {
     /// File-system error (backup, data directory).
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The kind of a back-end failure: what callers may act on, whatever the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    /// The disk is full or failing, the database is read-only, corrupt or cannot be opened:
+    /// nothing can be written until the operator acts (the store reports itself unhealthy).
+    Storage,
+    /// A constraint refused the change (a duplicate key, a missing row it refers to).
+    Constraint,
+    /// Anything else (a bad statement, a value out of range, a lost connection).
+    Other,
+}
+
+impl StoreError {
+    /// Is this the kind of error a full or failing disk gives (not a constraint or a bad value)?
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Backend {
+                kind: BackendErrorKind::Storage,
+                ..
+            } | StoreError::CommitFailed(_)
+                | StoreError::Io(_)
+        )
+    }
 }
 
 /// An account.

@@ -4,12 +4,13 @@ use super::hosted;
 use super::schema::migrate;
 use super::writer::Writer;
 use super::{
-    AccessGrant, Account, AccountId, AccountRef, EntryQuery, FetchOutcome, Flags, FolderChoice,
-    FolderInfo, LocalDelivery, MailboxEntry, MessageSummary, NewNotification, NodeInfo,
-    Notification, Placement, PublicKeyRecord, QueueEntry, QueueState, RelayOutcome, RelayRequest,
-    Store, StoreError, StoreStats, Submission, Subscription, TagCount, TagFilter,
+    AccessGrant, Account, AccountId, AccountRef, BackendErrorKind, EntryQuery, FetchOutcome, Flags,
+    FolderChoice, FolderInfo, LocalDelivery, MailboxEntry, MessageSummary, NewNotification,
+    NodeInfo, Notification, Placement, PublicKeyRecord, QueueEntry, QueueState, RelayOutcome,
+    RelayRequest, Store, StoreError, StoreStats, Submission, Subscription, TagCount, TagFilter,
 };
 use crate::address::Address;
+use crate::mailbox::{is_standard_folder, INBOX, STANDARD_FOLDERS};
 use crate::message::{
     now_ms, Importance, Message, MessageId, MessageKind, Part, Security, Tags, TraceHop, WireForm,
     WireSpan,
@@ -23,9 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
-
-/// Folders every account has.
-pub const STANDARD_FOLDERS: [&str; 5] = ["INBOX", "SENT", "DRAFTS", "JUNK", "PUSH"];
 
 /// Options for opening the SQLite store.
 #[derive(Debug, Clone)]
@@ -50,6 +48,25 @@ impl SqliteOptions {
             fsync: true,
             readers: 4,
             wal_limit: DEFAULT_WAL_LIMIT,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        let kind = match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseCorrupt
+                | NotADatabase => BackendErrorKind::Storage,
+                ConstraintViolation => BackendErrorKind::Constraint,
+                _ => BackendErrorKind::Other,
+            },
+            _ => BackendErrorKind::Other,
+        };
+        StoreError::Backend {
+            kind,
+            message: e.to_string(),
         }
     }
 }
@@ -295,10 +312,7 @@ fn insert_entry(
     message: &MessageId,
     now: i64,
 ) -> Result<i64, StoreError> {
-    if !STANDARD_FOLDERS
-        .iter()
-        .any(|f| f.eq_ignore_ascii_case(folder))
-    {
+    if !is_standard_folder(folder) {
         // Standard folders exist from account creation on; user folders may be new.
         ensure_folder(conn, account, folder)?;
     }
@@ -343,7 +357,7 @@ fn place(conn: &Connection, d: &LocalDelivery) -> Result<Placement, StoreError> 
     let folder = match &d.folder {
         FolderChoice::Exact(f) => f.clone(),
         FolderChoice::Existing(name) => {
-            find_folder_in(conn, account, name)?.unwrap_or_else(|| "INBOX".to_owned())
+            find_folder_in(conn, account, name)?.unwrap_or_else(|| INBOX.to_owned())
         }
     };
     Ok(Placement { account, folder })

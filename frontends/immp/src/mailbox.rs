@@ -2,10 +2,10 @@
 
 use crate::codec::{CommandKind, MboxRef, Reply};
 use base64::Engine;
+use mailgate_core::mailbox::is_standard_folder;
 use mailgate_core::message::rfc3339;
 use mailgate_core::store::{
     Account, EntryQuery, Flags, FolderInfo, MailboxEntry, MessageSummary, TagFilter,
-    STANDARD_FOLDERS,
 };
 use mailgate_core::{Core, Message, MessageId};
 use serde_json::{json, Value};
@@ -426,10 +426,7 @@ async fn delete(core: &Core, account: &Account, mbox: &MboxRef) -> Result<Vec<Re
             Ok(vec![Reply::new(252, format!("Message {id} deleted."))])
         }
         None => {
-            if STANDARD_FOLDERS
-                .iter()
-                .any(|f| f.eq_ignore_ascii_case(&name))
-            {
+            if is_standard_folder(&name) {
                 return Err(Reply::new(
                     450,
                     format!("/{name} is a standard mailbox and cannot be deleted."),

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use mailgate_core::hashcash::HashcashPolicy;
 use mailgate_core::io::ConnState;
 use mailgate_core::login::FAILURES_PER_CONNECTION;
+use mailgate_core::mailbox::INBOX;
 use mailgate_core::message::now_ms;
 use mailgate_core::pgp;
 use mailgate_core::ratelimit::RateLimiter;
@@ -485,11 +486,11 @@ impl Session<'_> {
                         ..EntryQuery::default()
                     };
                     let entries = store
-                        .entries(account.id, "INBOX", query)
+                        .entries(account.id, INBOX, query)
                         .await
                         .map_err(temporary)?;
                     let matching = store
-                        .count_entries(account.id, "INBOX", tags)
+                        .count_entries(account.id, INBOX, tags)
                         .await
                         .map_err(temporary)?;
                     (entries, matching)
@@ -546,13 +547,13 @@ impl Session<'_> {
             let store = &self.server.core.store;
             let temporary = |e: StoreError| error(format!("temporary failure: {e}"));
             let total = store
-                .count_entries(account.id, "INBOX", &TagFilter::default())
+                .count_entries(account.id, INBOX, &TagFilter::default())
                 .await
                 .map_err(temporary)?;
             let count = match &filter {
                 Some(tags) if tags.is_empty() => total,
                 Some(tags) => store
-                    .count_entries(account.id, "INBOX", tags)
+                    .count_entries(account.id, INBOX, tags)
                     .await
                     .map_err(temporary)?,
                 None => 0,
@@ -562,7 +563,7 @@ impl Session<'_> {
                 tag_counts.insert(cat.into(), Value::Object(Map::new()));
             }
             for t in store
-                .tag_counts(account.id, "INBOX")
+                .tag_counts(account.id, INBOX)
                 .await
                 .map_err(temporary)?
             {

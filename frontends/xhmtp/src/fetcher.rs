@@ -13,8 +13,8 @@ use crate::wire::MessageJson;
 use hyper::{Method, StatusCode};
 use mailgate_core::message::now_ms;
 use mailgate_core::relay::{Backoff, TransportError};
-use mailgate_core::store::{FetchOutcome, LocalDelivery, Notification, Submission};
-use mailgate_core::{Address, SenderCheck, TraceHop};
+use mailgate_core::store::{AccountRef, FetchOutcome, Notification, Submission};
+use mailgate_core::{Address, Origin, SenderCheck, Submitter, TraceHop};
 use percent_encoding::percent_decode_str;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -208,12 +208,14 @@ impl Fetcher {
             peer: host.to_owned(),
             at: now_ms(),
         });
-        Ok(Submission {
-            message,
-            deliveries: vec![LocalDelivery::to(n.notice.account, "INBOX")],
-            relays: Vec::new(),
-            stamp: None,
-        })
+        let origin = Origin {
+            protocol: "xhmtp",
+            submitter: Submitter::Fetched,
+        };
+        self.x
+            .core
+            .local_delivery(message, AccountRef::Id(n.notice.account), &origin)
+            .map_err(|e| perm(e.to_string()))
     }
 }
 

@@ -468,7 +468,7 @@ async fn feed_items(x: &Xhmtp, account: &Account, user: &str) -> Result<Vec<Feed
     let entries = store
         .entries(
             account.id,
-            "INBOX",
+            mailgate_core::mailbox::INBOX,
             EntryQuery {
                 limit: Some(limit),
                 newest_first: true,
