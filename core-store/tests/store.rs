@@ -976,3 +976,51 @@ async fn the_write_ahead_log_is_kept_to_its_limit() {
         sent
     );
 }
+
+/// Mail the gateway writes with a state change (a fetched message, a bounce) is checked like a
+/// submit: a fetching host cannot pose as a local sender, and only the front-end's own check
+/// of a remote sender counts.
+#[tokio::test]
+async fn local_deliveries_follow_the_submit_rules() {
+    use mailgate_core::store::AccountRef;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path());
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let core = core(store.clone(), metrics);
+    let fetched = Origin {
+        protocol: "xhmtp",
+        submitter: Submitter::Fetched,
+    };
+    let forged = Message::new(addr("alice@a.test"), vec![addr("bob@a.test")], "s", "b");
+    let err = core.local_delivery(forged, AccountRef::Id(bob.id), &fetched);
+    assert!(
+        matches!(err, Err(SubmitError::LocalSenderUnauthenticated(_))),
+        "{err:?}"
+    );
+    let mut remote = Message::new(addr("carol@b.test"), vec![addr("bob@a.test")], "s", "b");
+    remote.security.sender_check = Some(mailgate_core::SenderCheck::Account);
+    let s = core
+        .local_delivery(remote, AccountRef::Id(bob.id), &fetched)
+        .unwrap();
+    assert_eq!(
+        s.message.security.sender_check,
+        Some(mailgate_core::SenderCheck::Unverified)
+    );
+    let big = Message::new(addr("carol@b.test"), vec![], "s", "x".repeat(11 << 20));
+    assert!(matches!(
+        core.local_delivery(big, AccountRef::Id(bob.id), &fetched),
+        Err(SubmitError::TooLarge { .. })
+    ));
+    store.submit(s).await.unwrap();
+    assert_eq!(
+        store
+            .entries(bob.id, "INBOX", EntryQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
