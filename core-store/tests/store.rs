@@ -2,12 +2,13 @@
 
 use bytes::Bytes;
 use mailgate_core::message::now_ms;
+use mailgate_core::store::prelude::*;
 use mailgate_core::store::{
     EntryQuery, Flags, LocalDelivery, QueueState, RelayOutcome, SpentStamp, Submission,
 };
 use mailgate_core::{
     Address, Core, Importance, Message, Metrics, Origin, Part, Policy, SqliteOptions, SqliteStore,
-    Store, StoreError, SubmitError, Submitter,
+    StoreError, SubmitError, Submitter,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

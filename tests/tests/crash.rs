@@ -1,8 +1,9 @@
 //! "OK means on disk": SIGKILL a process that is submitting from many tasks, restart on the same
 //! data directory, and check that every acknowledged message is present and intact.
 
+use mailgate_core::store::prelude::*;
 use mailgate_core::store::EntryQuery;
-use mailgate_core::{Address, Metrics, SqliteOptions, SqliteStore, Store};
+use mailgate_core::{Address, Metrics, SqliteOptions, SqliteStore};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};

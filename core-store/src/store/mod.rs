@@ -13,6 +13,11 @@ mod writer;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
 
+/// The store traits, for calling their methods: `use mailgate_core::store::prelude::*;`.
+pub mod prelude {
+    pub use super::{HostedStore, MailStore, PubSubStore, Store};
+}
+
 use crate::address::Address;
 use crate::message::{Message, MessageId};
 use async_trait::async_trait;
@@ -510,8 +515,10 @@ pub enum FetchOutcome {
     },
 }
 
+/// The mail store every back-end implements: submit, accounts, keys, mailboxes, the relay
+/// queue, single-use tokens, and the store's own health.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait MailStore: Send + Sync + 'static {
     /// Write message, mailbox entries, queue entries and spent stamp in one transaction;
     /// returns only once the commit is durable.
     async fn submit(&self, submission: Submission) -> Result<Vec<Placement>, StoreError>;
@@ -643,6 +650,21 @@ pub trait Store: Send + Sync + 'static {
     /// Forget expired tokens and stamps; returns how many rows went.
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
 
+    /// Counts for metrics.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Whether the store can commit now: `Err` with the reason when the last write failed
+    /// (disk full, I/O error) and a probe write fails too. Cheap while writes succeed.
+    async fn health(&self) -> Result<(), StoreError>;
+    /// Write a consistent copy of the whole store to `path` while it runs.
+    async fn backup(&self, path: &std::path::Path) -> Result<(), StoreError>;
+    /// Finish queued writes and stop the writer; later writes fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// IMMP publish/subscribe: published nodes and their local and remote subscribers.
+#[async_trait]
+pub trait PubSubStore: Send + Sync + 'static {
     /// Publish a node owned by `owner`; fails with [`StoreError::Exists`].
     async fn create_node(
         &self,
@@ -674,7 +696,12 @@ pub trait Store: Send + Sync + 'static {
     async fn remote_subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError>;
     /// The addresses of the local accounts subscribed to a node.
     async fn subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError>;
+}
 
+/// XHMTP's sender-hosted mail: access grants to hosted messages, and inbound notifications
+/// with their fetch queue.
+#[async_trait]
+pub trait HostedStore: Send + Sync + 'static {
     /// Record a recipient's access grant to a hosted message (idempotent: a second grant for
     /// the same message and recipient keeps the first).
     async fn grant_access(
@@ -721,15 +748,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Notification>, StoreError>;
     /// Record a fetch attempt's outcome (a fetched message is stored in the same commit).
     async fn finish_fetch(&self, id: i64, outcome: FetchOutcome) -> Result<(), StoreError>;
-
-    /// Counts for metrics.
-    async fn stats(&self) -> Result<StoreStats, StoreError>;
-
-    /// Whether the store can commit now: `Err` with the reason when the last write failed
-    /// (disk full, I/O error) and a probe write fails too. Cheap while writes succeed.
-    async fn health(&self) -> Result<(), StoreError>;
-    /// Write a consistent copy of the whole store to `path` while it runs.
-    async fn backup(&self, path: &std::path::Path) -> Result<(), StoreError>;
-    /// Finish queued writes and stop the writer; later writes fail with [`StoreError::Closed`].
-    async fn close(&self) -> Result<(), StoreError>;
 }
+
+/// A whole store: the mail store and every capability the front-ends use.
+pub trait Store: MailStore + PubSubStore + HostedStore {}
+
+impl<T: MailStore + PubSubStore + HostedStore> Store for T {}

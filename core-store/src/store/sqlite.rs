@@ -5,9 +5,10 @@ use super::schema::migrate;
 use super::writer::Writer;
 use super::{
     AccessGrant, Account, AccountId, AccountRef, BackendErrorKind, EntryQuery, FetchOutcome, Flags,
-    FolderChoice, FolderInfo, LocalDelivery, MailboxEntry, MessageSummary, NewNotification,
-    NodeInfo, Notification, Placement, PublicKeyRecord, QueueEntry, QueueState, RelayOutcome,
-    RelayRequest, Store, StoreError, StoreStats, Submission, Subscription, TagCount, TagFilter,
+    FolderChoice, FolderInfo, HostedStore, LocalDelivery, MailStore, MailboxEntry, MessageSummary,
+    NewNotification, NodeInfo, Notification, Placement, PubSubStore, PublicKeyRecord, QueueEntry,
+    QueueState, RelayOutcome, RelayRequest, StoreError, StoreStats, Submission, Subscription,
+    TagCount, TagFilter,
 };
 use crate::address::Address;
 use crate::mailbox::{is_standard_folder, INBOX, STANDARD_FOLDERS};
@@ -675,7 +676,7 @@ impl QueueRow {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl MailStore for SqliteStore {
     async fn submit(&self, submission: Submission) -> Result<Vec<Placement>, StoreError> {
         self.writer
             .write(move |c| write_submission(c, &submission))
@@ -1256,6 +1257,70 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|c| {
+            // Counts kept by triggers (migration 7).
+            let (messages, accounts, queue_depth): (i64, i64, i64) = c.query_row(
+                "SELECT (SELECT n FROM counters WHERE name = 'messages'),
+                        (SELECT n FROM counters WHERE name = 'accounts'),
+                        (SELECT n FROM counters WHERE name = 'queue_pending')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(StoreStats {
+                messages: messages as u64,
+                accounts: accounts as u64,
+                queue_depth: queue_depth as u64,
+            })
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let health = &self.writer.health;
+        let recent = health.last_ok().is_some_and(|t| t.elapsed() < HEALTH_FRESH);
+        if recent && health.failure().is_none() {
+            return Ok(());
+        }
+        // Nothing written lately, or the last write failed: try one now.
+        self.writer
+            .write(|c| {
+                c.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
+                )?;
+                c.prepare_cached("INSERT OR REPLACE INTO health_probe (id, at) VALUES (1, ?1)")?
+                    .execute([crate::message::now_ms()])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn backup(&self, path: &Path) -> Result<(), StoreError> {
+        let dest = path.to_owned();
+        self.read(move |c| {
+            if dest.exists() {
+                return Err(StoreError::Io(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists already", dest.display()),
+                )));
+            }
+            let mut out = Connection::open(&dest)?;
+            let backup = rusqlite::backup::Backup::new(c, &mut out)?;
+            backup.run_to_completion(256, Duration::from_millis(5), None)?;
+            make_private(&dest)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.writer.stop().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PubSubStore for SqliteStore {
     async fn create_node(
         &self,
         owner: AccountId,
@@ -1412,7 +1477,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl HostedStore for SqliteStore {
     async fn grant_access(
         &self,
         message: MessageId,
@@ -1486,67 +1554,6 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| hosted::finish_fetch(c, id, &outcome))
             .await
-    }
-
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.read(|c| {
-            // Counts kept by triggers (migration 7).
-            let (messages, accounts, queue_depth): (i64, i64, i64) = c.query_row(
-                "SELECT (SELECT n FROM counters WHERE name = 'messages'),
-                        (SELECT n FROM counters WHERE name = 'accounts'),
-                        (SELECT n FROM counters WHERE name = 'queue_pending')",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            Ok(StoreStats {
-                messages: messages as u64,
-                accounts: accounts as u64,
-                queue_depth: queue_depth as u64,
-            })
-        })
-        .await
-    }
-
-    async fn health(&self) -> Result<(), StoreError> {
-        let health = &self.writer.health;
-        let recent = health.last_ok().is_some_and(|t| t.elapsed() < HEALTH_FRESH);
-        if recent && health.failure().is_none() {
-            return Ok(());
-        }
-        // Nothing written lately, or the last write failed: try one now.
-        self.writer
-            .write(|c| {
-                c.execute_batch(
-                    "CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
-                )?;
-                c.prepare_cached("INSERT OR REPLACE INTO health_probe (id, at) VALUES (1, ?1)")?
-                    .execute([crate::message::now_ms()])?;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn backup(&self, path: &Path) -> Result<(), StoreError> {
-        let dest = path.to_owned();
-        self.read(move |c| {
-            if dest.exists() {
-                return Err(StoreError::Io(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!("{} exists already", dest.display()),
-                )));
-            }
-            let mut out = Connection::open(&dest)?;
-            let backup = rusqlite::backup::Backup::new(c, &mut out)?;
-            backup.run_to_completion(256, Duration::from_millis(5), None)?;
-            make_private(&dest)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn close(&self) -> Result<(), StoreError> {
-        self.writer.stop().await;
-        Ok(())
     }
 }
 

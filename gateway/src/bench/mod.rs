@@ -2,8 +2,9 @@
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use mailgate_core::store::prelude::*;
 use mailgate_core::store::{LocalDelivery, Submission};
-use mailgate_core::{Address, Message, Metrics, SqliteOptions, SqliteStore, Store};
+use mailgate_core::{Address, Message, Metrics, SqliteOptions, SqliteStore};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

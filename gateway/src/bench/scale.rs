@@ -6,8 +6,9 @@
 use super::{ms, summarise, Summary};
 use clap::Args;
 use mailgate_core::message::Tags;
+use mailgate_core::store::prelude::*;
 use mailgate_core::store::{EntryQuery, LocalDelivery, Submission, TagFilter};
-use mailgate_core::{Address, Message, MessageId, Metrics, SqliteOptions, SqliteStore, Store};
+use mailgate_core::{Address, Message, MessageId, Metrics, SqliteOptions, SqliteStore};
 use mailgate_immp::config::DEFAULT_INDEX_PAGE;
 use serde_json::json;
 use std::path::PathBuf;
