@@ -3,13 +3,7 @@
 //! The trait speaks only the model's types, so another back-end (PostgreSQL) can be added
 //! without touching the front-ends.
 
-mod hosted;
-mod listing;
-#[cfg(test)]
-mod plans;
-mod schema;
 mod sqlite;
-mod writer;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
 

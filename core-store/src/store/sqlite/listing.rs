@@ -2,8 +2,8 @@
 //! `entry_tags` rows the triggers of migration 7 keep for every live entry), and the counts the
 //! triggers keep (`folders.total`/`unseen`, `folder_tags`).
 
-use super::sqlite::{entry_from_row, EntryRow, ENTRY_COLUMNS};
-use super::{AccountId, EntryQuery, StoreError, TagCount, TagFilter};
+use super::{entry_from_row, EntryRow, ENTRY_COLUMNS};
+use crate::store::{AccountId, EntryQuery, StoreError, TagCount, TagFilter};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 

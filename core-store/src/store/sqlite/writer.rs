@@ -7,8 +7,8 @@
 //! its fsync) returns does any job's caller get its answer. N concurrent submits therefore cost
 //! about one fsync, not N.
 
-use super::StoreError;
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 use rusqlite::Connection;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

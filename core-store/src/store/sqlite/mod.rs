@@ -1,14 +1,18 @@
 //! SQLite back-end: WAL, `synchronous=FULL`, one group-commit writer, a pool of readers.
 
-use super::hosted;
-use super::schema::migrate;
-use super::writer::Writer;
+mod hosted;
+mod listing;
+#[cfg(test)]
+mod plans;
+mod pubsub;
+mod schema;
+mod writer;
+
 use super::{
-    AccessGrant, Account, AccountId, AccountRef, BackendErrorKind, EntryQuery, FetchOutcome, Flags,
-    FolderChoice, FolderInfo, HostedStore, LocalDelivery, MailStore, MailboxEntry, MessageSummary,
-    NewNotification, NodeInfo, Notification, Placement, PubSubStore, PublicKeyRecord, QueueEntry,
-    QueueState, RelayOutcome, RelayRequest, StoreError, StoreStats, Submission, Subscription,
-    TagCount, TagFilter,
+    Account, AccountId, AccountRef, BackendErrorKind, EntryQuery, Flags, FolderChoice, FolderInfo,
+    LocalDelivery, MailStore, MailboxEntry, MessageSummary, NodeInfo, Placement, PubSubStore,
+    PublicKeyRecord, QueueEntry, QueueState, RelayOutcome, RelayRequest, StoreError, StoreStats,
+    Submission, Subscription, TagCount, TagFilter,
 };
 use crate::address::Address;
 use crate::mailbox::{is_standard_folder, INBOX, STANDARD_FOLDERS};
@@ -19,12 +23,14 @@ use crate::message::{
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use schema::migrate;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
+use writer::Writer;
 
 /// Options for opening the SQLite store.
 #[derive(Debug, Clone)]
@@ -108,7 +114,7 @@ fn open_conn(path: &Path, read_only: bool, fsync: bool) -> rusqlite::Result<Conn
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_prepared_statement_cache_capacity(64);
     #[cfg(test)]
-    super::plans::record(&conn);
+    plans::record(&conn);
     Ok(conn)
 }
 
@@ -912,7 +918,7 @@ impl MailStore for SqliteStore {
     ) -> Result<Vec<MailboxEntry>, StoreError> {
         let folder = folder.to_owned();
         self.read(move |c| {
-            super::listing::list(c, account, &folder, &query)?
+            listing::list(c, account, &folder, &query)?
                 .into_iter()
                 .map(EntryRow::into_entry)
                 .collect()
@@ -927,7 +933,7 @@ impl MailStore for SqliteStore {
         tags: &TagFilter,
     ) -> Result<u64, StoreError> {
         let (folder, tags) = (folder.to_owned(), tags.clone());
-        self.read(move |c| super::listing::count(c, account, &folder, &tags))
+        self.read(move |c| listing::count(c, account, &folder, &tags))
             .await
     }
 
@@ -937,7 +943,7 @@ impl MailStore for SqliteStore {
         folder: &str,
     ) -> Result<Vec<TagCount>, StoreError> {
         let folder = folder.to_owned();
-        self.read(move |c| super::listing::tag_counts(c, account, &folder))
+        self.read(move |c| listing::tag_counts(c, account, &folder))
             .await
     }
 
@@ -1316,244 +1322,6 @@ impl MailStore for SqliteStore {
     async fn close(&self) -> Result<(), StoreError> {
         self.writer.stop().await;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl PubSubStore for SqliteStore {
-    async fn create_node(
-        &self,
-        owner: AccountId,
-        node: &Address,
-        title: &str,
-    ) -> Result<(), StoreError> {
-        let (node, title) = (node.account(), title.to_owned());
-        self.writer
-            .write(move |c| {
-                let n = c.execute(
-                    "INSERT OR IGNORE INTO nodes (address_key, address, owner, title, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![node.account_key(), node.to_string(), owner, title, now_ms()],
-                )?;
-                if n == 0 {
-                    Err(StoreError::Exists(node.to_string()))
-                } else {
-                    Ok(())
-                }
-            })
-            .await
-    }
-
-    async fn node(&self, node: &Address) -> Result<Option<NodeInfo>, StoreError> {
-        let key = node.account_key();
-        self.read(move |c| {
-            let row: Option<(String, i64, String)> = c
-                .prepare_cached("SELECT address, owner, title FROM nodes WHERE address_key = ?1")?
-                .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            row.map(|(a, owner, title)| {
-                Ok(NodeInfo {
-                    address: parse_stored_address(&a)?,
-                    owner,
-                    title,
-                })
-            })
-            .transpose()
-        })
-        .await
-    }
-
-    async fn subscribe(
-        &self,
-        account: AccountId,
-        node: &Address,
-        title: &str,
-    ) -> Result<Subscription, StoreError> {
-        let (node, title) = (node.account(), title.to_owned());
-        self.writer
-            .write(move |c| {
-                let key = node.account_key();
-                let id = uuid::Uuid::now_v7().to_string();
-                c.execute(
-                    "INSERT OR IGNORE INTO subscriptions (id, account_id, node, title, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, account, key, title, now_ms()],
-                )?;
-                let (id, title): (String, String) = c.query_row(
-                    "SELECT id, title FROM subscriptions WHERE account_id = ?1 AND node = ?2",
-                    params![account, key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                Ok(Subscription { id, node, title })
-            })
-            .await
-    }
-
-    async fn subscriptions(&self, account: AccountId) -> Result<Vec<Subscription>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, node, title FROM subscriptions WHERE account_id = ?1 ORDER BY created_at",
-            )?;
-            let rows = stmt
-                .query_map(params![account], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(id, node, title)| {
-                    Ok(Subscription {
-                        id,
-                        node: parse_stored_address(&node)?,
-                        title,
-                    })
-                })
-                .collect()
-        })
-        .await
-    }
-
-    async fn unsubscribe(&self, account: AccountId, id_or_node: &str) -> Result<bool, StoreError> {
-        let key = id_or_node.to_ascii_lowercase();
-        let id = id_or_node.to_owned();
-        self.writer
-            .write(move |c| {
-                let n = c.execute(
-                    "DELETE FROM subscriptions WHERE account_id = ?1 AND (id = ?2 OR node = ?3)",
-                    params![account, id, key],
-                )?;
-                Ok(n > 0)
-            })
-            .await
-    }
-
-    async fn subscribe_remote(
-        &self,
-        node: &Address,
-        subscriber: &Address,
-    ) -> Result<String, StoreError> {
-        let (node, subscriber) = (node.account_key(), subscriber.account().to_string());
-        self.writer
-            .write(move |c| {
-                let id = uuid::Uuid::now_v7().to_string();
-                c.execute(
-                    "INSERT OR IGNORE INTO remote_subscriptions (id, node, subscriber, created_at)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![id, node, subscriber, now_ms()],
-                )?;
-                Ok(c.query_row(
-                    "SELECT id FROM remote_subscriptions WHERE node = ?1 AND subscriber = ?2",
-                    params![node, subscriber],
-                    |r| r.get(0),
-                )?)
-            })
-            .await
-    }
-
-    async fn remote_subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError> {
-        let key = node.account_key();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT subscriber FROM remote_subscriptions WHERE node = ?1 ORDER BY created_at",
-            )?;
-            let rows = stmt
-                .query_map(params![key], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.iter().map(|a| parse_stored_address(a)).collect()
-        })
-        .await
-    }
-
-    async fn subscribers(&self, node: &Address) -> Result<Vec<Address>, StoreError> {
-        let key = node.account_key();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT a.address FROM subscriptions s JOIN accounts a ON a.id = s.account_id
-                 WHERE s.node = ?1 ORDER BY s.created_at",
-            )?;
-            let rows = stmt
-                .query_map(params![key], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.iter().map(|a| parse_stored_address(a)).collect()
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl HostedStore for SqliteStore {
-    async fn grant_access(
-        &self,
-        message: MessageId,
-        recipient: &Address,
-        code_hash: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        let recipient = recipient.clone();
-        self.writer
-            .write(move |c| hosted::grant_access(c, &message, &recipient, &code_hash, now_ms()))
-            .await
-    }
-
-    async fn access(
-        &self,
-        message: MessageId,
-        recipient: &Address,
-    ) -> Result<Option<AccessGrant>, StoreError> {
-        let recipient = recipient.clone();
-        self.read(move |c| hosted::access(c, &message, &recipient))
-            .await
-    }
-
-    async fn mark_fetched(
-        &self,
-        message: MessageId,
-        recipient: &Address,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let recipient = recipient.clone();
-        self.writer
-            .write(move |c| hosted::mark_fetched(c, &message, &recipient, now))
-            .await
-    }
-
-    async fn expire_hosted(&self, now: i64, retention_ms: i64) -> Result<u64, StoreError> {
-        self.writer
-            .write(move |c| hosted::expire_hosted(c, now.saturating_sub(retention_ms)))
-            .await
-    }
-
-    async fn put_notification(
-        &self,
-        notice: NewNotification,
-    ) -> Result<(Notification, bool), StoreError> {
-        self.writer
-            .write(move |c| hosted::put_notification(c, &notice, now_ms()))
-            .await
-    }
-
-    async fn notifications(
-        &self,
-        account: AccountId,
-        limit: u32,
-    ) -> Result<Vec<Notification>, StoreError> {
-        self.read(move |c| hosted::notifications(c, account, limit))
-            .await
-    }
-
-    async fn claim_fetches(
-        &self,
-        now: i64,
-        limit: u32,
-        lease_ms: i64,
-    ) -> Result<Vec<Notification>, StoreError> {
-        self.writer
-            .write(move |c| hosted::claim_fetches(c, now, limit, lease_ms))
-            .await
-    }
-
-    async fn finish_fetch(&self, id: i64, outcome: FetchOutcome) -> Result<(), StoreError> {
-        self.writer
-            .write(move |c| hosted::finish_fetch(c, id, &outcome))
-            .await
     }
 }
 

@@ -2,12 +2,16 @@
 //! notifications with their fetch queue. [`super::SqliteStore`] runs them on its writer and
 //! readers.
 
-use super::sqlite::{message_id_from_blob, parse_stored_address, write_submission};
-use super::{
+use super::SqliteStore;
+use super::{message_id_from_blob, parse_stored_address, write_submission};
+use crate::address::Address;
+use crate::message::now_ms;
+use crate::message::MessageId;
+use crate::store::HostedStore;
+use crate::store::{
     AccessGrant, AccountId, FetchOutcome, FetchState, NewNotification, Notification, StoreError,
 };
-use crate::address::Address;
-use crate::message::MessageId;
+use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub(super) fn grant_access(
@@ -266,4 +270,80 @@ pub(super) fn finish_fetch(
         return Err(StoreError::NotFound(format!("notification {id}")));
     }
     Ok(())
+}
+
+#[async_trait]
+impl HostedStore for SqliteStore {
+    async fn grant_access(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+        code_hash: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let recipient = recipient.clone();
+        self.writer
+            .write(move |c| grant_access(c, &message, &recipient, &code_hash, now_ms()))
+            .await
+    }
+
+    async fn access(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+    ) -> Result<Option<AccessGrant>, StoreError> {
+        let recipient = recipient.clone();
+        self.read(move |c| access(c, &message, &recipient)).await
+    }
+
+    async fn mark_fetched(
+        &self,
+        message: MessageId,
+        recipient: &Address,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let recipient = recipient.clone();
+        self.writer
+            .write(move |c| mark_fetched(c, &message, &recipient, now))
+            .await
+    }
+
+    async fn expire_hosted(&self, now: i64, retention_ms: i64) -> Result<u64, StoreError> {
+        self.writer
+            .write(move |c| expire_hosted(c, now.saturating_sub(retention_ms)))
+            .await
+    }
+
+    async fn put_notification(
+        &self,
+        notice: NewNotification,
+    ) -> Result<(Notification, bool), StoreError> {
+        self.writer
+            .write(move |c| put_notification(c, &notice, now_ms()))
+            .await
+    }
+
+    async fn notifications(
+        &self,
+        account: AccountId,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.read(move |c| notifications(c, account, limit)).await
+    }
+
+    async fn claim_fetches(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.writer
+            .write(move |c| claim_fetches(c, now, limit, lease_ms))
+            .await
+    }
+
+    async fn finish_fetch(&self, id: i64, outcome: FetchOutcome) -> Result<(), StoreError> {
+        self.writer
+            .write(move |c| finish_fetch(c, id, &outcome))
+            .await
+    }
 }

@@ -5,10 +5,10 @@
 //! hook); a workload drives every store operation once; then each recorded statement is
 //! explained on a connection of its own.
 
-use super::sqlite::{SqliteOptions, SqliteStore};
-use super::*;
+use super::{SqliteOptions, SqliteStore};
 use crate::message::{Message, Tags};
 use crate::metrics::Metrics;
+use crate::store::*;
 use crate::Address;
 use rusqlite::trace::{TraceEvent, TraceEventCodes};
 use std::collections::BTreeSet;
