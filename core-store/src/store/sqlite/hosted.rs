@@ -2,8 +2,8 @@
 //! notifications with their fetch queue. [`super::SqliteStore`] runs them on its writer and
 //! readers.
 
+use super::messages::{message_id_from_blob, parse_stored_address, write_submission};
 use super::SqliteStore;
-use super::{message_id_from_blob, parse_stored_address, write_submission};
 use crate::address::Address;
 use crate::message::now_ms;
 use crate::message::MessageId;
