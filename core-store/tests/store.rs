@@ -24,6 +24,19 @@ fn addr(s: &str) -> Address {
     Address::parse_any(s).unwrap()
 }
 
+/// Store `message` in `account`'s INBOX, durably.
+async fn deliver(store: &SqliteStore, message: Message, account: mailgate_core::store::AccountId) {
+    store
+        .submit(Submission {
+            message,
+            deliveries: vec![LocalDelivery::to(account, "INBOX")],
+            relays: vec![],
+            stamp: None,
+        })
+        .await
+        .unwrap();
+}
+
 fn core(store: Arc<SqliteStore>, metrics: Arc<Metrics>) -> Core {
     Core::new(store, Policy::new(["a.test"]), metrics)
 }
@@ -69,15 +82,7 @@ async fn message_round_trips_with_every_field() {
         "mmtp",
         Bytes::from_static(b"{\"a\":1}"),
     ));
-    store
-        .submit(Submission {
-            message: m.clone(),
-            deliveries: vec![LocalDelivery::to(bob.id, "INBOX")],
-            relays: vec![],
-            stamp: None,
-        })
-        .await
-        .unwrap();
+    deliver(&store, m.clone(), bob.id).await;
     let back = store.message(m.id).await.unwrap().unwrap();
     assert_eq!(back, m);
     let entries = store
@@ -318,15 +323,7 @@ async fn concurrent_submits_share_commits() {
                     format!("{t}-{i}"),
                     "b",
                 );
-                store
-                    .submit(Submission {
-                        message: m,
-                        deliveries: vec![LocalDelivery::to(bob.id, "INBOX")],
-                        relays: vec![],
-                        stamp: None,
-                    })
-                    .await
-                    .unwrap();
+                deliver(&store, m, bob.id).await;
             }
         }));
     }
@@ -941,15 +938,7 @@ async fn the_write_ahead_log_is_kept_to_its_limit() {
             let body = format!("{sent}-{i}-{}", "x".repeat(16 * 1024));
             tokio::spawn(async move {
                 let m = Message::new(addr("x@b.test"), vec![addr("bob@a.test")], "s", &body);
-                store
-                    .submit(Submission {
-                        message: m,
-                        deliveries: vec![LocalDelivery::to(bob.id, "INBOX")],
-                        relays: vec![],
-                        stamp: None,
-                    })
-                    .await
-                    .unwrap();
+                deliver(&store, m, bob.id).await;
             })
         });
         for w in writes {

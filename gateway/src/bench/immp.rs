@@ -55,15 +55,7 @@ pub struct ImmpBench {
 pub async fn run(opts: ImmpBench) -> anyhow::Result<()> {
     let from = Address::parse_any(&opts.from)?;
     let spread = opts.spread.max(1);
-    anyhow::ensure!(
-        spread == 1 || opts.to.contains("{n}"),
-        "--spread needs a --to pattern with {{n}}"
-    );
-    let recipients: Arc<Vec<Address>> = Arc::new(
-        (0..spread)
-            .map(|n| Address::parse_any(&opts.to.replace("{n}", &n.to_string())))
-            .collect::<Result<_, _>>()?,
-    );
+    let recipients = Arc::new(super::spread_recipients(&opts.to, spread)?);
     let body = Part::text_body("x".repeat(opts.size));
     let parts = Arc::new(vec![body]);
     let (connector, name) = crate::tls::connector(&opts.ca, &opts.server_name)?;

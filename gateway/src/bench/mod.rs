@@ -277,13 +277,7 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
     let from = Address::parse_any(&opts.from)?;
     let spread = opts.spread.max(1);
-    anyhow::ensure!(
-        spread == 1 || opts.to.contains("{n}"),
-        "--spread needs a --to pattern with {{n}}"
-    );
-    let recipients: Vec<Address> = (0..spread)
-        .map(|n| Address::parse_any(&opts.to.replace("{n}", &n.to_string())))
-        .collect::<Result<_, _>>()?;
+    let recipients = spread_recipients(&opts.to, spread)?;
     let difficulty = match opts.difficulty {
         Some(d) => d,
         None => MmtpClient::connect(&opts.target, None).await?.difficulty(),
@@ -395,6 +389,17 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         ),
     );
     Ok(())
+}
+
+/// `--to` with `{n}` replaced by 0…`spread`-1 (just `--to` when `spread` is 1).
+fn spread_recipients(to: &str, spread: u64) -> anyhow::Result<Vec<Address>> {
+    anyhow::ensure!(
+        spread == 1 || to.contains("{n}"),
+        "--spread needs a --to pattern with {{n}}"
+    );
+    (0..spread)
+        .map(|n| Ok(Address::parse_any(&to.replace("{n}", &n.to_string()))?))
+        .collect()
 }
 
 /// How many of `wanted` connections the server at `target` keeps open from this address: they
