@@ -9,7 +9,7 @@ pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// The store traits, for calling their methods: `use mailgate_core::store::prelude::*;`.
 pub mod prelude {
-    pub use super::{HostedStore, MailStore, PubSubStore, Store};
+    pub use super::{HostedStore, MailStore, PubSubStore, SettingsStore, Store};
 }
 
 use crate::address::Address;
@@ -744,7 +744,22 @@ pub trait HostedStore: Send + Sync + 'static {
     async fn finish_fetch(&self, id: i64, outcome: FetchOutcome) -> Result<(), StoreError>;
 }
 
-/// A whole store: the mail store and every capability the front-ends use.
-pub trait Store: MailStore + PubSubStore + HostedStore {}
+/// Per-account settings a front-end keeps (IMMP's compression, XHMTP's notification
+/// filters): named text values, apart from the account's secrets.
+#[async_trait]
+pub trait SettingsStore: Send + Sync + 'static {
+    /// Set (or replace) an account's setting.
+    async fn set_setting(
+        &self,
+        account: AccountId,
+        name: &str,
+        value: &str,
+    ) -> Result<(), StoreError>;
+    /// An account's setting, when set.
+    async fn setting(&self, account: AccountId, name: &str) -> Result<Option<String>, StoreError>;
+}
 
-impl<T: MailStore + PubSubStore + HostedStore> Store for T {}
+/// A whole store: the mail store and every capability the front-ends use.
+pub trait Store: MailStore + PubSubStore + HostedStore + SettingsStore {}
+
+impl<T: MailStore + PubSubStore + HostedStore + SettingsStore> Store for T {}

@@ -477,8 +477,8 @@ impl Pipeline {
                 tracing::info!(account = %a.address, "immp authenticated");
                 // The state changes before the reply: the client's next command sees it.
                 let gzip = matches!(
-                    self.shared.server.core.store.secret(a.id, COMPRESSION_SETTING).await,
-                    Ok(Some(v)) if v == b"GZIP"
+                    self.shared.server.core.store.setting(a.id, COMPRESSION_SETTING).await,
+                    Ok(Some(v)) if v == "GZIP"
                 );
                 self.shared.gzip.store(gzip, Ordering::Relaxed);
                 let reply = Reply::new(210, format!("Authentication accepted for {}", a.address));
@@ -728,7 +728,7 @@ impl Pipeline {
                 .server
                 .core
                 .store
-                .set_secret(account.id, COMPRESSION_SETTING, value.as_bytes())
+                .set_setting(account.id, COMPRESSION_SETTING, &value)
                 .await
             {
                 return self.say(temporary(e)).await;

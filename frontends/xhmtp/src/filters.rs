@@ -2,13 +2,13 @@
 //! "reject anonymous". An allow match always admits; otherwise a deny match (or `*`) refuses;
 //! anonymous notifications are admitted unless the account rejects them.
 //!
-//! Stored as the account secret [`FILTERS_KIND`] (JSON), set with `PUT /<prefix>/<user>/filters`.
+//! Stored as the account setting [`FILTERS_SETTING`] (JSON), set with `PUT /<prefix>/<user>/filters`.
 
 use mailgate_core::Address;
 use serde::{Deserialize, Serialize};
 
-/// The account-secret kind the filters are stored under.
-pub const FILTERS_KIND: &str = "xhmtp-filters";
+/// The account setting the filters are stored under.
+pub const FILTERS_SETTING: &str = "xhmtp-filters";
 
 /// Most entries in one list.
 pub const MAX_ENTRIES: usize = 1000;

@@ -17,7 +17,7 @@ use crate::access;
 use crate::auth::{basic, Basic};
 use crate::error::ApiError;
 use crate::feed::{self, FeedItem};
-use crate::filters::{Filters, FILTERS_KIND};
+use crate::filters::{Filters, FILTERS_SETTING};
 use crate::service::Xhmtp;
 use crate::wire::{self, MessageJson, NotifyRequest, SubmitRequest, SubmitResponse};
 use axum::body::Body;
@@ -287,9 +287,9 @@ pub fn check_url(raw: &str, recipient: &Address) -> Result<MessageUrl, ApiError>
 async fn filters_of(x: &Xhmtp, account: &Account) -> Result<Filters, ApiError> {
     Ok(x.core
         .store
-        .secret(account.id, FILTERS_KIND)
+        .setting(account.id, FILTERS_SETTING)
         .await?
-        .and_then(|raw| serde_json::from_slice(&raw).ok())
+        .and_then(|raw| serde_json::from_str(&raw).ok())
         .unwrap_or_default())
 }
 
@@ -548,10 +548,10 @@ async fn put_filters(
     filters
         .validate()
         .map_err(|m| ApiError::bad_request("invalid_filters", m))?;
-    let raw = serde_json::to_vec(&filters).map_err(ApiError::unavailable)?;
+    let raw = serde_json::to_string(&filters).map_err(ApiError::unavailable)?;
     x.core
         .store
-        .set_secret(account.id, FILTERS_KIND, &raw)
+        .set_setting(account.id, FILTERS_SETTING, &raw)
         .await?;
     Ok(Json(filters))
 }

@@ -7,6 +7,7 @@ mod messages;
 mod plans;
 mod pubsub;
 mod schema;
+mod settings;
 mod writer;
 
 use super::{

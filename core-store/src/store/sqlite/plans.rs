@@ -68,6 +68,11 @@ async fn workload(store: &SqliteStore) {
     store.set_secret(alice.id, "immp", b"s").await.unwrap();
     store.secret(alice.id, "immp").await.unwrap();
     store
+        .set_setting(alice.id, "immp.compression", "GZIP")
+        .await
+        .unwrap();
+    store.setting(alice.id, "immp.compression").await.unwrap();
+    store
         .put_key(PublicKeyRecord {
             address: addr("alice@a.test"),
             fingerprint: "F".into(),

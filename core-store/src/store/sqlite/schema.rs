@@ -171,6 +171,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // tags of every live (not deleted) entry, and store-wide counts, in the same transaction
     // as the change; indexes for every foreign key and ordered listing.
     MIGRATION_7,
+    // 8: per-account settings get their own table; IMMP's compression and XHMTP's filters
+    // move there from the secrets.
+    r#"
+    CREATE TABLE account_settings (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name       TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    INSERT INTO account_settings (account_id, name, value)
+      SELECT account_id, kind, CAST(value AS TEXT) FROM account_secrets
+      WHERE kind IN ('immp.compression', 'xhmtp-filters');
+    DELETE FROM account_secrets WHERE kind IN ('immp.compression', 'xhmtp-filters');
+    "#,
 ];
 
 /// Counters and indexes (migration 7). A live entry is one not flagged deleted.
@@ -340,6 +354,50 @@ pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Settings kept among the secrets before migration 8 move to their own table; secrets
+    /// stay where they were.
+    #[test]
+    fn migration_8_moves_settings_out_of_the_secrets() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.execute_batch(
+            r#"
+            INSERT INTO accounts (id, address_key, address, password_hash, created_at)
+              VALUES (1, 'bob@a.test', 'bob@a.test', 'x', 0);
+            INSERT INTO account_secrets (account_id, kind, value) VALUES
+              (1, 'immp', x'0102'), (1, 'immp.compression', CAST('GZIP' AS BLOB)),
+              (1, 'xhmtp-filters', CAST('{"block":[]}' AS BLOB));
+            "#,
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let settings: Vec<(String, String)> = conn
+            .prepare("SELECT name, value FROM account_settings ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            settings,
+            vec![
+                ("immp.compression".to_owned(), "GZIP".to_owned()),
+                ("xhmtp-filters".to_owned(), r#"{"block":[]}"#.to_owned())
+            ]
+        );
+        let secrets: Vec<String> = conn
+            .prepare("SELECT kind FROM account_secrets")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(secrets, vec!["immp".to_owned()]);
+    }
 
     /// A store of schema 6 with mail in it gets correct counts from migration 7's backfill.
     #[test]
