@@ -14,8 +14,9 @@ use std::sync::Arc;
 /// The SQLite back-end: `mail.db` in the test's directory.
 struct Sqlite;
 
+#[async_trait::async_trait]
 impl Backend for Sqlite {
-    fn open(&self, dir: &std::path::Path) -> (Arc<dyn Store>, Arc<Metrics>) {
+    async fn open(&self, dir: &std::path::Path) -> (Arc<dyn Store>, Arc<Metrics>) {
         let (store, metrics) = open(dir);
         (store, metrics)
     }

@@ -15,9 +15,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 /// A store back-end under test.
+#[async_trait::async_trait]
 pub trait Backend: Sync {
-    /// The store kept in `dir` (an empty one the first time), with its metrics.
-    fn open(&self, dir: &std::path::Path) -> (Arc<dyn Store>, Arc<Metrics>);
+    /// The store kept in `dir` (an empty one the first time), with its metrics. A back-end
+    /// on a server keys its database by `dir`, so opening it again finds the same store.
+    async fn open(&self, dir: &std::path::Path) -> (Arc<dyn Store>, Arc<Metrics>);
 }
 
 /// One `#[tokio::test]` per contract case, each against `$backend`.
@@ -70,7 +72,7 @@ pub fn peer() -> Origin {
 
 pub async fn message_round_trips_with_every_field(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = backend.open(dir.path());
+    let (store, _) = backend.open(dir.path()).await;
     let bob = store
         .create_account(&addr("bob@a.test"), "x")
         .await
@@ -114,7 +116,7 @@ pub async fn message_round_trips_with_every_field(backend: &dyn Backend) {
 
 pub async fn replayed_stamp_is_refused_and_stores_nothing(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, metrics) = backend.open(dir.path());
+    let (store, metrics) = backend.open(dir.path()).await;
     store
         .create_account(&addr("bob@a.test"), "x")
         .await
@@ -135,7 +137,7 @@ pub async fn replayed_stamp_is_refused_and_stores_nothing(backend: &dyn Backend)
 
 pub async fn router_policy(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, metrics) = backend.open(dir.path());
+    let (store, metrics) = backend.open(dir.path()).await;
     let core = core(store.clone(), metrics.clone());
     let alice = core.add_account(&addr("alice@a.test"), "pw").await.unwrap();
     core.add_account(&addr("bob@a.test"), "pw").await.unwrap();
@@ -264,7 +266,7 @@ pub async fn router_policy(backend: &dyn Backend) {
 
 pub async fn mailbox_flags_and_expunge(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, metrics) = backend.open(dir.path());
+    let (store, metrics) = backend.open(dir.path()).await;
     let core = core(store.clone(), metrics);
     let bob = store
         .create_account(&addr("bob@a.test"), "x")
@@ -342,7 +344,7 @@ pub async fn mailbox_flags_and_expunge(backend: &dyn Backend) {
 
 pub async fn queue_lifecycle_and_lease_expiry(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, metrics) = backend.open(dir.path());
+    let (store, metrics) = backend.open(dir.path()).await;
     let core = core(store.clone(), metrics);
     let alice = core.add_account(&addr("alice@a.test"), "pw").await.unwrap();
     let who = Origin {
@@ -403,7 +405,7 @@ pub async fn queue_lifecycle_and_lease_expiry(backend: &dyn Backend) {
 
 pub async fn tokens_are_single_use_and_expire(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = backend.open(dir.path());
+    let (store, _) = backend.open(dir.path()).await;
     let now = now_ms();
     store
         .put_token("cookie", "k1", b"v", now + 1000)
@@ -428,7 +430,7 @@ pub async fn tokens_are_single_use_and_expire(backend: &dyn Backend) {
 
 pub async fn hosted_messages_grants_and_expiry(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = backend.open(dir.path());
+    let (store, _) = backend.open(dir.path()).await;
     let alice = store
         .create_account(&addr("alice@a.test"), "x")
         .await
@@ -479,7 +481,7 @@ pub async fn hosted_messages_grants_and_expiry(backend: &dyn Backend) {
 pub async fn notifications_deduplicate_and_fetch_atomically(backend: &dyn Backend) {
     use mailgate_core::store::{FetchOutcome, FetchState, NewNotification};
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = backend.open(dir.path());
+    let (store, _) = backend.open(dir.path()).await;
     let bob = store
         .create_account(&addr("bob@a.test"), "x")
         .await
@@ -552,7 +554,7 @@ pub async fn notifications_deduplicate_and_fetch_atomically(backend: &dyn Backen
 
 pub async fn a_repeat_of_relayed_mail_is_dropped_per_account(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, metrics) = backend.open(dir.path());
+    let (store, metrics) = backend.open(dir.path()).await;
     let c = core(store.clone(), metrics);
     let bob = store
         .create_account(&addr("bob@a.test"), "x")
@@ -607,7 +609,7 @@ pub async fn kept_counts_match_a_recount_after_every_change(backend: &dyn Backen
     use mailgate_core::store::{TagFilter, IMPORTANCE_TAG};
     use std::collections::BTreeMap;
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = backend.open(dir.path());
+    let (store, _) = backend.open(dir.path()).await;
     let alice = store
         .create_account(&addr("alice@a.test"), "x")
         .await
@@ -799,7 +801,7 @@ pub async fn kept_counts_match_a_recount_after_every_change(backend: &dyn Backen
 pub async fn local_deliveries_follow_the_submit_rules(backend: &dyn Backend) {
     use mailgate_core::store::AccountRef;
     let dir = tempfile::tempdir().unwrap();
-    let (store, metrics) = backend.open(dir.path());
+    let (store, metrics) = backend.open(dir.path()).await;
     let bob = store
         .create_account(&addr("bob@a.test"), "x")
         .await
@@ -845,7 +847,7 @@ pub async fn local_deliveries_follow_the_submit_rules(backend: &dyn Backend) {
 /// several gateway nodes over one database rely on).
 pub async fn concurrent_writers_see_single_use_state_once(backend: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, metrics) = backend.open(dir.path());
+    let (store, metrics) = backend.open(dir.path()).await;
     let created = futures_join(16, |_| {
         let store = store.clone();
         async move { store.create_account(&addr("race@a.test"), "h").await }
