@@ -1,6 +1,6 @@
 //! `mailgate bench immp`: DELIVER / DATA / DONE over concurrent authenticated IMMP connections.
 
-use super::{load, report};
+use super::{load, report, Load};
 use clap::Args;
 use mailgate_core::{Address, Importance, Part};
 use mailgate_immp::client::ImmpClient;
@@ -33,21 +33,8 @@ pub struct ImmpBench {
     /// Spread the deliveries round-robin over this many recipients (see --to).
     #[arg(long, default_value_t = 1)]
     spread: u64,
-    /// Concurrent connections.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    /// Total deliveries (stops at this count or after --seconds).
-    #[arg(long, default_value_t = 20_000)]
-    messages: u64,
-    /// Body size, bytes.
-    #[arg(long, default_value_t = 4096)]
-    size: usize,
-    /// Upper bound on the sending phase, seconds.
-    #[arg(long, default_value_t = 120)]
-    seconds: u64,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    load: Load,
 }
 
 /// Run the benchmark: each connection upgrades, authenticates once, then delivers one message
@@ -56,16 +43,17 @@ pub async fn run(opts: ImmpBench) -> anyhow::Result<()> {
     let from = Address::parse_any(&opts.from)?;
     let spread = opts.spread.max(1);
     let recipients = Arc::new(super::spread_recipients(&opts.to, spread)?);
-    let body = Part::text_body("x".repeat(opts.size));
+    let body = Part::text_body("x".repeat(opts.load.size));
     let parts = Arc::new(vec![body]);
     let (connector, name) = crate::tls::connector(&opts.ca, &opts.server_name)?;
-    let connections = super::usable_connections(&opts.target, opts.connections, opts.json).await?;
+    let connections =
+        super::usable_connections(&opts.target, opts.load.connections, opts.load.json).await?;
     let (target, password) = (opts.target.clone(), opts.password.clone());
     let s = load(
-        opts.messages,
+        opts.load.messages,
         connections,
-        opts.seconds,
-        opts.json,
+        opts.load.seconds,
+        opts.load.json,
         move || {
             let (target, connector, name) = (target.clone(), connector.clone(), name.clone());
             let (from, password) = (from.clone(), password.clone());
@@ -94,12 +82,12 @@ pub async fn run(opts: ImmpBench) -> anyhow::Result<()> {
     .await?;
     report(
         &s,
-        opts.json,
-        json!({"bench": "immp", "connections": connections, "size": opts.size,
+        opts.load.json,
+        json!({"bench": "immp", "connections": connections, "size": opts.load.size,
                "spread": spread}),
         &format!(
             "immp: {connections} connections, DELIVER/DATA/DONE of {} B bodies (273 = durably stored)",
-            opts.size
+            opts.load.size
         ),
     );
     Ok(())

@@ -66,6 +66,27 @@ pub struct XhmtpBench {
     json: bool,
 }
 
+/// The load of a connection benchmark: how many messages, over how many connections, how
+/// large, for how long at most.
+#[derive(Args)]
+pub struct Load {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Total messages (the run stops at this count or after --seconds).
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Body size, bytes.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// Upper bound on the sending phase, seconds.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `mailgate bench mmtp` options.
 #[derive(Args)]
 pub struct MmtpBench {
@@ -82,30 +103,17 @@ pub struct MmtpBench {
     /// Sender address.
     #[arg(long, default_value = "(load)%(bench.test)")]
     from: String,
-    /// Concurrent connections.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
     /// Spread the connections over this many source addresses, 127.1.0.1, 127.2.0.1, … (one
     /// /24 each, so per-address and per-network limits apply to each share; loopback targets
     /// only).
     #[arg(long, default_value_t = 1)]
     sources: u8,
-    /// Total SENDs (stops at this count or after --seconds).
-    #[arg(long, default_value_t = 20_000)]
-    messages: u64,
-    /// Body size, bytes.
-    #[arg(long, default_value_t = 4096)]
-    size: usize,
-    /// Upper bound on the sending phase, seconds.
-    #[arg(long, default_value_t = 120)]
-    seconds: u64,
     /// Stamp difficulty to mint at (default: what the server advertises, else 5, the original
     /// client's).
     #[arg(long)]
     difficulty: Option<u32>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    load: Load,
 }
 
 /// `mailgate bench store` options.
@@ -283,12 +291,12 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         None => MmtpClient::connect(&opts.target, None).await?.difficulty(),
     };
     // Mint every stamp first, on every core, so the run measures the server.
-    let body = "x".repeat(opts.size);
+    let body = "x".repeat(opts.load.size);
     let builders: Vec<PacketBuilder> = recipients
         .into_iter()
         .map(|to| PacketBuilder::new(from.clone(), to, "bench", &body))
         .collect();
-    let count = opts.messages as usize;
+    let count = opts.load.messages as usize;
     let started = Instant::now();
     let base = mailgate_core::message::now_ms();
     let (packets, hashes) = tokio::task::spawn_blocking(move || {
@@ -333,7 +341,7 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     .await??;
     let mint_secs = started.elapsed().as_secs_f64();
     let mint_rate = hashes as f64 / mint_secs.max(1e-9);
-    if !opts.json {
+    if !opts.load.json {
         println!(
             "minted {} difficulty-{difficulty} stamps in {mint_secs:.2} s: {:.1} M hashes/s on all cores",
             packets.len(),
@@ -343,9 +351,9 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     let packets = Arc::new(packets);
     let sources = opts.sources.max(1) as usize;
     let connections = if sources == 1 {
-        usable_connections(&opts.target, opts.connections, opts.json).await?
+        usable_connections(&opts.target, opts.load.connections, opts.load.json).await?
     } else {
-        opts.connections
+        opts.load.connections
     };
     let target: std::net::SocketAddr = tokio::net::lookup_host(&opts.target)
         .await?
@@ -355,8 +363,8 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     let s = load(
         packets.len() as u64,
         connections,
-        opts.seconds,
-        opts.json,
+        opts.load.seconds,
+        opts.load.json,
         move || {
             let k = opened.fetch_add(1, Ordering::Relaxed) as usize % sources;
             async move {
@@ -379,13 +387,13 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     .await?;
     report(
         &s,
-        opts.json,
-        json!({"bench": "mmtp", "connections": connections, "size": opts.size,
+        opts.load.json,
+        json!({"bench": "mmtp", "connections": connections, "size": opts.load.size,
                "spread": spread, "sources": sources,
                "difficulty": difficulty, "mint_hashes_per_sec": mint_rate}),
         &format!(
             "mmtp: {connections} connections, SENDs of {} B bodies (acknowledged = durably stored)",
-            opts.size
+            opts.load.size
         ),
     );
     Ok(())
