@@ -3,6 +3,7 @@
 //! The trait speaks only the model's types, so another back-end (PostgreSQL) can be added
 //! without touching the front-ends.
 
+mod rows;
 mod sqlite;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -351,14 +352,6 @@ pub enum QueueState {
 }
 
 impl QueueState {
-    fn from_code(c: i64) -> Self {
-        match c {
-            1 => QueueState::InFlight,
-            2 => QueueState::Done,
-            3 => QueueState::Failed,
-            _ => QueueState::Pending,
-        }
-    }
     /// Lower-case name for listings.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -2,14 +2,15 @@
 //! notifications with their fetch queue. [`super::SqliteStore`] runs them on its writer and
 //! readers.
 
-use super::messages::{message_id_from_blob, parse_stored_address, write_submission};
+use super::messages::write_submission;
 use super::SqliteStore;
 use crate::address::Address;
 use crate::message::now_ms;
 use crate::message::MessageId;
+use crate::store::rows::{fetch_state_from_code, message_id_from_blob, parse_stored_address};
 use crate::store::HostedStore;
 use crate::store::{
-    AccessGrant, AccountId, FetchOutcome, FetchState, NewNotification, Notification, StoreError,
+    AccessGrant, AccountId, FetchOutcome, NewNotification, Notification, StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -108,14 +109,6 @@ pub(super) fn expire_hosted(c: &Connection, cutoff: i64) -> Result<u64, StoreErr
 const COLUMNS: &str = "id, account_id, url, sender, subject, sent_at, size, peer, received_at,
                        state, message_id, attempts, last_error";
 
-fn state_from_code(c: i64) -> FetchState {
-    match c {
-        1 => FetchState::Fetched,
-        2 => FetchState::Failed,
-        _ => FetchState::Pending,
-    }
-}
-
 type RawRow = (
     i64,
     AccountId,
@@ -164,8 +157,8 @@ fn notification(row: RawRow) -> Result<Notification, StoreError> {
             peer,
         },
         received_at,
-        state: state_from_code(state),
-        message: msg.map(message_id_from_blob).transpose()?,
+        state: fetch_state_from_code(state),
+        message: msg.as_deref().map(message_id_from_blob).transpose()?,
         attempts: attempts.max(0) as u32,
         last_error,
     })

@@ -2,87 +2,10 @@
 //! and reading a message back, its parts from their rows or from spans of its wire form.
 
 use super::*;
-
-/// The JSON column of a message: what has no column of its own.
-#[derive(Serialize, Deserialize)]
-pub(super) struct MessageMeta {
-    pub(super) recipients: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) origin_id: Option<String>,
-    #[serde(default)]
-    pub(super) tags: Tags,
-    #[serde(default)]
-    pub(super) security: Security,
-    #[serde(default)]
-    pub(super) trace: Vec<TraceHop>,
-    /// The parts, when every one of them lies in the wire form (then no `parts` rows exist).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) parts: Option<Vec<SpannedPart>>,
-}
-
-/// A part kept as a span of its message's wire form.
-#[derive(Serialize, Deserialize)]
-pub(super) struct SpannedPart {
-    name: String,
-    media_type: String,
-    content: bool,
-    span: WireSpan,
-}
-
-/// The parts of `m` as spans of its wire form, when every part has one.
-pub(super) fn spanned_parts(m: &Message) -> Option<Vec<SpannedPart>> {
-    let spans = m.wire.as_ref()?.all_spans(m.parts.len())?;
-    let parts = m
-        .parts
-        .iter()
-        .zip(spans)
-        .map(|(p, span)| SpannedPart {
-            name: p.name.clone(),
-            media_type: p.media_type.clone(),
-            content: p.content,
-            span,
-        })
-        .collect();
-    debug_assert!(m.wire.as_ref().is_some_and(|w| {
-        m.parts
-            .iter()
-            .zip(&w.spans)
-            .all(|(p, s)| s.is_some_and(|s| w.decode(&s).ok().as_ref() == Some(&p.data)))
-    }));
-    Some(parts)
-}
-
-pub(super) fn parse_stored_address(s: &str) -> Result<Address, StoreError> {
-    Address::parse_imid(s).map_err(|e| StoreError::Corrupt(format!("address {s:?}: {e}")))
-}
-
-pub(super) fn kind_code(k: MessageKind) -> i64 {
-    match k {
-        MessageKind::Mail => 0,
-        MessageKind::Push => 1,
-    }
-}
-
-pub(super) fn kind_from_code(c: i64) -> MessageKind {
-    if c == 1 {
-        MessageKind::Push
-    } else {
-        MessageKind::Mail
-    }
-}
+use crate::store::rows::{encode_meta, origin_key, MessageRow, StoredMessage};
 
 pub(super) fn insert_message(conn: &Connection, m: &Message) -> Result<(), StoreError> {
-    let spanned = spanned_parts(m);
-    let separate_parts = spanned.is_none();
-    let meta = MessageMeta {
-        recipients: m.recipients.iter().map(ToString::to_string).collect(),
-        origin_id: m.origin_id.clone(),
-        tags: m.tags.clone(),
-        security: m.security.clone(),
-        trace: m.trace.clone(),
-        parts: spanned,
-    };
-    let meta = serde_json::to_string(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (meta, separate_parts) = encode_meta(m)?;
     let id = m.id.0.as_bytes();
     conn.prepare_cached(
         "INSERT INTO messages (id, sender, subject, kind, importance, received_at, size, meta,
@@ -149,13 +72,6 @@ pub(super) fn insert_entry(
     )?
     .execute(params![account, folder, &message.0.as_bytes()[..], now])?;
     Ok(conn.last_insert_rowid())
-}
-
-/// `<sender account>\n<origin id>` for mail that carries an origin id.
-pub(super) fn origin_key(m: &Message) -> Option<String> {
-    m.origin_id
-        .as_ref()
-        .map(|o| format!("{}\n{o}", m.sender.account_key()))
 }
 
 /// Does `account` already hold a message with `key`?
@@ -329,96 +245,45 @@ pub(super) fn load_message(
     conn: &Connection,
     id: MessageId,
 ) -> Result<Option<Message>, StoreError> {
-    let idb = id.0.as_bytes().to_vec();
-    type Head = (
-        String,
-        String,
-        i64,
-        i64,
-        i64,
-        String,
-        Option<String>,
-        Option<Vec<u8>>,
-    );
-    let head: Option<Head> = conn
+    let idb = &id.0.as_bytes()[..];
+    let row = conn
         .prepare_cached(
             "SELECT sender, subject, kind, importance, received_at, meta, wire_protocol, wire
              FROM messages WHERE id = ?1",
         )?
-        .query_row(params![idb], |r| Head::try_from(r))
+        .query_row(params![idb], |r| {
+            Ok(MessageRow {
+                sender: r.get(0)?,
+                subject: r.get(1)?,
+                kind: r.get(2)?,
+                importance: r.get(3)?,
+                received_at: r.get(4)?,
+                meta: r.get(5)?,
+                wire_protocol: r.get(6)?,
+                wire: r.get(7)?,
+            })
+        })
         .optional()?;
-    let Some((sender, subject, kind, importance, received_at, meta, wire_protocol, wire)) = head
-    else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    let mut meta: MessageMeta =
-        serde_json::from_str(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut wire = match (wire_protocol, wire) {
-        (Some(protocol), Some(bytes)) => Some(WireForm::new(protocol, bytes.into())),
-        _ => None,
-    };
-    let parts = match (meta.parts.take(), &mut wire) {
-        (Some(spanned), Some(wire)) => spanned
-            .into_iter()
-            .map(|p| {
-                wire.spans.push(Some(p.span));
+    let stored = StoredMessage::decode(id, row)?;
+    let mut part_rows = Vec::new();
+    if stored.has_part_rows() {
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, media_type, is_content, data FROM parts
+             WHERE message_id = ?1 ORDER BY idx",
+        )?;
+        part_rows = stmt
+            .query_map(params![idb], |r| {
                 Ok(Part {
-                    data: wire
-                        .decode(&p.span)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    name: p.name,
-                    media_type: p.media_type,
-                    content: p.content,
+                    name: r.get(0)?,
+                    media_type: r.get(1)?,
+                    content: r.get(2)?,
+                    data: bytes::Bytes::from(r.get::<_, Vec<u8>>(3)?),
                 })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?,
-        (Some(_), None) => {
-            return Err(StoreError::Corrupt(
-                "message parts refer to a missing wire form".into(),
-            ))
-        }
-        (None, _) => {
-            let mut stmt = conn.prepare_cached(
-                "SELECT name, media_type, is_content, data FROM parts
-                 WHERE message_id = ?1 ORDER BY idx",
-            )?;
-            let parts = stmt
-                .query_map(params![idb], |r| {
-                    Ok(Part {
-                        name: r.get(0)?,
-                        media_type: r.get(1)?,
-                        content: r.get(2)?,
-                        data: bytes::Bytes::from(r.get::<_, Vec<u8>>(3)?),
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            parts
-        }
-    };
-    let recipients = meta
-        .recipients
-        .iter()
-        .map(|r| parse_stored_address(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(Message {
-        id,
-        origin_id: meta.origin_id,
-        sender: parse_stored_address(&sender)?,
-        recipients,
-        subject,
-        parts,
-        tags: meta.tags,
-        importance: Importance::from_code(importance),
-        kind: kind_from_code(kind),
-        security: meta.security,
-        trace: meta.trace,
-        wire,
-        received_at,
-    }))
-}
-
-pub(super) fn message_id_from_blob(b: Vec<u8>) -> Result<MessageId, StoreError> {
-    Uuid::from_slice(&b)
-        .map(MessageId)
-        .map_err(|e| StoreError::Corrupt(format!("message id: {e}")))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    stored.into_message(part_rows).map(Some)
 }

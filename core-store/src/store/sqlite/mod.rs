@@ -10,29 +10,28 @@ mod schema;
 mod settings;
 mod writer;
 
+use super::rows::{
+    kind_code, message_id_from_blob, parse_stored_address, queue_state_from_code, summary,
+    MessageRow,
+};
 use super::{
     Account, AccountId, AccountRef, BackendErrorKind, EntryQuery, Flags, FolderChoice, FolderInfo,
     LocalDelivery, MailStore, MailboxEntry, MessageSummary, NodeInfo, Placement, PubSubStore,
-    PublicKeyRecord, QueueEntry, QueueState, RelayOutcome, RelayRequest, StoreError, StoreStats,
-    Submission, Subscription, TagCount, TagFilter,
+    PublicKeyRecord, QueueEntry, RelayOutcome, RelayRequest, StoreError, StoreStats, Submission,
+    Subscription, TagCount, TagFilter,
 };
 use crate::address::Address;
 use crate::mailbox::{is_standard_folder, INBOX, STANDARD_FOLDERS};
-use crate::message::{
-    now_ms, Importance, Message, MessageId, MessageKind, Part, Security, Tags, TraceHop, WireForm,
-    WireSpan,
-};
+use crate::message::{now_ms, Message, MessageId, Part};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use messages::*;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use schema::migrate;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use uuid::Uuid;
 use writer::Writer;
 
 /// Options for opening the SQLite store.
@@ -220,7 +219,7 @@ impl EntryRow {
             id: self.id,
             account: self.account,
             folder: self.folder,
-            message: message_id_from_blob(self.message)?,
+            message: message_id_from_blob(&self.message)?,
             flags: Flags {
                 seen: self.seen,
                 deleted: self.deleted,
@@ -263,10 +262,10 @@ impl QueueRow {
     fn into_entry(self) -> Result<QueueEntry, StoreError> {
         Ok(QueueEntry {
             id: self.id,
-            message: message_id_from_blob(self.message)?,
+            message: message_id_from_blob(&self.message)?,
             recipient: parse_stored_address(&self.recipient)?,
             protocol: self.protocol,
-            state: QueueState::from_code(self.state),
+            state: queue_state_from_code(self.state),
             attempts: self.attempts.max(0) as u32,
             next_attempt: self.next_attempt,
             last_error: self.last_error,
@@ -581,38 +580,23 @@ impl MailStore for SqliteStore {
                 let row = stmt
                     .query_row(params![&id.0.as_bytes()[..]], |r| {
                         Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, i64>(3)?,
-                            r.get::<_, i64>(4)?,
+                            MessageRow {
+                                sender: r.get(0)?,
+                                subject: r.get(1)?,
+                                kind: r.get(2)?,
+                                importance: r.get(3)?,
+                                received_at: r.get(4)?,
+                                meta: r.get(6)?,
+                                wire_protocol: None,
+                                wire: None,
+                            },
                             r.get::<_, i64>(5)?,
-                            r.get::<_, String>(6)?,
                         ))
                     })
                     .optional()?;
-                let Some((sender, subject, kind, importance, received_at, size, meta)) = row else {
-                    continue;
-                };
-                let meta: MessageMeta =
-                    serde_json::from_str(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let recipients = meta
-                    .recipients
-                    .iter()
-                    .map(|r| parse_stored_address(r))
-                    .collect::<Result<Vec<_>, _>>()?;
-                out.push(MessageSummary {
-                    id,
-                    sender: parse_stored_address(&sender)?,
-                    recipients,
-                    subject,
-                    sender_check: meta.security.sender_check,
-                    tags: meta.tags,
-                    importance: Importance::from_code(importance),
-                    kind: kind_from_code(kind),
-                    size: size.max(0) as u64,
-                    received_at,
-                });
+                if let Some((row, size)) = row {
+                    out.push(summary(id, row, size)?);
+                }
             }
             Ok(out)
         })
