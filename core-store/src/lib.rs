@@ -30,4 +30,4 @@ pub use message::{
 };
 pub use metrics::Metrics;
 pub use router::{Core, LoginError, Origin, Policy, Receipt, SubmitError, Submitter};
-pub use store::{SqliteOptions, SqliteStore, Store, StoreError};
+pub use store::{PgOptions, PgStore, SqliteOptions, SqliteStore, Store, StoreError};

@@ -3,14 +3,16 @@
 //! The trait speaks only the model's types, so another back-end (PostgreSQL) can be added
 //! without touching the front-ends.
 
+mod postgres;
 mod rows;
 mod sqlite;
 
+pub use postgres::{PgOptions, PgStore, SslMode};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// The store traits, for calling their methods: `use mailgate_core::store::prelude::*;`.
 pub mod prelude {
-    pub use super::{HostedStore, MailStore, PubSubStore, SettingsStore, Store};
+    pub use super::{HostedStore, LiveEvents, MailStore, PubSubStore, SettingsStore, Store};
 }
 
 use crate::address::Address;
@@ -71,6 +73,9 @@ pub enum BackendErrorKind {
     Storage,
     /// A constraint refused the change (a duplicate key, a missing row it refers to).
     Constraint,
+    /// A concurrent transaction won (a deadlock or serialization failure): nothing of this
+    /// one was stored, and running it again may succeed.
+    Conflict,
     /// Anything else (a bad statement, a value out of range, a lost connection).
     Other,
 }
@@ -750,9 +755,35 @@ pub trait SettingsStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// An account's setting, when set.
     async fn setting(&self, account: AccountId, name: &str) -> Result<Option<String>, StoreError>;
+    /// A secret of the whole site that every node must share (the XHMTP access-code key, the
+    /// domain's OpenPGP key): the stored one, or `candidate` stored first when there is none
+    /// (the first node to ask decides; the others get its value).
+    async fn site_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+}
+
+/// Something that happened in the store that open sessions on any node may show at once: a
+/// push placed in these accounts' mailboxes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LiveEvent {
+    /// The stored push.
+    pub message: MessageId,
+    /// The accounts it was delivered to.
+    pub accounts: Vec<AccountId>,
+}
+
+/// Live events across every process sharing the store (a node's own included).
+#[async_trait]
+pub trait LiveEvents: Send + Sync + 'static {
+    /// Tell every node's subscribers (after the change it reports is committed).
+    async fn publish_live(&self, event: LiveEvent) -> Result<(), StoreError>;
+    /// The events from now on; a subscriber that falls behind misses the oldest.
+    fn subscribe_live(&self) -> tokio::sync::broadcast::Receiver<LiveEvent>;
 }
 
 /// A whole store: the mail store and every capability the front-ends use.
-pub trait Store: MailStore + PubSubStore + HostedStore + SettingsStore {}
+pub trait Store: MailStore + PubSubStore + HostedStore + SettingsStore + LiveEvents {}
 
-impl<T: MailStore + PubSubStore + HostedStore + SettingsStore> Store for T {}
+impl<T: MailStore + PubSubStore + HostedStore + SettingsStore + LiveEvents> Store for T {}
+
+/// How many live events a subscriber may fall behind by before it misses some.
+pub(crate) const LIVE_EVENT_BACKLOG: usize = 1024;

@@ -87,6 +87,7 @@ pub const DEFAULT_WAL_LIMIT: u64 = 64 * 1024 * 1024;
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<ReaderPool>,
+    live: tokio::sync::broadcast::Sender<super::LiveEvent>,
 }
 
 struct ReaderPool {
@@ -149,6 +150,7 @@ impl SqliteStore {
         };
         let writer = Writer::start(conn, checkpointer, (wal, opts.wal_limit), metrics)?;
         Ok(SqliteStore {
+            live: tokio::sync::broadcast::channel(super::LIVE_EVENT_BACKLOG).0,
             writer,
             readers: Arc::new(ReaderPool {
                 path: opts.path,

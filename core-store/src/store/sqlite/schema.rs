@@ -185,6 +185,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
       WHERE kind IN ('immp.compression', 'xhmtp-filters');
     DELETE FROM account_secrets WHERE kind IN ('immp.compression', 'xhmtp-filters');
     "#,
+    // 9: secrets of the whole site (the XHMTP access-code key, the domain's OpenPGP key), kept
+    // with the mail so every process sharing the store uses the same ones.
+    r#"
+    CREATE TABLE site_secrets (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Counters and indexes (migration 7). A live entry is one not flagged deleted.

@@ -1,7 +1,8 @@
-//! Per-account settings on SQLite (`account_settings`, migration 8).
+//! Per-account settings (`account_settings`, migration 8) and site secrets (migration 9) on
+//! SQLite, and its live events (in-process: one process holds the database).
 
 use super::SqliteStore;
-use crate::store::{AccountId, SettingsStore, StoreError};
+use crate::store::{AccountId, LiveEvent, LiveEvents, SettingsStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
@@ -36,5 +37,34 @@ impl SettingsStore for SqliteStore {
             .optional()?)
         })
         .await
+    }
+
+    async fn site_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (name, candidate) = (name.to_owned(), candidate.to_vec());
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO site_secrets (name, value) VALUES (?1, ?2)",
+                )?
+                .execute(params![name, candidate])?;
+                Ok(
+                    c.prepare_cached("SELECT value FROM site_secrets WHERE name = ?1")?
+                        .query_row(params![name], |r| r.get(0))?,
+                )
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl LiveEvents for SqliteStore {
+    async fn publish_live(&self, event: LiveEvent) -> Result<(), StoreError> {
+        // One process holds the database: its own subscribers are all there are.
+        let _ = self.live.send(event);
+        Ok(())
+    }
+
+    fn subscribe_live(&self) -> tokio::sync::broadcast::Receiver<LiveEvent> {
+        self.live.subscribe()
     }
 }
