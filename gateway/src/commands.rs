@@ -69,7 +69,7 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 
 /// Run a `user` action.
 pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
-    let core = open_core(config)?;
+    let core = open_core(config).await?;
     let result = match action {
         UserAction::Add {
             address,
@@ -140,7 +140,7 @@ pub enum QueueAction {
 
 /// Run a `queue` action.
 pub async fn queue(config: &Config, action: QueueAction) -> anyhow::Result<()> {
-    let core = open_core(config)?;
+    let core = open_core(config).await?;
     let result = match action {
         QueueAction::List { domain } => {
             let entries = core.store.queue(domain.as_deref()).await?;
@@ -192,7 +192,7 @@ pub async fn queue(config: &Config, action: QueueAction) -> anyhow::Result<()> {
 
 /// `mailgate backup PATH`.
 pub async fn backup(config: &Config, path: &Path) -> anyhow::Result<()> {
-    let core = open_core(config)?;
+    let core = open_core(config).await?;
     core.store
         .backup(path)
         .await

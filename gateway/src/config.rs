@@ -28,6 +28,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Admin HTTP listener (`/healthz`, `/metrics`).
     pub admin: AdminConfig,
+    /// Where the store is: SQLite in `data_dir` (default) or a PostgreSQL database.
+    pub store: StoreConfig,
     /// Relay workers.
     pub relay: RelayConfig,
     /// DNS used for route discovery.
@@ -94,6 +96,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             admin: AdminConfig::default(),
+            store: StoreConfig::default(),
             relay: RelayConfig::default(),
             dns: DnsConfig::default(),
             mmtp: MmtpConfig::default(),
@@ -262,6 +265,9 @@ pub struct RelayConfig {
     /// Protocols tried for a domain when it does not speak the one the message arrived in, in
     /// order (`immp`, `mmtp`, `xhmtp`).
     pub preference: Vec<String>,
+    /// How long a claimed delivery is leased to this node, seconds: when the node dies
+    /// mid-delivery, another one (or this one restarted) takes the entry over after that.
+    pub lease_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -274,6 +280,28 @@ impl Default for RelayConfig {
             max_age_secs: 5 * 24 * 3600,
             per_domain: 4,
             preference: vec!["immp".into(), "mmtp".into(), "xhmtp".into()],
+            lease_secs: 600,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:port/database?sslmode=verify-full&sslrootcert=ca.pem`
+    /// for a PostgreSQL store several nodes may share, or `sqlite:PATH`; unset: SQLite at
+    /// `<data_dir>/mailgate.db`.
+    pub url: Option<String>,
+    /// PostgreSQL connections this node keeps (its concurrent transactions).
+    pub pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            pool_size: 16,
         }
     }
 }
@@ -423,9 +451,12 @@ impl Config {
         public * self.limits.max_connections as u64 + self.admin.max_connections as u64 + 1024
     }
 
-    /// The database file.
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("mailgate.db")
+    /// The store's URL: `[store] url`, or the SQLite file in the data directory.
+    pub fn store_url(&self) -> String {
+        match &self.store.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite:{}", self.data_dir.join("mailgate.db").display()),
+        }
     }
 
     /// Render the effective configuration as TOML.

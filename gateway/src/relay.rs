@@ -24,9 +24,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// How long a claimed entry stays leased to a worker before another may take it.
-const LEASE_MS: i64 = 10 * 60 * 1000;
-
 /// The relay worker pool.
 pub struct Relay {
     core: Arc<Core>,
@@ -74,6 +71,7 @@ impl Relay {
     /// expired tokens and stamps.
     async fn worker(self: Arc<Self>, housekeeper: bool, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.config.poll_interval_ms.max(10));
+        let lease_ms = (self.config.lease_secs.max(1) * 1000) as i64;
         let mut last_purge = 0i64;
         loop {
             let now = now_ms();
@@ -83,7 +81,7 @@ impl Relay {
                     tracing::warn!(error = %e, "purging expired tokens failed");
                 }
             }
-            let claimed = match self.core.store.claim_due(now, 1, LEASE_MS).await {
+            let claimed = match self.core.store.claim_due(now, 1, lease_ms).await {
                 Ok(entries) => entries,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming queue entries failed");

@@ -13,7 +13,8 @@ use mailgate_core::destinations::Destinations;
 use mailgate_core::discovery::Discovery;
 use mailgate_core::relay::Transport;
 use mailgate_core::Address;
-use mailgate_core::{Core, Metrics, Policy, SqliteOptions, SqliteStore};
+use mailgate_core::store::StoreLocation;
+use mailgate_core::{Core, Metrics, Policy};
 use mailgate_immp::federation::{Federation, ImmpRoute, ImmpTransport};
 use mailgate_immp::session::DomainKey;
 use mailgate_immp::ImmpServer;
@@ -36,12 +37,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Open the store and build the core for `config`.
-pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
+pub async fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
     files::private_dir(&config.data_dir)?;
     let metrics = Arc::new(Metrics::new());
-    let path = config.database_path();
-    let store = SqliteStore::open(SqliteOptions::new(&path), metrics.clone())
-        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+    let location: StoreLocation = config
+        .store_url()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("[store] url: {e}"))?;
+    let store = location
+        .open(metrics.clone(), config.store.pool_size)
+        .await
+        .with_context(|| format!("cannot open the store at {location}"))?;
     let mut policy = Policy::new(&config.domains);
     policy.max_message_size = config.max_message_size;
     policy.max_recipients = config.max_recipients;
@@ -49,7 +55,7 @@ pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
         config.limits.body_budget_bytes,
         Duration::from_millis(config.limits.body_budget_wait_ms),
     );
-    let core = Core::new(Arc::new(store), policy, metrics)
+    let core = Core::new(store, policy, metrics)
         .with_rate_limit(config.limits.rate_per_sec, config.limits.rate_burst)
         .with_budget(budget)
         .with_destinations(
@@ -66,39 +72,72 @@ pub fn open_core(config: &Config) -> anyhow::Result<Arc<Core>> {
     Ok(Arc::new(core))
 }
 
-/// The gateway's own OpenPGP key (`<data_dir>/domain-key.asc`, generated at first start),
-/// published to `KEY REQUEST <domain>`.
-pub fn domain_key(config: &Config) -> anyhow::Result<DomainKey> {
-    let path = config.data_dir.join("domain-key.asc");
-    if !path.exists() {
-        files::private_dir(&config.data_dir)?;
+/// The gateway's own OpenPGP key, published to `KEY REQUEST <domain>`: one for the site,
+/// kept in the store (every node sharing it signs with the same key) and copied to
+/// `<data_dir>/domain-key.asc`.
+pub async fn domain_key(config: &Config, core: &Core) -> anyhow::Result<DomainKey> {
+    let text = site_secret(config, core, "domain-key.asc", "immp.domain-key", || {
         let who = Address::new(
             mailgate_core::address::MAILER_DAEMON,
             config.primary_domain(),
         )?;
         let (secret, _) = mailgate_core::pgp::generate_key(&who)?;
-        files::write_private(&path, secret.as_bytes())?;
-        tracing::info!(path = %path.display(), "generated the domain's OpenPGP key");
-    }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let key = mailgate_core::pgp::public_key(&text)
-        .with_context(|| format!("{} is not an OpenPGP key", path.display()))?;
+        Ok(secret.into_bytes())
+    })
+    .await?;
+    let text = String::from_utf8(text).context("the stored domain key is not text")?;
+    let key = mailgate_core::pgp::public_key(&text).context("the stored domain key is not an OpenPGP key")?;
     Ok(DomainKey {
         fingerprint: key.fingerprint,
         armored: key.armored,
     })
 }
 
-/// The XHMTP front-end's state: access-code key from `<data_dir>/xhmtp-access.key` (generated
-/// at first start), peer discovery, outbound HTTP; `port` is the bound HTTP port.
-fn xhmtp_state(
+/// A secret the whole site shares: the store's (the first node to start decides), else the
+/// one in `<data_dir>/<file>` from before the store kept it, else a new one from `generate`.
+/// The file is kept as a copy of the store's value (mode 0600).
+async fn site_secret(
+    config: &Config,
+    core: &Core,
+    file: &str,
+    name: &str,
+    generate: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<Vec<u8>> {
+    let path = config.data_dir.join(file);
+    let local = match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let candidate = match &local {
+        Some(bytes) => bytes.clone(),
+        None => generate()?,
+    };
+    let value = core
+        .store
+        .site_secret(name, &candidate)
+        .await
+        .with_context(|| format!("cannot keep the site's {name} in the store"))?;
+    if local.as_ref() != Some(&value) {
+        files::private_dir(&config.data_dir)?;
+        files::write_private(&path, &value)?;
+        if local.is_none() && value == candidate {
+            tracing::info!(path = %path.display(), name, "generated the site's secret");
+        }
+    }
+    Ok(value)
+}
+
+/// The XHMTP front-end's state: the site's access-code key, peer discovery, outbound HTTP;
+/// `port` is the bound HTTP port.
+async fn xhmtp_state(
     config: &Config,
     port: u16,
     core: &Arc<Core>,
     dns: Option<Arc<dyn Discovery>>,
     trust: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Arc<Xhmtp>> {
+    let key = access_key(config, core).await?;
     let mut x = config.xhmtp.clone();
     x.listen.set_port(port);
     let mut routes = x.routes.clone();
@@ -129,7 +168,7 @@ fn xhmtp_state(
     Ok(Xhmtp::new(
         core.clone(),
         x,
-        AccessCodes::new(access_key(config)?),
+        AccessCodes::new(key),
         locator,
         http,
         config.primary_domain(),
@@ -160,17 +199,14 @@ fn static_routes(config: &Config) -> Vec<(String, String)> {
     out
 }
 
-/// 32 random bytes in `<data_dir>/xhmtp-access.key`, created (mode 0600) at first start.
-fn access_key(config: &Config) -> anyhow::Result<[u8; 32]> {
-    let path = config.data_dir.join("xhmtp-access.key");
-    if !path.exists() {
-        files::private_dir(&config.data_dir)?;
-        let key: [u8; 32] = rand::random();
-        files::write_private(&path, &key)?;
-    }
-    let raw = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+/// The XHMTP access-code key: 32 random bytes shared by the site ([`site_secret`]).
+async fn access_key(config: &Config, core: &Core) -> anyhow::Result<[u8; 32]> {
+    let raw = site_secret(config, core, "xhmtp-access.key", "xhmtp.access-key", || {
+        Ok(rand::random::<[u8; 32]>().to_vec())
+    })
+    .await?;
     raw.try_into()
-        .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))
+        .map_err(|_| anyhow::anyhow!("the XHMTP access key must be exactly 32 bytes"))
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
@@ -186,7 +222,7 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 
 /// Run the gateway until a stop signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let core = open_core(&config)?;
+    let core = open_core(&config).await?;
     // Leases of a previous run (killed mid-delivery) end now: those entries are due again.
     let released = core.store.release_leases().await?;
     if released > 0 {
@@ -314,7 +350,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ImmpServer::new(
                 core.clone(),
                 config.primary_domain().to_owned(),
-                Some(domain_key(&config)?),
+                Some(domain_key(&config, &core).await?),
                 acceptor.clone(),
                 TlsAcceptor::from(server_tls.tls13),
                 read_timeout,
@@ -340,7 +376,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &core,
             dns.clone(),
             trust.clone(),
-        )?;
+        )
+        .await?;
         xhmtp = Some(x.clone());
         let app = mailgate_xhmtp::router(x.clone());
         let a = app.clone();

@@ -3,10 +3,12 @@
 //! The trait speaks only the model's types, so another back-end (PostgreSQL) can be added
 //! without touching the front-ends.
 
+mod location;
 mod postgres;
 mod rows;
 mod sqlite;
 
+pub use location::StoreLocation;
 pub use postgres::{PgOptions, PgStore, SslMode};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
