@@ -359,6 +359,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_federation(federation.clone())
             .with_index_page(config.immp.index_page),
         );
+        tracker.spawn(immp.clone().show_live_pushes(shutdown.clone()));
         let l = bind(config.immp.listen, "immp.listen").await?;
         servers.spawn(listener::serve("immp", l, None, ctx.clone(), move |c| {
             let i = immp.clone();

@@ -8,6 +8,7 @@ use crate::pipeline::{Phase, Pipeline, PushTxn, Txn};
 use crate::session::PROTOCOL;
 use bytes::Bytes;
 use mailgate_core::message::now_ms;
+use mailgate_core::store::LiveEvent;
 use mailgate_core::{
     Address, ImidRef, Importance, Message, MessageKind, Origin, Part, SenderCheck, Submitter,
     TraceHop,
@@ -395,7 +396,6 @@ impl Pipeline {
                 m.security.sender_check = Some(SenderCheck::Domain);
                 Submitter::Peer(self.shared.peer.ip())
             };
-            let live = crate::mailbox::push_json(&m).to_string();
             let origin = Origin {
                 protocol: PROTOCOL,
                 submitter,
@@ -405,7 +405,14 @@ impl Pipeline {
                 Ok(receipt) => {
                     delivered += receipt.local.len();
                     last_id = Some(id);
-                    self.shared.server.notify(&receipt.local_accounts, &live);
+                    // Every node's open sessions of these accounts show it (this one's too).
+                    let event = LiveEvent {
+                        message: id,
+                        accounts: receipt.local_accounts.clone(),
+                    };
+                    if let Err(e) = self.shared.server.core.store.publish_live(event).await {
+                        tracing::warn!(error = %e, "a stored push was not shown live");
+                    }
                 }
                 Err(e) => return Reply::new(750, format!("Push not stored: {e}.")),
             }

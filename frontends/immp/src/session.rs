@@ -10,7 +10,7 @@ use crate::payload::{read_line, read_payload, Line, PartSpec, PayloadError};
 use crate::pipeline::{Pipeline, Shared, Work};
 use mailgate_core::io::{ConnState, Io};
 use mailgate_core::ratelimit::RateLimiter;
-use mailgate_core::store::AccountId;
+use mailgate_core::store::{AccountId, LiveEvent};
 use mailgate_core::Core;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -439,16 +439,49 @@ impl ImmpServer {
         )
     }
 
-    /// Show a push to the open sessions of these accounts.
-    pub(crate) fn notify(&self, accounts: &[AccountId], text: &str) {
-        let Ok(live) = self.live.lock() else {
-            return;
-        };
-        let text: Arc<str> = Arc::from(text);
-        for a in accounts {
-            if let Some(tx) = live.get(a) {
-                let _ = tx.send(text.clone());
+    /// Show pushes to this node's open sessions as the store reports them — stored on this
+    /// node or on any other sharing the store — until `shutdown`.
+    pub async fn show_live_pushes(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut events = self.core.store.subscribe_live();
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = events.recv() => e,
+            };
+            match event {
+                Ok(event) => self.show(event).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "live pushes fell behind; some were not shown");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
             }
+        }
+    }
+
+    /// Show one stored push to the sessions open here for its accounts.
+    async fn show(&self, event: LiveEvent) {
+        let here: Vec<broadcast::Sender<Arc<str>>> = match self.live.lock() {
+            Ok(live) => event
+                .accounts
+                .iter()
+                .filter_map(|a| live.get(a).cloned())
+                .collect(),
+            Err(_) => return,
+        };
+        if here.is_empty() {
+            return;
+        }
+        let message = match self.core.store.message(event.message).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load a live push");
+                return;
+            }
+        };
+        let text: Arc<str> = Arc::from(crate::mailbox::push_json(&message).to_string());
+        for tx in here {
+            let _ = tx.send(text.clone());
         }
     }
 }
