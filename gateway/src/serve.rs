@@ -12,8 +12,8 @@ use anyhow::Context;
 use mailgate_core::destinations::Destinations;
 use mailgate_core::discovery::Discovery;
 use mailgate_core::relay::Transport;
-use mailgate_core::Address;
 use mailgate_core::store::StoreLocation;
+use mailgate_core::Address;
 use mailgate_core::{Core, Metrics, Policy};
 use mailgate_immp::federation::{Federation, ImmpRoute, ImmpTransport};
 use mailgate_immp::session::DomainKey;
@@ -86,7 +86,8 @@ pub async fn domain_key(config: &Config, core: &Core) -> anyhow::Result<DomainKe
     })
     .await?;
     let text = String::from_utf8(text).context("the stored domain key is not text")?;
-    let key = mailgate_core::pgp::public_key(&text).context("the stored domain key is not an OpenPGP key")?;
+    let key = mailgate_core::pgp::public_key(&text)
+        .context("the stored domain key is not an OpenPGP key")?;
     Ok(DomainKey {
         fingerprint: key.fingerprint,
         armored: key.armored,

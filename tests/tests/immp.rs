@@ -5,36 +5,8 @@ mod support;
 
 use mailgate_core::Address;
 use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
-use support::immp::{line, send, upgrade, Conn};
+use support::immp::{line, login, login_on, send};
 use support::{config_with, Gateway};
-
-/// Connect, upgrade to TLS, authenticate with the shared secret.
-async fn login(gw: &Gateway, account: &str, password: &str) -> Conn {
-    let tcp = tokio::net::TcpStream::connect(gw.addr("immp.listen"))
-        .await
-        .unwrap();
-    login_on(gw, tcp, account, password).await
-}
-
-/// [`login`] on a connection made already.
-async fn login_on(gw: &Gateway, tcp: tokio::net::TcpStream, account: &str, password: &str) -> Conn {
-    let mut c = upgrade(gw, tcp, "UPGRADE TLS3").await;
-    send(&mut c, &format!("AUTH SECRET {account}\n")).await;
-    assert!(line(&mut c).await.starts_with("302 "));
-    let nonces = line(&mut c).await;
-    let (n1, n2) = nonces
-        .strip_prefix("303 n1=")
-        .and_then(|r| r.split_once(" n2="))
-        .unwrap();
-    let h = mailgate_immp::auth::derive_h(&Address::parse_imid(account).unwrap(), password);
-    let response = mailgate_immp::auth::response(&h, n1, n2);
-    send(&mut c, &format!("AUTH RESPONSE {response}\n")).await;
-    assert_eq!(
-        line(&mut c).await,
-        format!("210 Authentication accepted for {account}")
-    );
-    c
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pushes_arrive_live_on_another_connection_and_mail_crosses_protocols() {

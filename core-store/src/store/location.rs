@@ -21,7 +21,9 @@ impl std::str::FromStr for StoreLocation {
         if let Some(path) = s.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                return Err("sqlite: needs a file path (sqlite:/var/lib/mailgate/mailgate.db)".into());
+                return Err(
+                    "sqlite: needs a file path (sqlite:/var/lib/mailgate/mailgate.db)".into(),
+                );
             }
             Ok(StoreLocation::Sqlite(PathBuf::from(path)))
         } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
@@ -63,10 +65,9 @@ impl StoreLocation {
             StoreLocation::Sqlite(path) => {
                 let opts = SqliteOptions::new(path);
                 // Opening runs the migrations: file work, off the async threads.
-                let store =
-                    tokio::task::spawn_blocking(move || SqliteStore::open(opts, metrics))
-                        .await
-                        .map_err(|_| StoreError::Closed)??;
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open(opts, metrics))
+                    .await
+                    .map_err(|_| StoreError::Closed)??;
                 Arc::new(store)
             }
             StoreLocation::Postgres(url) => {

@@ -61,6 +61,9 @@ pub struct Gateway {
     pub addrs: HashMap<String, String>,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// What verifies its TLS certificate: the CA file and the name to check (by default its
+    /// self-signed certificate, for `localhost`).
+    pub trust: (PathBuf, String),
     lines: mpsc::Receiver<String>,
 }
 
@@ -147,8 +150,25 @@ impl Gateway {
             addrs,
             dir: dir.to_owned(),
             config: path,
+            trust: (dir.join("data/tls/cert.pem"), "localhost".to_owned()),
             lines: rx,
         }
+    }
+
+    /// Its certificate is `domain`'s from the test CA in `ca_dir` (`Site::ca`).
+    pub fn with_ca(mut self, ca_dir: &Path, domain: &str) -> Gateway {
+        self.trust = (ca_dir.join("ca.pem"), domain.to_owned());
+        self
+    }
+
+    /// A TLS connector that verifies this gateway, and the name to verify.
+    pub fn connector(
+        &self,
+    ) -> (
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    ) {
+        mailgate::tls::connector(&self.trust.0, &self.trust.1).unwrap()
     }
 
     /// The gateway's log so far.
