@@ -2,9 +2,9 @@
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use mailgate_core::store::prelude::*;
+use mailgate_core::store::StoreLocation;
 use mailgate_core::store::{LocalDelivery, Submission};
-use mailgate_core::{Address, Message, Metrics, SqliteOptions, SqliteStore};
+use mailgate_core::{Address, Message, Metrics};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +134,12 @@ pub struct StoreBench {
     /// Directory for the scratch database (default: a temp dir, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// A store URL instead (`postgres://…` or `sqlite:PATH`); its mail is kept.
+    #[arg(long)]
+    store: Option<String>,
+    /// PostgreSQL connections of the store (with --store postgres://…).
+    #[arg(long, default_value_t = 16)]
+    pool_size: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -192,10 +198,13 @@ async fn store(opts: StoreBench) -> anyhow::Result<()> {
             tmp.path().to_owned()
         }
     };
-    let store = Arc::new(SqliteStore::open(
-        SqliteOptions::new(dir.join("bench.db")),
-        Arc::new(Metrics::new()),
-    )?);
+    let location: StoreLocation = match &opts.store {
+        Some(url) => url.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?,
+        None => StoreLocation::Sqlite(dir.join("bench.db")),
+    };
+    let store = location
+        .open(Arc::new(Metrics::new()), opts.pool_size)
+        .await?;
     let rcpt = Address::new("bench", "localhost")?;
     let account = match store.account(&rcpt).await? {
         Some(a) => a,
@@ -249,9 +258,10 @@ async fn store(opts: StoreBench) -> anyhow::Result<()> {
     report(
         &s,
         opts.json,
-        json!({"bench": "store", "tasks": opts.tasks, "size": opts.size, "fsync": true}),
+        json!({"bench": "store", "store": location.to_string(), "tasks": opts.tasks,
+               "size": opts.size, "fsync": true}),
         &format!(
-            "store: {} tasks, durable submits of {} B",
+            "store ({location}): {} tasks, durable submits of {} B",
             opts.tasks, opts.size
         ),
     );
