@@ -1,8 +1,7 @@
 //! Listing and counting a folder's entries on PostgreSQL: by id range, unseen (partial
 //! indexes), and by tag (`entry_tags`, kept by the counting triggers), and the kept counts.
 
-use crate::message::MessageId;
-use crate::store::{AccountId, EntryQuery, Flags, MailboxEntry, StoreError, TagFilter};
+use crate::store::{AccountId, EntryQuery, MailboxEntry, StoreError, TagFilter};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
@@ -41,9 +40,10 @@ pub(super) async fn list(
     query: &EntryQuery,
 ) -> Result<Vec<MailboxEntry>, StoreError> {
     let mut args: Args = Vec::new();
-    let mut sql =
-        "SELECT id, account_id, folder, message_id, seen, deleted, added_at FROM entries WHERE TRUE"
-            .to_owned();
+    let mut sql = format!(
+        "SELECT {} FROM entries WHERE TRUE",
+        super::mail::ENTRY_COLUMNS
+    );
     if !query.tags.is_empty() && !query.include_deleted {
         sql.push_str(&tag_conditions(account, folder, &query.tags, &mut args));
     } else {
@@ -74,17 +74,7 @@ pub(super) async fn list(
     Ok(c.query(&stmt, &params(&args))
         .await?
         .iter()
-        .map(|r| MailboxEntry {
-            id: r.get(0),
-            account: r.get(1),
-            folder: r.get(2),
-            message: MessageId(r.get(3)),
-            flags: Flags {
-                seen: r.get(4),
-                deleted: r.get(5),
-            },
-            added_at: r.get(6),
-        })
+        .map(super::mail::entry)
         .collect())
 }
 

@@ -19,9 +19,10 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-const ENTRY_COLUMNS: &str = "id, account_id, folder, message_id, seen, deleted, added_at";
+pub(super) const ENTRY_COLUMNS: &str =
+    "id, account_id, folder, message_id, seen, deleted, added_at";
 
-fn entry(r: &Row) -> MailboxEntry {
+pub(super) fn entry(r: &Row) -> MailboxEntry {
     MailboxEntry {
         id: r.get(0),
         account: r.get(1),
