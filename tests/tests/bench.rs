@@ -31,7 +31,7 @@ fn every_bench_mode_runs_and_respects_the_servers_limits() {
         dir.path(),
     ));
     assert!(
-        out.contains("store: 8 tasks") && out.contains("/s"),
+        out.contains("store (sqlite:") && out.contains("): 8 tasks") && out.contains("/s"),
         "{out}"
     );
 
