@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::serve::open_core;
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use mailgate_core::store::{migrate_store, StoreLocation};
 use mailgate_core::Address;
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
@@ -188,6 +189,36 @@ pub async fn queue(config: &Config, action: QueueAction) -> anyhow::Result<()> {
     };
     core.store.close().await?;
     result
+}
+
+/// `mailgate store …`
+#[derive(Subcommand)]
+pub enum StoreAction {
+    /// Copy every row of one store into another, empty one (created when missing), then
+    /// compare the counts of both. Stop every gateway using the source first: mail arriving
+    /// after the copy starts stays behind.
+    Migrate {
+        /// The store to copy: sqlite:PATH or postgres://user@host/database?sslmode=….
+        #[arg(long)]
+        from: StoreLocation,
+        /// The empty store to fill, in the same syntax.
+        #[arg(long)]
+        to: StoreLocation,
+    },
+}
+
+/// `mailgate store migrate --from URL --to URL`.
+pub async fn store(action: StoreAction) -> anyhow::Result<()> {
+    let StoreAction::Migrate { from, to } = action;
+    let report = migrate_store(&from, &to)
+        .await
+        .with_context(|| format!("copying {from} to {to} failed"))?;
+    print!("{report}");
+    if !report.matches() {
+        bail!("the counts differ: {to} is not a complete copy of {from}");
+    }
+    println!("copied {from} to {to}: every count matches");
+    Ok(())
 }
 
 /// `mailgate backup PATH`.

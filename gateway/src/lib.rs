@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         action: commands::QueueAction,
     },
+    /// Move the store to another back-end (SQLite ↔ PostgreSQL).
+    Store {
+        #[command(subcommand)]
+        action: commands::StoreAction,
+    },
     /// Write a consistent copy of the store to PATH (safe while the gateway runs).
     Backup {
         /// Destination file; must not exist.
@@ -135,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::User { action } => commands::user(&load()?, action).await.map(|()| ok),
         Command::Queue { action } => commands::queue(&load()?, action).await.map(|()| ok),
+        Command::Store { action } => commands::store(action).await.map(|()| ok),
         Command::Backup { path } => commands::backup(&load()?, &path).await.map(|()| ok),
         Command::Health { url } => commands::health(&load()?, url).await,
         Command::Bench { target } => bench::run(target).await.map(|()| ok),

@@ -459,3 +459,86 @@ async fn a_node_killed_under_load_loses_nothing_and_delivers_nothing_twice() {
     }
     eprintln!("acknowledged: {local} local, {relayed} relayed");
 }
+
+/// An operator moving up: a SQLite gateway is stopped, `mailgate store migrate` copies its
+/// store into PostgreSQL, and the site started on the database (as a new node, with an empty
+/// data directory) has every account, message and spent stamp of the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sqlite_site_moves_to_postgres_with_store_migrate() {
+    let Some(url) = database("a_sqlite_site_moves").await else {
+        return;
+    };
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path();
+    leaf(&test_ca(ca_path), ca_path, "a.test");
+    let site = |ip, tail| Site {
+        ca: Some(ca_path),
+        mmtp: "hashcash_difficulty = 1\nrequests_per_sec = 0.0",
+        tail,
+        ..Site::new(&["a.test"], ip)
+    };
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = Gateway::start(
+        old_dir.path(),
+        Some(&site("127.0.0.2", "").config(old_dir.path())),
+    )
+    .with_ca(ca_path, "a.test");
+    old.add_user("alice@a.test", "alice-pw");
+    old.add_user("bob@a.test", "bob-pw");
+    let (alice, bob) = (addr("alice@a.test"), addr("bob@a.test"));
+    let mut c = mmtp(&old, &alice, "alice-pw").await;
+    let mut packets = Vec::new();
+    for i in 0..10 {
+        let packet = PacketBuilder::new(alice.clone(), bob.clone(), &format!("m{i}"), "x")
+            .build(c.difficulty())
+            .unwrap();
+        c.send(&packet.text).await.unwrap();
+        packets.push(packet.text);
+    }
+    drop(c);
+    let (status, _) = old.stop();
+    assert!(status.success());
+
+    let sqlite = format!(
+        "sqlite:{}",
+        old_dir.path().join("data/mailgate.db").display()
+    );
+    let out = support::run_ok(
+        &["store", "migrate", "--from", &sqlite, "--to", &url],
+        None,
+        old_dir.path(),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("every count matches"), "{printed}");
+
+    let tail = store(&url);
+    let new = Gateway::start(
+        new_dir.path(),
+        Some(&site("127.0.0.3", &tail).config(new_dir.path())),
+    )
+    .with_ca(ca_path, "a.test");
+    assert_eq!(inbox_count(&new, &bob, "bob-pw").await, 10);
+    // A stamp spent before the move stays spent after it.
+    let replay = mmtp(&new, &alice, "alice-pw")
+        .await
+        .request_text(&format!(
+            "{{\"action\":\"SEND\",\"data\":{{\"packet\":{}}}}}",
+            packets[0]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(replay["status"], "ERROR", "{replay}");
+    assert!(
+        replay["message"].as_str().unwrap().contains("spent"),
+        "{replay}"
+    );
+    assert_eq!(inbox_count(&new, &bob, "bob-pw").await, 10);
+    // Migrating into the now used database again is refused.
+    let again = support::run(
+        &["store", "migrate", "--from", &sqlite, "--to", &url],
+        None,
+        old_dir.path(),
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("empty store"));
+}

@@ -7,10 +7,12 @@ mod location;
 mod postgres;
 mod rows;
 mod sqlite;
+mod transfer;
 
 pub use location::StoreLocation;
 pub use postgres::{PgOptions, PgStore, SslMode};
 pub use sqlite::{SqliteOptions, SqliteStore};
+pub use transfer::{migrate_store, MigrateReport};
 
 /// The store traits, for calling their methods: `use mailgate_core::store::prelude::*;`.
 pub mod prelude {

@@ -8,6 +8,7 @@ mod plans;
 mod pubsub;
 mod schema;
 mod settings;
+pub(super) mod transfer;
 mod writer;
 
 use super::rows::{
