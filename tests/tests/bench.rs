@@ -26,12 +26,17 @@ fn every_bench_mode_runs_and_respects_the_servers_limits() {
             "8",
             "--size",
             "512",
+            "--accounts",
+            "3",
         ],
         None,
         dir.path(),
     ));
     assert!(
-        out.contains("store (sqlite:") && out.contains("): 8 tasks") && out.contains("/s"),
+        out.contains("store (sqlite:")
+            && out.contains("): 8 tasks")
+            && out.contains("into 3 mailbox(es)")
+            && out.contains("/s"),
         "{out}"
     );
 
@@ -86,7 +91,28 @@ fn every_bench_mode_runs_and_respects_the_servers_limits() {
         dir.path(),
     ));
     assert!(err.contains("running with 16"), "{err}");
-    assert!(out.contains("mmtp: 16 connections"), "{out}");
+    assert!(out.contains("mmtp: 16 connections to 1 node(s)"), "{out}");
+    // Several nodes: the connections are shared out among them (here twice the same one).
+    let node = gw.addr("mmtp.listen");
+    let (out, _) = text(&run_ok(
+        &[
+            "bench",
+            "mmtp",
+            "--target",
+            node,
+            "--target",
+            node,
+            "--to",
+            "(bob)%(localhost)",
+            "--messages",
+            "40",
+            "--connections",
+            "6",
+        ],
+        None,
+        dir.path(),
+    ));
+    assert!(out.contains("mmtp: 6 connections to 2 node(s)"), "{out}");
     let (out, err) = text(&run_ok(
         &[
             "bench",

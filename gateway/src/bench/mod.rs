@@ -90,9 +90,10 @@ pub struct Load {
 /// `mailgate bench mmtp` options.
 #[derive(Args)]
 pub struct MmtpBench {
-    /// MMTP server, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:8025")]
-    target: String,
+    /// MMTP server, HOST:PORT; repeat it for several nodes of one site (connections go to
+    /// them in turn).
+    #[arg(long = "target", default_value = "127.0.0.1:8025")]
+    targets: Vec<String>,
     /// Recipient: a local account of the server; with --spread, a pattern whose `{n}` is
     /// replaced by 0…N-1 (`(user{n})%(localhost)`).
     #[arg(long)]
@@ -140,6 +141,10 @@ pub struct StoreBench {
     /// PostgreSQL connections of the store (with --store postgres://…).
     #[arg(long, default_value_t = 16)]
     pool_size: usize,
+    /// Spread the mail round-robin over this many mailboxes (bench0@localhost, …): with one,
+    /// every submit updates the same folder row.
+    #[arg(long, default_value_t = 1)]
+    accounts: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -205,11 +210,20 @@ async fn store(opts: StoreBench) -> anyhow::Result<()> {
     let store = location
         .open(Arc::new(Metrics::new()), opts.pool_size)
         .await?;
-    let rcpt = Address::new("bench", "localhost")?;
-    let account = match store.account(&rcpt).await? {
-        Some(a) => a,
-        None => store.create_account(&rcpt, "-").await?,
-    };
+    let mut mailboxes = Vec::new();
+    for n in 0..opts.accounts.max(1) {
+        let rcpt = if opts.accounts <= 1 {
+            Address::new("bench", "localhost")?
+        } else {
+            Address::new(&format!("bench{n}"), "localhost")?
+        };
+        let account = match store.account(&rcpt).await? {
+            Some(a) => a,
+            None => store.create_account(&rcpt, "-").await?,
+        };
+        mailboxes.push((rcpt, account.id));
+    }
+    let mailboxes = Arc::new(mailboxes);
     let sender = Address::new("load", "bench.test")?;
     let body = "x".repeat(opts.size);
     let issued = Arc::new(AtomicU64::new(0));
@@ -227,17 +241,22 @@ async fn store(opts: StoreBench) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.tasks.max(1) {
         let (store, issued, bar) = (store.clone(), issued.clone(), bar.clone());
-        let (rcpt, sender, body) = (rcpt.clone(), sender.clone(), body.clone());
+        let (mailboxes, sender, body) = (mailboxes.clone(), sender.clone(), body.clone());
         let total = opts.messages;
         tasks.spawn(async move {
             let mut lat = Vec::new();
-            while issued.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+            loop {
+                let i = issued.fetch_add(1, Ordering::Relaxed);
+                if i >= total || Instant::now() >= deadline {
+                    break;
+                }
+                let (rcpt, account) = &mailboxes[(i % mailboxes.len() as u64) as usize];
                 let m = Message::new(sender.clone(), vec![rcpt.clone()], "bench", body.as_str());
                 let t = Instant::now();
                 store
                     .submit(Submission {
                         message: m,
-                        deliveries: vec![LocalDelivery::to(account.id, "INBOX")],
+                        deliveries: vec![LocalDelivery::to(*account, "INBOX")],
                         relays: Vec::new(),
                         stamp: None,
                     })
@@ -259,10 +278,12 @@ async fn store(opts: StoreBench) -> anyhow::Result<()> {
         &s,
         opts.json,
         json!({"bench": "store", "store": location.to_string(), "tasks": opts.tasks,
-               "size": opts.size, "fsync": true}),
+               "size": opts.size, "accounts": mailboxes.len(), "fsync": true}),
         &format!(
-            "store ({location}): {} tasks, durable submits of {} B",
-            opts.tasks, opts.size
+            "store ({location}): {} tasks, durable submits of {} B into {} mailbox(es)",
+            opts.tasks,
+            opts.size,
+            mailboxes.len()
         ),
     );
     Ok(())
@@ -298,7 +319,9 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     let recipients = spread_recipients(&opts.to, spread)?;
     let difficulty = match opts.difficulty {
         Some(d) => d,
-        None => MmtpClient::connect(&opts.target, None).await?.difficulty(),
+        None => MmtpClient::connect(&opts.targets[0], None)
+            .await?
+            .difficulty(),
     };
     // Mint every stamp first, on every core, so the run measures the server.
     let body = "x".repeat(opts.load.size);
@@ -360,15 +383,21 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     }
     let packets = Arc::new(packets);
     let sources = opts.sources.max(1) as usize;
-    let connections = if sources == 1 {
-        usable_connections(&opts.target, opts.load.connections, opts.load.json).await?
-    } else {
-        opts.load.connections
-    };
-    let target: std::net::SocketAddr = tokio::net::lookup_host(&opts.target)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{} has no address", opts.target))?;
+    let mut targets = Vec::new();
+    // Each node takes an equal share of the connections.
+    let mut share = opts.load.connections.div_ceil(opts.targets.len());
+    for name in &opts.targets {
+        if sources == 1 {
+            share = share.min(usable_connections(name, share, opts.load.json).await?);
+        }
+        let addr: std::net::SocketAddr = tokio::net::lookup_host(name)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{name} has no address"))?;
+        targets.push(addr);
+    }
+    let (connections, targets_count) = (share * targets.len(), targets.len());
+    let targets = Arc::new(targets);
     let opened = Arc::new(AtomicU64::new(0));
     let s = load(
         packets.len() as u64,
@@ -376,7 +405,9 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
         opts.load.seconds,
         opts.load.json,
         move || {
-            let k = opened.fetch_add(1, Ordering::Relaxed) as usize % sources;
+            let n = opened.fetch_add(1, Ordering::Relaxed) as usize;
+            let target = targets[n % targets.len()];
+            let k = (n / targets.len()) % sources;
             async move {
                 Ok(if sources == 1 {
                     MmtpClient::connect(&target.to_string(), None).await?
@@ -398,11 +429,12 @@ async fn mmtp(opts: MmtpBench) -> anyhow::Result<()> {
     report(
         &s,
         opts.load.json,
-        json!({"bench": "mmtp", "connections": connections, "size": opts.load.size,
+        json!({"bench": "mmtp", "connections": connections, "nodes": targets_count,
+               "size": opts.load.size,
                "spread": spread, "sources": sources,
                "difficulty": difficulty, "mint_hashes_per_sec": mint_rate}),
         &format!(
-            "mmtp: {connections} connections, SENDs of {} B bodies (acknowledged = durably stored)",
+            "mmtp: {connections} connections to {targets_count} node(s), SENDs of {} B bodies (acknowledged = durably stored)",
             opts.load.size
         ),
     );
