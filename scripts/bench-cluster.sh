@@ -104,25 +104,25 @@ first=$!
 wait "$first"
 echo "PostgreSQL, 2 processes × 32 tasks, $accounts mailboxes: $(rate < "$a") + $(rate < "$b")"
 
+# One case: nodes on the addresses given, over one store ($2: its URL; empty: SQLite), the
+# load shared out among them.
+serve_case() {
+    local label=$1 url=$2 connections=$3
+    shift 3
+    local targets=() i=0
+    for ip in "$@"; do
+        i=$((i + 1))
+        start_node "node$i" "$url" "$ip"
+        targets+=("$node")
+    done
+    add_accounts "$work/node1/mailgate.toml"
+    echo "$label $(mmtp "$connections" "${targets[@]}")"
+    stop_nodes
+    rm -rf "$work"/node*
+}
 for connections in 16 64; do
     echo "== bench mmtp: $connections connections, $messages SENDs of 4 KiB spread over $accounts mailboxes"
-    start_node sqlite "" 127.0.0.2
-    add_accounts "$work/sqlite/mailgate.toml"
-    echo "SQLite, 1 node:      $(mmtp "$connections" "$node")"
-    stop_nodes
-    rm -rf "$work/sqlite"
-    url=$(fresh_db)
-    start_node pg1 "$url" 127.0.0.2
-    add_accounts "$work/pg1/mailgate.toml"
-    echo "PostgreSQL, 1 node:  $(mmtp "$connections" "$node")"
-    stop_nodes
-    rm -rf "$work/pg1"
-    url=$(fresh_db)
-    start_node pg1 "$url" 127.0.0.2
-    t1=$node
-    start_node pg2 "$url" 127.0.0.3
-    add_accounts "$work/pg1/mailgate.toml"
-    echo "PostgreSQL, 2 nodes: $(mmtp "$connections" "$t1" "$node")"
-    stop_nodes
-    rm -rf "$work/pg1" "$work/pg2"
+    serve_case "SQLite, 1 node:     " "" "$connections" 127.0.0.2
+    serve_case "PostgreSQL, 1 node: " "$(fresh_db)" "$connections" 127.0.0.2
+    serve_case "PostgreSQL, 2 nodes:" "$(fresh_db)" "$connections" 127.0.0.2 127.0.0.3
 done

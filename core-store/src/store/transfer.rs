@@ -338,9 +338,7 @@ async fn read(from: &StoreLocation, tx: mpsc::Sender<Item>) -> Result<Counts, St
     match from {
         StoreLocation::Sqlite(path) => {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || super::sqlite::transfer::read(&path, tx))
-                .await
-                .map_err(|_| StoreError::Closed)?
+            blocking(move || super::sqlite::transfer::read(&path, tx)).await
         }
         StoreLocation::Postgres(url) => super::postgres::transfer::read(url, tx).await,
     }
@@ -350,9 +348,7 @@ async fn write(to: &StoreLocation, rx: mpsc::Receiver<Item>) -> Result<(), Store
     match to {
         StoreLocation::Sqlite(path) => {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || super::sqlite::transfer::write(&path, rx))
-                .await
-                .map_err(|_| StoreError::Closed)?
+            blocking(move || super::sqlite::transfer::write(&path, rx)).await
         }
         StoreLocation::Postgres(url) => super::postgres::transfer::write(url, rx).await,
     }
@@ -362,12 +358,27 @@ async fn count(at: &StoreLocation) -> Result<Counts, StoreError> {
     match at {
         StoreLocation::Sqlite(path) => {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || super::sqlite::transfer::count(&path))
-                .await
-                .map_err(|_| StoreError::Closed)?
+            blocking(move || super::sqlite::transfer::count(&path)).await
         }
         StoreLocation::Postgres(url) => super::postgres::transfer::count(url).await,
     }
+}
+
+/// Run SQLite's side off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| StoreError::Closed)?
+}
+
+/// The statements that count a side: rows per table, then the derived counts.
+pub(super) fn count_queries() -> impl Iterator<Item = String> {
+    let tables = TABLES
+        .iter()
+        .map(|t| format!("SELECT COUNT(*) FROM {}", t.name));
+    tables.chain(DERIVED.iter().map(|(_, sql)| (*sql).to_owned()))
 }
 
 /// The writer stopped taking rows (it failed; its error says why).

@@ -5,8 +5,8 @@
 use super::connect::Target;
 use super::PgOptions;
 use crate::store::transfer::{
-    bad_value, reader_gone, require_empty, writer_gone, Cell, Counts, Item, Kind, Table, DERIVED,
-    TABLES,
+    bad_value, count_queries, reader_gone, require_empty, writer_gone, Cell, Counts, Item, Kind,
+    Table, TABLES,
 };
 use crate::store::StoreError;
 use bytes::{BufMut, BytesMut};
@@ -114,12 +114,8 @@ pub(in crate::store) async fn count(url: &str) -> Result<Counts, StoreError> {
 }
 
 async fn counts(client: &impl GenericClient) -> Result<Counts, StoreError> {
-    let tables = TABLES
-        .iter()
-        .map(|t| format!("SELECT COUNT(*) FROM {}", t.name));
-    let derived = DERIVED.iter().map(|(_, sql)| (*sql).to_owned());
     let mut counts = Vec::new();
-    for sql in tables.chain(derived) {
+    for sql in count_queries() {
         let n: i64 = client.query_one(&sql, &[]).await?.get(0);
         counts.push(n.max(0) as u64);
     }

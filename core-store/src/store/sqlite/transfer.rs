@@ -3,8 +3,8 @@
 
 use super::open_conn;
 use crate::store::transfer::{
-    bad_value, reader_gone, require_empty, writer_gone, Cell, Counts, Item, Kind, Table, DERIVED,
-    TABLES,
+    bad_value, count_queries, reader_gone, require_empty, writer_gone, Cell, Counts, Item, Kind,
+    Table, TABLES,
 };
 use crate::store::StoreError;
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -66,12 +66,7 @@ pub(in crate::store) fn count(path: &Path) -> Result<Counts, StoreError> {
 }
 
 fn counts(conn: &Connection) -> Result<Counts, StoreError> {
-    let tables = TABLES
-        .iter()
-        .map(|t| format!("SELECT COUNT(*) FROM {}", t.name));
-    let derived = DERIVED.iter().map(|(_, sql)| (*sql).to_owned());
-    tables
-        .chain(derived)
+    count_queries()
         .map(|sql| {
             let n: i64 = conn.query_row(&sql, [], |r| r.get(0))?;
             Ok(n.max(0) as u64)
