@@ -4,6 +4,7 @@ use anyhow::{bail, Context};
 use mailgate_core::Address;
 use mailgate_immp::ImmpConfig;
 use mailgate_mmtp::MmtpConfig;
+use mailgate_smtp::SmtpConfig;
 use mailgate_xhmtp::XhmtpConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ pub struct Config {
     pub immp: ImmpConfig,
     /// XHMTP front-end.
     pub xhmtp: XhmtpConfig,
+    /// SMTP front-end (inbound MX).
+    pub smtp: SmtpConfig,
     /// Where connections a stranger can trigger may go.
     pub outbound: OutboundConfig,
     /// Static routes to other domains (`[[route]]`), tried before DNS.
@@ -102,6 +105,7 @@ impl Default for Config {
             mmtp: MmtpConfig::default(),
             immp: ImmpConfig::default(),
             xhmtp: XhmtpConfig::default(),
+            smtp: SmtpConfig::default(),
             outbound: OutboundConfig::default(),
             route: Vec::new(),
         }
@@ -435,6 +439,9 @@ impl Config {
             if let Some(t) = self.xhmtp.tls_listen {
                 v.push((t, "xhmtp.tls_listen"));
             }
+        }
+        if self.smtp.enabled {
+            v.push((self.smtp.listen, "smtp.listen"));
         }
         v
     }

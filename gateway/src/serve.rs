@@ -21,6 +21,7 @@ use mailgate_immp::ImmpServer;
 use mailgate_mmtp::peers::{MmtpPeers, MmtpRoute};
 use mailgate_mmtp::relay::MmtpTransport;
 use mailgate_mmtp::MmtpServer;
+use mailgate_smtp::SmtpServer;
 use mailgate_xhmtp::access::AccessCodes;
 use mailgate_xhmtp::config::XhmtpRoute;
 use mailgate_xhmtp::discovery::Locator;
@@ -365,6 +366,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         servers.spawn(listener::serve("immp", l, None, ctx.clone(), move |c| {
             let i = immp.clone();
             async move { i.handle(c.stream, c.peer, c.shutdown, c.state).await }
+        }));
+    }
+
+    if config.smtp.enabled {
+        let smtp = Arc::new(SmtpServer::new(
+            core.clone(),
+            config.primary_domain(),
+            Some(acceptor.clone()),
+            &config.smtp,
+            read_timeout,
+        ));
+        let l = bind(config.smtp.listen, "smtp.listen").await?;
+        servers.spawn(listener::serve("smtp", l, None, ctx.clone(), move |c| {
+            let s = smtp.clone();
+            async move { s.handle(c.stream, c.peer, c.tls, c.shutdown, c.state).await }
         }));
     }
 

@@ -177,6 +177,7 @@ fn serve_runs_with_embedded_defaults_and_no_config_file() {
         ("mmtp.tls_listen", "127.0.0.1:8026"),
         ("immp.listen", "127.0.0.1:1025"),
         ("xhmtp.listen", "127.0.0.1:8080"),
+        ("smtp.listen", "127.0.0.1:2525"),
     ];
     for (key, addr) in expected {
         assert_eq!(gw.addr(key), addr);

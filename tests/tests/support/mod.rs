@@ -4,6 +4,7 @@
 pub mod immp;
 pub mod net;
 pub mod site;
+pub mod smtp;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -81,6 +82,8 @@ tls_listen = "127.0.0.1:0"
 [immp]
 listen = "127.0.0.1:0"
 [xhmtp]
+listen = "127.0.0.1:0"
+[smtp]
 listen = "127.0.0.1:0"
 "#,
         dir.join("data").display()

@@ -87,7 +87,8 @@ impl<'a> Site<'a> {
             "[relay]\n{relay}\n[admin]\nlisten = \"{ip}:0\"\n\
              [mmtp]\nlisten = \"{ip}:{mmtp_port}\"\ntls_listen = \"{ip}:{mmtp_tls_port}\"\n{mmtp}\n\
              [immp]\nlisten = \"{ip}:{immp_port}\"\n{immp}\n\
-             [xhmtp]\nlisten = \"{ip}:{xhmtp_port}\"\n{xhmtp}\n{tail}",
+             [xhmtp]\nlisten = \"{ip}:{xhmtp_port}\"\n{xhmtp}\n\
+             [smtp]\nlisten = \"{ip}:0\"\n{tail}",
             relay = self.relay,
             mmtp_port = self.mmtp_port,
             mmtp_tls_port = self.mmtp_tls_port,

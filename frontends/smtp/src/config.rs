@@ -1,0 +1,27 @@
+//! SMTP listener settings (`[smtp]` in mailgate.toml).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// `[smtp]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Run the SMTP front-end.
+    pub enabled: bool,
+    /// The inbound MX listener (port 25 on a public server).
+    pub listen: SocketAddr,
+    /// Longest wait for the whole message after `354`, seconds (RFC 5321 §4.5.3.2.6 suggests
+    /// ten minutes for the data block's lines; the whole message gets this bound).
+    pub data_timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            data_timeout_secs: 600,
+        }
+    }
+}

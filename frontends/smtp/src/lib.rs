@@ -1,0 +1,62 @@
+//! mailgate's SMTP front-end: the inbound MX listener (RFC 5321 ESMTP with PIPELINING, SIZE,
+//! 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8, STARTTLS). Mail for local accounts only (relaying
+//! refused), unknown recipients refused at `RCPT`, `250` after the final dot only once the
+//! message is stored durably through [`Core::submit`].
+
+pub mod command;
+pub mod config;
+pub mod mime;
+pub mod reply;
+mod session;
+
+use mailgate_core::io::{BoxedIo, ConnState};
+use mailgate_core::Core;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SmtpConfig;
+
+/// The SMTP server: shared by every connection of its listeners.
+pub struct SmtpServer {
+    core: Arc<Core>,
+    hostname: String,
+    tls: Option<TlsAcceptor>,
+    read_timeout: Duration,
+    data_timeout: Duration,
+}
+
+impl SmtpServer {
+    /// A server greeting as `hostname` (the first local domain), offering STARTTLS with `tls`.
+    pub fn new(
+        core: Arc<Core>,
+        hostname: impl Into<String>,
+        tls: Option<TlsAcceptor>,
+        config: &SmtpConfig,
+        read_timeout: Duration,
+    ) -> Self {
+        SmtpServer {
+            core,
+            hostname: hostname.into(),
+            tls,
+            read_timeout,
+            data_timeout: Duration::from_secs(config.data_timeout_secs.max(1)),
+        }
+    }
+
+    /// Run one session on an accepted connection (`tls`: the listener did a TLS handshake).
+    pub async fn handle(
+        &self,
+        stream: BoxedIo,
+        peer: SocketAddr,
+        tls: bool,
+        shutdown: CancellationToken,
+        state: Arc<ConnState>,
+    ) {
+        session::Session::new(self, peer, tls)
+            .run(stream, shutdown, state)
+            .await
+    }
+}

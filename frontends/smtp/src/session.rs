@@ -1,0 +1,490 @@
+//! One inbound SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES,
+//! SMTPUTF8 and STARTTLS): commands read with a length limit and a timeout, replies batched
+//! while the client has pipelined more commands, `250` after the final dot only once the
+//! message is durably stored.
+
+use crate::command::{self, Command, CommandError, MailParams, MAX_COMMAND_LINE};
+use crate::mime;
+use crate::reply::Reply;
+use crate::SmtpServer;
+use bytes::Bytes;
+use mailgate_core::io::{BoxedIo, ConnState};
+use mailgate_core::message::TraceHop;
+use mailgate_core::{Address, Origin, SubmitError, Submitter};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// Refusals after which the session is closed (RFC 5321 §4.3.2 lets a server give up);
+/// Postfix's `smtpd_hard_error_limit` is the same.
+const MAX_ERRORS: u32 = 20;
+
+/// A transaction under way: after `MAIL`, collecting `RCPT`s.
+struct Envelope {
+    from: Option<Address>,
+    params: MailParams,
+    recipients: Vec<Address>,
+}
+
+/// How a line read ended.
+enum Line {
+    /// A whole line (its CRLF or LF stripped).
+    Text(Vec<u8>),
+    /// Longer than the limit; the rest of it was read and dropped.
+    TooLong,
+    /// The peer closed the connection.
+    Closed,
+}
+
+pub(crate) struct Session<'a> {
+    server: &'a SmtpServer,
+    peer: SocketAddr,
+    tls: bool,
+    helo: Option<String>,
+    envelope: Option<Envelope>,
+    errors: u32,
+    out: Vec<u8>,
+}
+
+impl<'a> Session<'a> {
+    pub(crate) fn new(server: &'a SmtpServer, peer: SocketAddr, tls: bool) -> Self {
+        Session {
+            server,
+            peer,
+            tls,
+            helo: None,
+            envelope: None,
+            errors: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// Run until the peer quits, times out, errs too often, or `shutdown` fires.
+    pub(crate) async fn run(
+        mut self,
+        stream: BoxedIo,
+        shutdown: CancellationToken,
+        state: Arc<ConnState>,
+    ) {
+        let mut io = BufReader::new(stream);
+        self.push(Reply::new(
+            220,
+            None,
+            format!("{} ESMTP mailgate", self.server.hostname),
+        ));
+        loop {
+            // Replies wait while the client has pipelined more commands (RFC 2920).
+            if io.buffer().is_empty() && !self.flush(&mut io).await {
+                return;
+            }
+            let line = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.push(Reply::new(421, Some("4.3.2"), "shutting down, try again later"));
+                    break;
+                }
+                r = tokio::time::timeout(self.server.read_timeout, read_line(&mut io, MAX_COMMAND_LINE)) => r,
+            };
+            let line = match line {
+                Err(_) => {
+                    self.push(Reply::new(421, Some("4.4.2"), "timeout, closing"));
+                    break;
+                }
+                Ok(Err(_)) | Ok(Ok(Line::Closed)) => return,
+                Ok(Ok(Line::TooLong)) => {
+                    self.error(Reply::new(500, Some("5.5.2"), "line too long"));
+                    continue;
+                }
+                Ok(Ok(Line::Text(bytes))) => bytes,
+            };
+            state.touch();
+            let reply = match std::str::from_utf8(&line) {
+                Err(_) => Reply::new(500, Some("5.5.2"), "command is not UTF-8"),
+                Ok(text) => match command::parse(text) {
+                    Ok(Command::Quit) => {
+                        self.push(Reply::new(221, Some("2.0.0"), "bye"));
+                        break;
+                    }
+                    Ok(Command::Data) => match self.data(&mut io).await {
+                        Some(reply) => reply,
+                        None => return,
+                    },
+                    Ok(Command::StartTls) => {
+                        if let Err(reply) = self.may_start_tls() {
+                            reply
+                        } else {
+                            self.push(Reply::new(220, Some("2.0.0"), "ready to start TLS"));
+                            if !self.flush(&mut io).await {
+                                return;
+                            }
+                            match self.start_tls(io).await {
+                                Some(upgraded) => {
+                                    io = upgraded;
+                                    continue;
+                                }
+                                None => return,
+                            }
+                        }
+                    }
+                    Ok(c) => self.command(c).await,
+                    Err(e) => syntax_reply(e),
+                },
+            };
+            if reply.code >= 500 {
+                self.error(reply);
+            } else {
+                self.push(reply);
+            }
+            if self.errors >= MAX_ERRORS {
+                self.push(Reply::new(421, Some("4.7.0"), "too many errors, closing"));
+                break;
+            }
+        }
+        if self.flush(&mut io).await {
+            let _ = io.get_mut().shutdown().await;
+        }
+    }
+
+    fn push(&mut self, reply: Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    fn error(&mut self, reply: Reply) {
+        self.errors += 1;
+        self.push(reply);
+    }
+
+    /// Send the batched replies; false when the peer is gone or stopped reading.
+    async fn flush(&mut self, io: &mut BufReader<BoxedIo>) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let out = std::mem::take(&mut self.out);
+        let sent = async {
+            io.get_mut().write_all(&out).await?;
+            io.get_mut().flush().await
+        };
+        matches!(
+            tokio::time::timeout(self.server.read_timeout, sent).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn command(&mut self, c: Command) -> Reply {
+        match c {
+            Command::Ehlo(domain) => {
+                self.helo = Some(domain.clone());
+                self.envelope = None;
+                let mut lines = vec![
+                    format!("{} greets {domain}", self.server.hostname),
+                    "PIPELINING".to_owned(),
+                    format!("SIZE {}", self.server.core.policy.max_message_size),
+                    "8BITMIME".to_owned(),
+                    "ENHANCEDSTATUSCODES".to_owned(),
+                    "SMTPUTF8".to_owned(),
+                ];
+                if self.server.tls.is_some() && !self.tls {
+                    lines.push("STARTTLS".to_owned());
+                }
+                Reply::lines(250, None, lines)
+            }
+            Command::Helo(domain) => {
+                self.envelope = None;
+                let text = format!("{} greets {domain}", self.server.hostname);
+                self.helo = Some(domain);
+                Reply::new(250, None, text)
+            }
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt(to) => self.rcpt(to).await,
+            Command::Rset => {
+                self.envelope = None;
+                Reply::new(250, Some("2.0.0"), "reset")
+            }
+            Command::Noop => Reply::new(250, Some("2.0.0"), "ok"),
+            Command::Help => Reply::new(
+                214,
+                Some("2.0.0"),
+                "commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT STARTTLS HELP (RFC 5321)",
+            ),
+            // Nothing about accounts is told to strangers (RFC 5321 §3.5.3 allows 252).
+            Command::Vrfy => Reply::new(252, Some("2.5.2"), "cannot verify; send mail to try"),
+            Command::Expn => Reply::new(502, Some("5.5.1"), "EXPN is not offered"),
+            Command::Auth => Reply::new(
+                503,
+                Some("5.5.1"),
+                "AUTH is offered on the submission port only",
+            ),
+            // The session loop runs these itself.
+            Command::Quit | Command::Data | Command::StartTls => {
+                Reply::new(503, Some("5.5.1"), "bad sequence of commands")
+            }
+        }
+    }
+
+    fn mail(&mut self, from: Option<Address>, params: MailParams) -> Reply {
+        if self.helo.is_none() {
+            return Reply::new(503, Some("5.5.1"), "say EHLO first");
+        }
+        if self.envelope.is_some() {
+            return Reply::new(503, Some("5.5.1"), "a transaction is under way; RSET first");
+        }
+        let max = self.server.core.policy.max_message_size as u64;
+        if params.size.is_some_and(|s| s > max) {
+            return Reply::new(
+                552,
+                Some("5.3.4"),
+                format!("message too large: this server accepts {max} bytes"),
+            );
+        }
+        if let Some(from) = &from {
+            if self.server.core.policy.is_local(&from.domain) {
+                // Its owner sends through the submission port, authenticated.
+                return Reply::new(
+                    550,
+                    Some("5.7.1"),
+                    format!("{from} is an address of this server: authenticate to send as it"),
+                );
+            }
+            if !params.utf8 && !from.to_string().is_ascii() {
+                return Reply::new(553, Some("5.6.7"), "a UTF-8 address needs SMTPUTF8");
+            }
+        }
+        self.envelope = Some(Envelope {
+            from,
+            params,
+            recipients: Vec::new(),
+        });
+        Reply::new(250, Some("2.1.0"), "sender ok")
+    }
+
+    async fn rcpt(&mut self, mut to: Address) -> Reply {
+        let Some(envelope) = &self.envelope else {
+            return Reply::new(503, Some("5.5.1"), "MAIL first");
+        };
+        if !envelope.params.utf8 && !to.to_string().is_ascii() {
+            return Reply::new(553, Some("5.6.7"), "a UTF-8 address needs SMTPUTF8");
+        }
+        if envelope.recipients.len() >= self.server.core.policy.max_recipients {
+            return Reply::new(452, Some("4.5.3"), "too many recipients");
+        }
+        if to.domain == "localhost" && to.local.eq_ignore_ascii_case("postmaster") {
+            // `<Postmaster>` alone: this server's postmaster.
+            match Address::new("postmaster", &self.server.hostname) {
+                Ok(a) => to = a,
+                Err(_) => return Reply::new(550, Some("5.1.1"), "no postmaster here"),
+            }
+        }
+        if !self.server.core.policy.is_local(&to.domain) {
+            return Reply::new(
+                550,
+                Some("5.7.1"),
+                format!("relaying to {} denied", to.domain),
+            );
+        }
+        match self.server.core.store.account(&to).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Reply::new(550, Some("5.1.1"), format!("no such user: {to}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "smtp: account lookup failed");
+                return Reply::new(451, Some("4.3.0"), "temporary failure, try again later");
+            }
+        }
+        if let Some(envelope) = &mut self.envelope {
+            envelope.recipients.push(to);
+        }
+        Reply::new(250, Some("2.1.5"), "recipient ok")
+    }
+
+    /// `DATA`: `None` when the connection is gone.
+    async fn data(&mut self, io: &mut BufReader<BoxedIo>) -> Option<Reply> {
+        match &self.envelope {
+            None => return Some(Reply::new(503, Some("5.5.1"), "MAIL first")),
+            Some(e) if e.recipients.is_empty() => {
+                return Some(Reply::new(554, Some("5.5.1"), "no valid recipients"))
+            }
+            Some(_) => {}
+        }
+        self.push(Reply::new(354, None, "end data with <CR><LF>.<CR><LF>"));
+        if !self.flush(io).await {
+            return None;
+        }
+        let max = self.server.core.policy.max_message_size;
+        let body = match tokio::time::timeout(self.server.data_timeout, read_data(io, max)).await {
+            Err(_) => {
+                self.push(Reply::new(421, Some("4.4.2"), "timeout in DATA, closing"));
+                let _ = self.flush(io).await;
+                return None;
+            }
+            Ok(Err(_)) => return None,
+            Ok(Ok(body)) => body,
+        };
+        let envelope = self.envelope.take()?;
+        let Some(raw) = body else {
+            return Some(Reply::new(
+                552,
+                Some("5.3.4"),
+                format!("message too large: this server accepts {max} bytes"),
+            ));
+        };
+        Some(self.deliver(envelope, raw).await)
+    }
+
+    async fn deliver(&mut self, envelope: Envelope, raw: Vec<u8>) -> Reply {
+        let helo = self.helo.clone().unwrap_or_default();
+        // The null reverse path (bounces, RFC 5321 §4.5.5) has no address of its own.
+        let sender = envelope.from.unwrap_or_else(|| {
+            Address::new("mailer-daemon", &helo)
+                .or_else(|_| Address::new("mailer-daemon", "invalid"))
+                .expect("a valid fixed address")
+        });
+        let mut message = mime::to_model(Bytes::from(raw), sender, envelope.recipients);
+        message.trace.push(TraceHop {
+            protocol: "smtp".into(),
+            peer: self.peer.ip().to_string(),
+            at: message.received_at,
+        });
+        let origin = Origin {
+            protocol: "smtp",
+            submitter: Submitter::Peer(self.peer.ip()),
+        };
+        match self.server.core.submit(message, &origin, None).await {
+            Ok(_) => Reply::new(250, Some("2.0.0"), "message accepted for delivery"),
+            Err(e) => submit_reply(&e),
+        }
+    }
+
+    fn may_start_tls(&self) -> Result<(), Reply> {
+        if self.tls {
+            return Err(Reply::new(503, Some("5.5.1"), "TLS is already on"));
+        }
+        if self.server.tls.is_none() {
+            return Err(Reply::new(502, Some("5.5.1"), "STARTTLS is not offered"));
+        }
+        Ok(())
+    }
+
+    /// The TLS handshake after `220`; what the client sent before it is dropped (RFC 3207
+    /// §5: no command pipelined across STARTTLS counts), and the session starts over.
+    async fn start_tls(&mut self, io: BufReader<BoxedIo>) -> Option<BufReader<BoxedIo>> {
+        let acceptor = self.server.tls.clone()?;
+        let stream = io.into_inner();
+        let handshake =
+            tokio::time::timeout(self.server.read_timeout, acceptor.accept(stream)).await;
+        match handshake {
+            Ok(Ok(tls)) => {
+                self.tls = true;
+                self.helo = None;
+                self.envelope = None;
+                Some(BufReader::new(Box::new(tls)))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn syntax_reply(e: CommandError) -> Reply {
+    match e {
+        CommandError::Unknown => Reply::new(500, Some("5.5.1"), "command not recognized"),
+        CommandError::Syntax(why) => Reply::new(501, Some("5.5.4"), why),
+        CommandError::BadAddress => Reply::new(501, Some("5.1.3"), "bad address syntax"),
+        CommandError::UnknownParameter(p) => Reply::new(
+            555,
+            Some("5.5.4"),
+            format!("parameter {p} is not supported"),
+        ),
+    }
+}
+
+/// The reply for a refused submission.
+fn submit_reply(e: &SubmitError) -> Reply {
+    match e {
+        SubmitError::TooLarge { max, .. } => Reply::new(
+            552,
+            Some("5.3.4"),
+            format!("message too large: this server accepts {max} bytes"),
+        ),
+        SubmitError::TooManyRecipients(..) => Reply::new(452, Some("4.5.3"), "too many recipients"),
+        SubmitError::UnknownRecipient(a) => {
+            Reply::new(550, Some("5.1.1"), format!("no such user: {a}"))
+        }
+        SubmitError::RelayDenied(_)
+        | SubmitError::SenderMismatch(_)
+        | SubmitError::LocalSenderUnauthenticated(_) => {
+            Reply::new(550, Some("5.7.1"), e.to_string())
+        }
+        SubmitError::Store(_) => Reply::new(
+            451,
+            Some("4.3.0"),
+            "temporary storage failure, try again later",
+        ),
+        SubmitError::NoRecipients | SubmitError::StampSpent => {
+            Reply::new(554, Some("5.6.0"), e.to_string())
+        }
+    }
+}
+
+/// Read one line of at most `limit` bytes (its line end included).
+async fn read_line(io: &mut BufReader<BoxedIo>, limit: usize) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = io.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(Line::Closed);
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if !too_long && line.len() + take <= limit {
+            line.extend_from_slice(&buf[..take]);
+        } else {
+            too_long = true;
+        }
+        io.consume(take);
+        if done {
+            if too_long {
+                return Ok(Line::TooLong);
+            }
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(Line::Text(line));
+        }
+    }
+}
+
+/// The message after `354`, dot-unstuffed, up to the line holding one dot; `None` when it
+/// is larger than `max` (the rest is read and dropped, so the session goes on).
+async fn read_data(io: &mut BufReader<BoxedIo>, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut data = Vec::new();
+    let mut over = false;
+    loop {
+        // A line longer than what is left of the limit is dropped whole.
+        let room = if over { 0 } else { max + 3 - data.len() };
+        match read_line(io, room.max(3)).await? {
+            Line::Closed => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed in DATA",
+                ))
+            }
+            Line::TooLong => over = true,
+            Line::Text(line) if line == b"." => break,
+            Line::Text(line) => {
+                if over {
+                    continue;
+                }
+                let line = line.strip_prefix(b".").unwrap_or(&line);
+                data.extend_from_slice(line);
+                data.extend_from_slice(b"\r\n");
+                if data.len() > max {
+                    over = true;
+                    data = Vec::new();
+                }
+            }
+        }
+    }
+    Ok((!over).then_some(data))
+}

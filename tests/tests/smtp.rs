@@ -1,0 +1,210 @@
+//! The SMTP front-end (inbound MX) end to end: a real `mailgate serve`, a bare SMTP client.
+//! Mail for local accounts is accepted with `250` only once stored (it survives SIGKILL), is
+//! read through MMTP and IMMP, keeps its attachment, and is dot-unstuffed; relaying, unknown
+//! users, forged local senders, oversize mail and bad sequences are refused with the right
+//! codes; pipelined commands get their replies in order; STARTTLS starts the session over.
+
+mod support;
+
+use mailgate_core::Address;
+use mailgate_mmtp::client::MmtpClient;
+use support::smtp::Smtp;
+use support::{config_with, Gateway};
+
+fn gateway(dir: &std::path::Path) -> Gateway {
+    let config = config_with(dir, "a.test", "requests_per_sec = 0.0");
+    let gw = Gateway::start(dir, Some(&config));
+    gw.add_user("bob@a.test", "bob-pw");
+    gw
+}
+
+async fn ehlo(gw: &Gateway) -> Smtp {
+    let (mut s, greeting) = Smtp::connect(gw.addr("smtp.listen")).await;
+    assert_eq!(greeting.code, 220, "{greeting:?}");
+    assert!(greeting.text().contains("a.test ESMTP"), "{greeting:?}");
+    let r = s.cmd("EHLO client.b.test").await;
+    assert_eq!(r.code, 250, "{r:?}");
+    s
+}
+
+/// bob's mail as MMTP RECEIVE returns it (and removes it).
+async fn mmtp_inbox(gw: &Gateway) -> Vec<serde_json::Value> {
+    let mut c = MmtpClient::connect(gw.addr("mmtp.tls_listen"), Some(gw.connector()))
+        .await
+        .unwrap();
+    let bob = Address::parse_any("bob@a.test").unwrap();
+    c.auth(&bob, "bob-pw").await.unwrap();
+    c.receive(&bob, None).await.unwrap()
+}
+
+const MULTIPART: &str = "From: Carol <carol@b.test>\r\nTo: bob@a.test\r\nSubject: Quarterly report\r\n\
+Message-ID: <q1@b.test>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"xx\"\r\n\r\n\
+--xx\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello Bob,\r\n.hidden dot line\r\n\r\n\
+--xx\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--xx--";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_mail_is_durable_and_read_through_other_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let mut s = ehlo(&gw).await;
+    let r = s.send("carol@b.test", &["bob@a.test"], MULTIPART).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(r.text().starts_with("2.0.0"), "{r:?}");
+    // 250 meant stored: a SIGKILL right after loses nothing.
+    gw.kill();
+    let gw = Gateway::start(
+        dir.path(),
+        Some(&std::fs::read_to_string(dir.path().join("mailgate.toml")).unwrap()),
+    );
+    let got = mmtp_inbox(&gw).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["content"]["subject"], "Quarterly report");
+    let body = got[0]["content"]["body"].as_str().unwrap();
+    assert!(
+        body.contains("Hello Bob,") && body.contains("\n.hidden dot line"),
+        "{body:?}"
+    );
+    assert_eq!(got[0]["sender"], "(carol)%(b.test)");
+    let text = got[0].to_string();
+    assert!(text.contains("r.pdf"), "the attachment is a part: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ehlo_offers_the_profile_and_starttls_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let (mut s, _) = Smtp::connect(gw.addr("smtp.listen")).await;
+    let r = s.cmd("EHLO client.b.test").await;
+    for keyword in [
+        "PIPELINING",
+        "SIZE ",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "STARTTLS",
+    ] {
+        assert!(
+            r.lines.iter().any(|l| l.starts_with(keyword)),
+            "{keyword}: {r:?}"
+        );
+    }
+    assert!(
+        !r.lines.iter().any(|l| l.starts_with("AUTH")),
+        "no AUTH on the MX: {r:?}"
+    );
+    // A transaction begun before STARTTLS does not survive it.
+    assert_eq!(s.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
+    let mut s = s.starttls(gw.connector()).await;
+    assert_eq!(
+        s.cmd("MAIL FROM:<carol@b.test>").await.code,
+        503,
+        "EHLO again first"
+    );
+    let r = s.cmd("EHLO client.b.test").await;
+    assert!(!r.lines.iter().any(|l| l == "STARTTLS"), "{r:?}");
+    assert_eq!(s.cmd("STARTTLS").await.code, 503);
+    let r = s
+        .send(
+            "carol@b.test",
+            &["bob@a.test"],
+            "Subject: over TLS\r\n\r\nhi",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(s.cmd("QUIT").await.code, 221);
+    let got = mmtp_inbox(&gw).await;
+    assert_eq!(got[0]["content"]["subject"], "over TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_with_the_right_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let mut s = ehlo(&gw).await;
+    let cases: &[(&str, u16, &str)] = &[
+        ("RCPT TO:<bob@a.test>", 503, "5.5.1"),
+        ("DATA", 503, "5.5.1"),
+        ("MAIL FROM:<bob@a.test>", 550, "5.7.1"),
+        ("MAIL FROM:<carol@b.test> SIZE=999999999999", 552, "5.3.4"),
+        ("MAIL FROM:<carol@b.test> FROB=1", 555, "5.5.4"),
+        ("MAIL FROM:carol@b.test", 501, "5.5.4"),
+        ("FROB", 500, "5.5.1"),
+        ("MAIL FROM:<carol@b.test>", 250, "2.1.0"),
+        ("MAIL FROM:<carol@b.test>", 503, "5.5.1"),
+        ("RCPT TO:<dave@elsewhere.test>", 550, "5.7.1"),
+        ("RCPT TO:<nobody@a.test>", 550, "5.1.1"),
+        ("DATA", 554, "5.5.1"),
+        ("RSET", 250, "2.0.0"),
+        ("VRFY bob", 252, "2.5.2"),
+        ("NOOP", 250, "2.0.0"),
+    ];
+    for (line, code, status) in cases {
+        let r = s.cmd(line).await;
+        assert_eq!(r.code, *code, "{line}: {r:?}");
+        assert!(r.text().starts_with(status), "{line}: {r:?}");
+    }
+    assert!(mmtp_inbox(&gw).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let mut s = ehlo(&gw).await;
+    s.write(
+        b"MAIL FROM:<carol@b.test>\r\nRCPT TO:<nobody@a.test>\r\nRCPT TO:<bob@a.test>\r\n\
+          RCPT TO:<bob+Work@a.test>\r\nDATA\r\n",
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(s.reply().await.code);
+    }
+    assert_eq!(got, vec![250, 550, 250, 250, 354]);
+    s.write(b"Subject: piped\r\n\r\n..two dots\r\n.\r\nNOOP\r\n")
+        .await;
+    assert_eq!(s.reply().await.code, 250);
+    assert_eq!(s.reply().await.code, 250);
+    // One copy per recipient address: bob+Work names no folder bob has, so it is INBOX too.
+    let got = mmtp_inbox(&gw).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    for m in &got {
+        assert_eq!(
+            m["content"]["body"].as_str().unwrap().trim_end(),
+            ".two dots"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_overlong_input_is_refused_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "a.test", "requests_per_sec = 0.0")
+        .replace("domains = [", "max_message_size = 1000\ndomains = [");
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("bob@a.test", "bob-pw");
+    let mut s = ehlo(&gw).await;
+    let long = format!("NOOP {}", "x".repeat(5000));
+    assert_eq!(s.cmd(&long).await.code, 500);
+    let big = format!("Subject: big\r\n\r\n{}", "y\r\n".repeat(600));
+    let r = s.send("carol@b.test", &["bob@a.test"], &big).await;
+    assert_eq!(r.code, 552, "{r:?}");
+    let r = s
+        .send("carol@b.test", &["bob@a.test"], "Subject: small\r\n\r\nok")
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // Invalid UTF-8 in a command, then too many errors: the server gives up.
+    s.write(b"\xff\xfe\r\n").await;
+    assert_eq!(s.reply().await.code, 500);
+    let mut last = 0;
+    for _ in 0..25 {
+        s.write(b"FROB\r\n").await;
+        match s.read_reply().await {
+            Some(r) => last = r.code,
+            None => break,
+        }
+    }
+    assert_eq!(last, 421);
+    assert_eq!(mmtp_inbox(&gw).await.len(), 1);
+}
