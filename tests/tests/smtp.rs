@@ -199,12 +199,57 @@ async fn oversize_and_overlong_input_is_refused_and_the_session_goes_on() {
     assert_eq!(s.reply().await.code, 500);
     let mut last = 0;
     for _ in 0..25 {
-        s.write(b"FROB\r\n").await;
+        if !s.try_write(b"FROB\r\n").await {
+            break;
+        }
         match s.read_reply().await {
             Some(r) => last = r.code,
             None => break,
         }
     }
     assert_eq!(last, 421);
+    assert_eq!(mmtp_inbox(&gw).await.len(), 1);
+}
+
+/// Peers that stall in the middle of large messages hold their bytes in the shared body
+/// budget; another peer's message that does not fit gets a temporary failure (451 4.3.2, the
+/// client retries), and fits once the stalled peers are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_bodies_stay_within_the_shared_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "a.test", "requests_per_sec = 0.0")
+        .replace("domains = [", "max_message_size = 209715\ndomains = [")
+        .replace(
+            "[admin]",
+            "[limits]\nbody_budget_bytes = 1048576\nbody_budget_wait_ms = 200\n[admin]",
+        );
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("bob@a.test", "bob-pw");
+    let line = format!("{}\r\n", "z".repeat(998));
+    // Seven peers each stall with 199 KB of a message: about 950 KB of the 1 MiB held.
+    let mut stallers = Vec::new();
+    for _ in 0..7 {
+        let mut staller = ehlo(&gw).await;
+        assert_eq!(staller.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
+        assert_eq!(staller.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+        assert_eq!(staller.cmd("DATA").await.code, 354);
+        staller.write(line.repeat(199).as_bytes()).await;
+        stallers.push(staller);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let body = format!("Subject: fits later\r\n\r\n{}", line.repeat(100));
+    let mut s = ehlo(&gw).await;
+    let r = s
+        .send("carol@b.test", &["bob@a.test"], body.trim_end())
+        .await;
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(r.text().starts_with("4.3.2"), "{r:?}");
+    drop(stallers);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = s
+        .send("carol@b.test", &["bob@a.test"], body.trim_end())
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
     assert_eq!(mmtp_inbox(&gw).await.len(), 1);
 }

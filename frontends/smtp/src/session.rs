@@ -8,6 +8,7 @@ use crate::mime;
 use crate::reply::Reply;
 use crate::SmtpServer;
 use bytes::Bytes;
+use mailgate_core::budget::{MemoryBudget, Reservation};
 use mailgate_core::io::{BoxedIo, ConnState};
 use mailgate_core::message::TraceHop;
 use mailgate_core::{Address, Origin, SubmitError, Submitter};
@@ -309,7 +310,8 @@ impl<'a> Session<'a> {
             return None;
         }
         let max = self.server.core.policy.max_message_size;
-        let body = match tokio::time::timeout(self.server.data_timeout, read_data(io, max)).await {
+        let read = read_data(io, max, &self.server.core.budget);
+        let body = match tokio::time::timeout(self.server.data_timeout, read).await {
             Err(_) => {
                 self.push(Reply::new(421, Some("4.4.2"), "timeout in DATA, closing"));
                 let _ = self.flush(io).await;
@@ -319,14 +321,22 @@ impl<'a> Session<'a> {
             Ok(Ok(body)) => body,
         };
         let envelope = self.envelope.take()?;
-        let Some(raw) = body else {
-            return Some(Reply::new(
+        Some(match body {
+            Data::TooLarge => Reply::new(
                 552,
                 Some("5.3.4"),
                 format!("message too large: this server accepts {max} bytes"),
-            ));
-        };
-        Some(self.deliver(envelope, raw).await)
+            ),
+            Data::Busy => busy(),
+            Data::Message(raw, mut reservation) => {
+                // Parsing makes the parts beside the raw bytes kept as the wire form.
+                if reservation.grow_to(raw.len() * 3).await.is_err() {
+                    busy()
+                } else {
+                    self.deliver(envelope, raw).await
+                }
+            }
+        })
     }
 
     async fn deliver(&mut self, envelope: Envelope, raw: Vec<u8>) -> Reply {
@@ -380,6 +390,12 @@ impl<'a> Session<'a> {
             _ => None,
         }
     }
+}
+
+/// The memory budget for bodies in flight is spent: a temporary failure, so the client
+/// retries later.
+fn busy() -> Reply {
+    Reply::new(451, Some("4.3.2"), "server busy, try again later")
 }
 
 fn syntax_reply(e: CommandError) -> Reply {
@@ -455,36 +471,68 @@ async fn read_line(io: &mut BufReader<BoxedIo>, limit: usize) -> std::io::Result
     }
 }
 
-/// The message after `354`, dot-unstuffed, up to the line holding one dot; `None` when it
-/// is larger than `max` (the rest is read and dropped, so the session goes on).
-async fn read_data(io: &mut BufReader<BoxedIo>, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+/// What the data block after `354` turned out to be.
+enum Data {
+    /// The message, dot-unstuffed, with the memory reservation covering it.
+    Message(Vec<u8>, Reservation),
+    /// Larger than the limit (the rest was read and dropped).
+    TooLarge,
+    /// The memory budget for bodies in flight had no room for it (read and dropped too).
+    Busy,
+}
+
+/// The message after `354`, dot-unstuffed, up to the line holding one dot. Its bytes are
+/// reserved in the shared memory budget before they are kept; a message over `max` or over
+/// the budget is read to its end and dropped, so the session goes on.
+async fn read_data(
+    io: &mut BufReader<BoxedIo>,
+    max: usize,
+    budget: &MemoryBudget,
+) -> std::io::Result<Data> {
     let mut data = Vec::new();
-    let mut over = false;
+    let mut reservation = budget.start();
+    let mut refused: Option<Data> = None;
     loop {
         // A line longer than what is left of the limit is dropped whole.
-        let room = if over { 0 } else { max + 3 - data.len() };
-        match read_line(io, room.max(3)).await? {
+        let room = if refused.is_some() {
+            3
+        } else {
+            (max + 3 - data.len()).max(3)
+        };
+        match read_line(io, room).await? {
             Line::Closed => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "closed in DATA",
                 ))
             }
-            Line::TooLong => over = true,
+            Line::TooLong => {
+                refused.get_or_insert(Data::TooLarge);
+            }
             Line::Text(line) if line == b"." => break,
             Line::Text(line) => {
-                if over {
+                if refused.is_some() {
                     continue;
                 }
                 let line = line.strip_prefix(b".").unwrap_or(&line);
+                if data.len() + line.len() + 2 > max {
+                    refused = Some(Data::TooLarge);
+                    data = Vec::new();
+                    continue;
+                }
+                if reservation
+                    .grow_to(data.len() + line.len() + 2)
+                    .await
+                    .is_err()
+                {
+                    refused = Some(Data::Busy);
+                    data = Vec::new();
+                    continue;
+                }
                 data.extend_from_slice(line);
                 data.extend_from_slice(b"\r\n");
-                if data.len() > max {
-                    over = true;
-                    data = Vec::new();
-                }
             }
         }
     }
-    Ok((!over).then_some(data))
+    Ok(refused.unwrap_or(Data::Message(data, reservation)))
 }

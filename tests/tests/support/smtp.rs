@@ -41,6 +41,11 @@ impl Smtp {
         self.io.get_mut().flush().await.unwrap();
     }
 
+    /// Write raw bytes; false when the server has closed the connection.
+    pub async fn try_write(&mut self, bytes: &[u8]) -> bool {
+        self.io.get_mut().write_all(bytes).await.is_ok() && self.io.get_mut().flush().await.is_ok()
+    }
+
     /// Send one command line and read its reply.
     pub async fn cmd(&mut self, line: &str) -> Reply {
         self.write(format!("{line}\r\n").as_bytes()).await;
