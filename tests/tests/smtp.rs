@@ -53,6 +53,34 @@ async fn accepted_mail_is_durable_and_read_through_other_protocols() {
     assert!(r.text().starts_with("2.0.0"), "{r:?}");
     // 250 meant stored: a SIGKILL right after loses nothing.
     gw.kill();
+    // The original bytes are kept, with this server's trace field in front.
+    let db = mailgate_core::store::StoreLocation::Sqlite(dir.path().join("data/mailgate.db"));
+    let store = db
+        .open(std::sync::Arc::new(mailgate_core::Metrics::new()), 1)
+        .await
+        .unwrap();
+    let bob = store
+        .account(&Address::parse_any("bob@a.test").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let entries = store
+        .entries(bob.id, "INBOX", Default::default())
+        .await
+        .unwrap();
+    let stored = store.message(entries[0].message).await.unwrap().unwrap();
+    let wire = stored.wire.expect("the wire form is kept");
+    let text = String::from_utf8_lossy(&wire.bytes);
+    assert!(
+        text.starts_with("Received: from client.b.test ([127.0.0.1])\r\n\tby a.test (mailgate) with ESMTP;\r\n\t"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(MULTIPART) || text.ends_with(&format!("{MULTIPART}\r\n")),
+        "{text}"
+    );
+    store.close().await.unwrap();
+    drop(store);
     let gw = Gateway::start(
         dir.path(),
         Some(&std::fs::read_to_string(dir.path().join("mailgate.toml")).unwrap()),

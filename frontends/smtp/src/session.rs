@@ -347,6 +347,7 @@ impl<'a> Session<'a> {
                 .or_else(|_| Address::new("mailer-daemon", "invalid"))
                 .expect("a valid fixed address")
         });
+        let raw = self.with_trace_header(&helo, envelope.params.utf8, raw);
         let mut message = mime::to_model(Bytes::from(raw), sender, envelope.recipients);
         message.trace.push(TraceHop {
             protocol: "smtp".into(),
@@ -361,6 +362,32 @@ impl<'a> Session<'a> {
             Ok(_) => Reply::new(250, Some("2.0.0"), "message accepted for delivery"),
             Err(e) => submit_reply(&e),
         }
+    }
+
+    /// The message with this server's `Received:` field in front (RFC 5321 §4.4; the
+    /// protocol names of RFC 3848 and RFC 6531).
+    fn with_trace_header(&self, helo: &str, utf8: bool, raw: Vec<u8>) -> Vec<u8> {
+        let with = match (utf8, self.tls) {
+            (false, false) => "ESMTP",
+            (false, true) => "ESMTPS",
+            (true, false) => "UTF8SMTP",
+            (true, true) => "UTF8SMTPS",
+        };
+        // Only printable ASCII of the client's EHLO argument goes into the header.
+        let helo: String = helo
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(255)
+            .collect();
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now()).replace(" GMT", " +0000");
+        let mut out = format!(
+            "Received: from {helo} ([{}])\r\n\tby {} (mailgate) with {with};\r\n\t{date}\r\n",
+            self.peer.ip(),
+            self.server.hostname
+        )
+        .into_bytes();
+        out.extend_from_slice(&raw);
+        out
     }
 
     fn may_start_tls(&self) -> Result<(), Reply> {
