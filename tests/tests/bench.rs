@@ -113,6 +113,28 @@ fn every_bench_mode_runs_and_respects_the_servers_limits() {
         dir.path(),
     ));
     assert!(out.contains("mmtp: 6 connections to 2 node(s)"), "{out}");
+    let (out, _) = text(&run_ok(
+        &[
+            "bench",
+            "smtp",
+            "--target",
+            gw.addr("smtp.listen"),
+            "--to",
+            "bob@localhost",
+            "--messages",
+            "60",
+            "--connections",
+            "4",
+            "--size",
+            "512",
+        ],
+        None,
+        dir.path(),
+    ));
+    assert!(
+        out.contains("smtp: 4 connections, pipelined transactions") && out.contains("60 in"),
+        "{out}"
+    );
     let (out, err) = text(&run_ok(
         &[
             "bench",

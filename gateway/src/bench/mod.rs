@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 mod immp;
 mod scale;
+mod smtp;
 
 /// What to benchmark.
 #[derive(Subcommand)]
@@ -29,6 +30,9 @@ pub enum BenchTarget {
     /// IMMP DELIVER / DATA / DONE over concurrent connections to a running server, each
     /// upgraded to TLS and authenticated as --from (a local account) once.
     Immp(immp::ImmpBench),
+    /// SMTP transactions (pipelined MAIL/RCPT/DATA) over concurrent connections to a running
+    /// server's MX listener; each `250` is a durably stored message.
+    Smtp(smtp::SmtpBench),
     /// Fill a store to each of --sizes messages (one mailbox, then spread over --accounts) and
     /// measure submits and every read's store calls at each size.
     Scale(scale::ScaleBench),
@@ -189,6 +193,7 @@ pub async fn run(target: BenchTarget) -> anyhow::Result<()> {
         BenchTarget::Xhmtp(opts) => xhmtp(opts).await,
         BenchTarget::Immp(opts) => immp::run(opts).await,
         BenchTarget::Scale(opts) => scale::run(opts).await,
+        BenchTarget::Smtp(opts) => smtp::run(opts).await,
     }
 }
 
