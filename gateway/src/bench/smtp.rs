@@ -29,13 +29,10 @@ pub struct SmtpBench {
 
 pub async fn run(opts: SmtpBench) -> anyhow::Result<()> {
     let spread = opts.spread.max(1);
-    anyhow::ensure!(
-        spread == 1 || opts.to.contains("{n}"),
-        "--spread needs a --to pattern with {{n}}"
-    );
     let recipients: Arc<Vec<String>> = Arc::new(
-        (0..spread)
-            .map(|n| opts.to.replace("{n}", &n.to_string()))
+        super::spread_recipients(&opts.to, spread)?
+            .iter()
+            .map(ToString::to_string)
             .collect(),
     );
     let message = Arc::new(
