@@ -27,6 +27,36 @@ pub trait Discovery: Send + Sync {
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String>;
     /// The strings of the TXT records at `name`; empty when there are none.
     async fn txt(&self, name: &str) -> Result<Vec<String>, String>;
+    /// The mail exchangers of `domain` (MX records), lowest preference first; empty when it
+    /// has none. A null MX (RFC 7505: one record whose exchange is `.`) is [`Mx::Null`].
+    async fn mx(&self, domain: &str) -> Result<Mx, String>;
+}
+
+/// A domain's MX answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mx {
+    /// No MX records: the domain's own address is its implicit MX (RFC 5321 §5.1).
+    None,
+    /// A null MX: the domain accepts no mail at all.
+    Null,
+    /// Exchanger host names with their preferences, lowest first.
+    Hosts(Vec<(u16, String)>),
+}
+
+impl Mx {
+    /// The answer for these `(preference, exchange)` records (exchange without its trailing
+    /// dot; `""` for the root), sorted.
+    pub fn from_records(mut records: Vec<(u16, String)>) -> Mx {
+        if records.is_empty() {
+            return Mx::None;
+        }
+        if records.len() == 1 && records[0].1.is_empty() {
+            return Mx::Null;
+        }
+        records.retain(|(_, host)| !host.is_empty());
+        records.sort();
+        Mx::Hosts(records)
+    }
 }
 
 /// The addresses of `host`: itself when it is an address literal (`[…]` allowed), else its
@@ -63,6 +93,16 @@ mod tests {
             priority,
             weight,
         }
+    }
+
+    #[test]
+    fn mx_answers() {
+        assert_eq!(Mx::from_records(Vec::new()), Mx::None);
+        assert_eq!(Mx::from_records(vec![(0, String::new())]), Mx::Null);
+        assert_eq!(
+            Mx::from_records(vec![(20, "b".into()), (10, "a".into()), (5, String::new())]),
+            Mx::Hosts(vec![(10, "a".into()), (20, "b".into())])
+        );
     }
 
     #[test]

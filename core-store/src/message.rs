@@ -48,6 +48,10 @@ pub struct Part {
     pub content: bool,
 }
 
+/// The media type of a delivery-status report part (RFC 3464 §2.1): a bounce carries one,
+/// and renders as `multipart/report` where the format has MIME.
+pub const DELIVERY_STATUS: &str = "message/delivery-status";
+
 impl Part {
     /// A `text/plain` content part.
     pub fn text_body(text: impl Into<String>) -> Self {

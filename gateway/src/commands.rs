@@ -113,6 +113,58 @@ pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
     result
 }
 
+/// `mailgate dkim …`
+#[derive(Subcommand)]
+pub enum DkimAction {
+    /// Make a DKIM key for a local domain in `<data_dir>/dkim/` and print the TXT record to
+    /// publish (outbound SMTP mail from the domain is signed with it from then on).
+    Generate {
+        /// The local domain.
+        domain: String,
+    },
+    /// Print the TXT record of a domain's existing key.
+    Record {
+        /// The local domain.
+        domain: String,
+    },
+}
+
+/// Run a `dkim` action.
+pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
+    let (domain, public) = match action {
+        DkimAction::Generate { domain } => {
+            let domain = local_domain(config, &domain)?;
+            let public = mailgate_smtp::dkim::generate(&config.dkim_dir(), &domain)?;
+            eprintln!(
+                "wrote {}",
+                mailgate_smtp::dkim::key_file(&config.dkim_dir(), &domain).display()
+            );
+            (domain, public)
+        }
+        DkimAction::Record { domain } => {
+            let domain = local_domain(config, &domain)?;
+            let path = mailgate_smtp::dkim::key_file(&config.dkim_dir(), &domain);
+            (domain, mailgate_smtp::dkim::public_key(&path)?)
+        }
+    };
+    println!(
+        "{}",
+        mailgate_smtp::dkim::txt_record(&domain, &config.smtp.dkim_selector, &public)
+    );
+    Ok(())
+}
+
+fn local_domain(config: &Config, domain: &str) -> anyhow::Result<String> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if !config.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
+        bail!(
+            "{domain} is not one of this gateway's domains ({})",
+            config.domains.join(", ")
+        );
+    }
+    Ok(domain)
+}
+
 /// `mailgate queue …`
 #[derive(Subcommand)]
 pub enum QueueAction {

@@ -75,19 +75,21 @@ impl Default for OutboundConfig {
 pub struct RouteConfig {
     /// The remote domain.
     pub domain: String,
-    /// `immp`, `mmtp` or `xhmtp`.
+    /// `immp`, `mmtp`, `xhmtp` or `smtp`.
     pub protocol: String,
     /// Host name or address of its server.
     pub host: String,
     /// Port.
     pub port: u16,
-    /// Use TLS (MMTP's TLS port, XHMTP over HTTPS; IMMP always upgrades).
+    /// Use TLS (MMTP's TLS port, XHMTP over HTTPS; IMMP always upgrades; SMTP: STARTTLS is
+    /// required and the certificate verified for `host`, instead of opportunistic).
     #[serde(default)]
     pub tls: bool,
 }
 
-/// The relay protocols, in the default preference order.
-pub const PROTOCOLS: [&str; 3] = ["immp", "mmtp", "xhmtp"];
+/// The relay protocols, in the default preference order: the seed protocols before SMTP, so a
+/// domain that publishes one of their SRV records keeps getting it.
+pub const PROTOCOLS: [&str; 4] = ["immp", "mmtp", "xhmtp", "smtp"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -267,7 +269,8 @@ pub struct RelayConfig {
     /// Deliveries in flight to one destination domain at a time.
     pub per_domain: usize,
     /// Protocols tried for a domain when it does not speak the one the message arrived in, in
-    /// order (`immp`, `mmtp`, `xhmtp`).
+    /// order (`immp`, `mmtp`, `xhmtp`, `smtp`); a protocol left out is used only for mail that
+    /// arrived in it.
     pub preference: Vec<String>,
     /// How long a claimed delivery is leased to this node, seconds: when the node dies
     /// mid-delivery, another one (or this one restarted) takes the entry over after that.
@@ -283,7 +286,7 @@ impl Default for RelayConfig {
             retry_max_secs: 4 * 3600,
             max_age_secs: 5 * 24 * 3600,
             per_domain: 4,
-            preference: vec!["immp".into(), "mmtp".into(), "xhmtp".into()],
+            preference: PROTOCOLS.iter().map(|p| (*p).to_owned()).collect(),
             lease_secs: 600,
         }
     }
@@ -395,7 +398,10 @@ impl Config {
         }
         for p in &self.relay.preference {
             if !PROTOCOLS.contains(&p.as_str()) {
-                bail!("relay.preference: unknown protocol {p:?} (use immp, mmtp, xhmtp)");
+                bail!(
+                    "relay.preference: unknown protocol {p:?} (use {})",
+                    PROTOCOLS.join(", ")
+                );
             }
         }
         if self.relay.per_domain == 0 {
@@ -404,9 +410,10 @@ impl Config {
         for r in &self.route {
             if !PROTOCOLS.contains(&r.protocol.as_str()) {
                 bail!(
-                    "[[route]] {}: unknown protocol {:?} (use immp, mmtp, xhmtp)",
+                    "[[route]] {}: unknown protocol {:?} (use {})",
                     r.domain,
-                    r.protocol
+                    r.protocol,
+                    PROTOCOLS.join(", ")
                 );
             }
         }
@@ -420,6 +427,11 @@ impl Config {
             seen.push((addr, key));
         }
         Ok(())
+    }
+
+    /// Where the DKIM keys of the local domains are (`<data_dir>/dkim/<domain>.pem`).
+    pub fn dkim_dir(&self) -> PathBuf {
+        self.data_dir.join("dkim")
     }
 
     /// Every enabled listener with the key that configures it.

@@ -1,4 +1,4 @@
-//! Route discovery over DNS with hickory-resolver: SRV and TXT records and host addresses.
+//! Route discovery over DNS with hickory-resolver: SRV, MX and TXT records and host addresses.
 //! hickory's resolver caches answers for their TTL (bounded, 32 entries by default raised to
 //! 1024 here), so repeated look-ups for a busy peer cost no queries.
 
@@ -9,7 +9,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{ResolveError, TokioResolver};
-use mailgate_core::discovery::{order, Discovery, SrvTarget};
+use mailgate_core::discovery::{order, Discovery, Mx, SrvTarget};
 use std::net::{IpAddr, SocketAddr};
 
 /// DNS discovery through the system resolver configuration or the given servers.
@@ -115,6 +115,22 @@ impl Discovery for DnsDiscovery {
                 })
                 .collect()),
             Err(e) if means_no_records(&e) => Ok(Vec::new()),
+            Err(e) => Err(failure(&e)),
+        }
+    }
+
+    async fn mx(&self, domain: &str) -> Result<Mx, String> {
+        match self.resolver.mx_lookup(absolute(domain)).await {
+            Ok(found) => Ok(Mx::from_records(
+                found
+                    .iter()
+                    .map(|mx| {
+                        let host = mx.exchange().to_utf8();
+                        (mx.preference(), host.trim_end_matches('.').to_owned())
+                    })
+                    .collect(),
+            )),
+            Err(e) if means_no_records(&e) => Ok(Mx::None),
             Err(e) => Err(failure(&e)),
         }
     }

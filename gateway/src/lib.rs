@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         action: commands::StoreAction,
     },
+    /// DKIM keys for outbound SMTP mail.
+    Dkim {
+        #[command(subcommand)]
+        action: commands::DkimAction,
+    },
     /// Write a consistent copy of the store to PATH (safe while the gateway runs).
     Backup {
         /// Destination file; must not exist.
@@ -141,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::User { action } => commands::user(&load()?, action).await.map(|()| ok),
         Command::Queue { action } => commands::queue(&load()?, action).await.map(|()| ok),
         Command::Store { action } => commands::store(action).await.map(|()| ok),
+        Command::Dkim { action } => commands::dkim(&load()?, action).map(|()| ok),
         Command::Backup { path } => commands::backup(&load()?, &path).await.map(|()| ok),
         Command::Health { url } => commands::health(&load()?, url).await,
         Command::Bench { target } => bench::run(target).await.map(|()| ok),

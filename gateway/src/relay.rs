@@ -13,11 +13,12 @@ use crate::config::RelayConfig;
 use crate::routing::RouteChooser;
 use mailgate_core::address::MAILER_DAEMON;
 use mailgate_core::message::now_ms;
-use mailgate_core::message::rfc3339;
+use mailgate_core::message::{rfc3339, DELIVERY_STATUS};
 use mailgate_core::relay::{Backoff, Route, Transport, TransportError};
 use mailgate_core::store::{AccountRef, QueueEntry, RelayOutcome, Submission};
 use mailgate_core::Core;
-use mailgate_core::{Address, Message, Origin, Submitter};
+use bytes::Bytes;
+use mailgate_core::{Address, Message, Origin, Part, Submitter};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -255,6 +256,20 @@ impl Relay {
             body,
         );
         dsn.tags.status.push("delivery-status".into());
+        dsn.parts.push(Part {
+            name: "delivery-status".into(),
+            media_type: DELIVERY_STATUS.into(),
+            data: Bytes::from(delivery_status(&self.domain, message, entry, protocol, error)),
+            content: false,
+        });
+        if let Some(headers) = original_headers(message) {
+            dsn.parts.push(Part {
+                name: "headers".into(),
+                media_type: "text/rfc822-headers".into(),
+                data: headers,
+                content: false,
+            });
+        }
         let origin = Origin {
             protocol: "local",
             submitter: Submitter::Gateway,
@@ -269,5 +284,78 @@ impl Relay {
                 None
             }
         }
+    }
+}
+
+/// The machine-readable part of a bounce (RFC 3464 §2.2, §2.3): who reports, for which
+/// recipient, the status code (the remote server's enhanced code when it gave one; `5.0.0`
+/// for other permanent failures, `4.4.7` when the message expired), and the diagnostic.
+fn delivery_status(
+    reporter: &str,
+    message: &Message,
+    entry: &QueueEntry,
+    protocol: &str,
+    error: &str,
+) -> String {
+    let status = enhanced_status(error).unwrap_or(if error.starts_with("gave up after") {
+        "4.4.7".to_owned()
+    } else {
+        "5.0.0".to_owned()
+    });
+    let diagnostic: String = error.chars().filter(|c| !c.is_control()).take(900).collect();
+    format!(
+        "Reporting-MTA: dns; {reporter}\r\n\
+         Arrival-Date: {}\r\n\
+         \r\n\
+         Final-Recipient: rfc822; {}\r\n\
+         Action: failed\r\n\
+         Status: {status}\r\n\
+         Diagnostic-Code: {}; {diagnostic}\r\n\
+         Last-Attempt-Date: {}\r\n",
+        httpdate::fmt_http_date(ms_time(message.received_at)),
+        entry.recipient,
+        if protocol == "smtp" { "smtp" } else { "x-mailgate" },
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    )
+}
+
+fn ms_time(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// The first `class.subject.detail` code (RFC 3463) in `text`, e.g. `5.1.1`.
+fn enhanced_status(text: &str) -> Option<String> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && (1..=3).contains(&parts[1].len())
+                && (1..=3).contains(&parts[2].len())
+        })
+        .map(str::to_owned)
+}
+
+/// The header section of the original, when it arrived as MIME.
+fn original_headers(message: &Message) -> Option<Bytes> {
+    let wire = message.wire.as_ref().filter(|w| w.protocol == "smtp")?;
+    let end = wire
+        .bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(wire.bytes.len(), |i| i + 2);
+    Some(wire.bytes.slice(..end))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn enhanced_status_codes_are_found_in_replies() {
+        assert_eq!(
+            super::enhanced_status("RCPT refused: 550 5.1.1 <bob@x>: no such user").as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(super::enhanced_status("refused: no user 1.2"), None);
+        assert_eq!(super::enhanced_status("version 10.0.1 said 4.2.2 full").as_deref(), Some("4.2.2"));
     }
 }

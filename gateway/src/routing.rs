@@ -1,7 +1,11 @@
 //! Route choice for a remote domain: which protocol the relay speaks to it.
 //!
 //! In order: a static route (`[[route]]`, and the per-protocol `[[immp.routes]]` /
-//! `[[xhmtp.routes]]`); else DNS — SRV `_immp._tcp`, `_mmtp._tcp`, `_xhmtp._tcp` of the domain.
+//! `[[xhmtp.routes]]`); else DNS — SRV `_immp._tcp`, `_mmtp._tcp`, `_xhmtp._tcp` of the domain,
+//! and for SMTP its MX records (a null MX means no mail; no MX at all means the domain's own
+//! address records, RFC 5321 §5.1). With the default preference (SMTP last) a domain that
+//! publishes a seed protocol's SRV record keeps getting it; a domain with only MX records
+//! gets SMTP.
 //! Among the protocols the domain offers, the one the message arrived in wins (its original
 //! wire form can then go out unchanged); otherwise `[relay] preference` decides. A domain that
 //! offers none of the enabled protocols has no route: the entry fails and bounces. The SRV
@@ -9,7 +13,7 @@
 //! there (by priority and weight; XHMTP also reads its TXT prefix) without asking again. The
 //! resolver caches every answer for its TTL.
 
-use mailgate_core::discovery::Discovery;
+use mailgate_core::discovery::{Discovery, Mx, SrvTarget};
 use mailgate_core::relay::{Route, TransportError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,25 +86,27 @@ impl RouteChooser {
                 "no route to {domain}: no static route and no DNS resolver"
             )));
         };
-        // Every protocol's SRV look-up at once, each bounded by the same time limit: a dead
+        // Every protocol's look-up at once, each bounded by the same time limit: a dead
         // resolver costs one limit, not one per protocol.
         let lookups = order.iter().map(|p| async move {
-            match tokio::time::timeout(self.timeout, dns.srv(p, domain)).await {
+            match tokio::time::timeout(self.timeout, targets(dns.as_ref(), p, domain)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {:?}", self.timeout)),
             }
         });
         let answers = futures_util::future::join_all(lookups).await;
         let mut dns_error = None;
+        let mut null_mx = false;
         for (p, answer) in order.iter().zip(answers) {
             match answer {
-                Ok(targets) if !targets.is_empty() => {
+                Ok(Found::Targets(targets)) => {
                     return Ok(Route {
                         protocol: (*p).to_owned(),
                         srv: Some(targets),
                     })
                 }
-                Ok(_) => {}
+                Ok(Found::NullMx) => null_mx = true,
+                Ok(Found::Nothing) => {}
                 Err(e) => dns_error = Some(e),
             }
         }
@@ -108,11 +114,17 @@ impl RouteChooser {
             Some(e) => Err(TransportError::Temporary(format!(
                 "DNS lookup for {domain}: {e}"
             ))),
+            None if null_mx => Err(TransportError::Permanent(format!(
+                "{domain} accepts no mail (null MX, RFC 7505)"
+            ))),
             None => Err(TransportError::Permanent(format!(
-                "no route to {domain}: no static route and no SRV record for {}",
+                "no route to {domain}: no static route and no {}",
                 order
                     .iter()
-                    .map(|p| format!("_{p}._tcp"))
+                    .map(|p| match *p {
+                        SMTP => "MX or address record".to_owned(),
+                        p => format!("_{p}._tcp SRV record"),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
@@ -120,11 +132,56 @@ impl RouteChooser {
     }
 }
 
+/// The SMTP protocol name: routed by MX records rather than SRV.
+const SMTP: &str = "smtp";
+
+/// The port every MX target listens on (RFC 5321 §4.5.4.1); the SMTP transport may be
+/// configured to use another.
+pub const MX_PORT: u16 = 25;
+
+/// What DNS says about one protocol at a domain.
+enum Found {
+    /// Servers to try, best first.
+    Targets(Vec<SrvTarget>),
+    /// The domain says it takes no mail (SMTP only).
+    NullMx,
+    /// Nothing for this protocol.
+    Nothing,
+}
+
+/// The servers of `domain` for `protocol`: its SRV targets for a seed protocol; for SMTP its
+/// MX hosts by preference, or — when it has no MX records — the domain itself if it has an
+/// address (the implicit MX of RFC 5321 §5.1).
+async fn targets(dns: &dyn Discovery, protocol: &str, domain: &str) -> Result<Found, String> {
+    if protocol != SMTP {
+        let srv = dns.srv(protocol, domain).await?;
+        return Ok(if srv.is_empty() {
+            Found::Nothing
+        } else {
+            Found::Targets(srv)
+        });
+    }
+    let target = |(preference, host): (u16, String)| SrvTarget {
+        host,
+        port: MX_PORT,
+        priority: preference,
+        weight: 0,
+    };
+    match dns.mx(domain).await? {
+        Mx::Null => Ok(Found::NullMx),
+        Mx::Hosts(hosts) => Ok(Found::Targets(hosts.into_iter().map(target).collect())),
+        Mx::None => Ok(if dns.addresses(domain).await?.is_empty() {
+            Found::Nothing
+        } else {
+            Found::Targets(vec![target((0, domain.to_owned()))])
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use mailgate_core::discovery::SrvTarget;
     use std::net::IpAddr;
 
     /// A fixed set of SRV answers (service, domain), standing in for a zone.
@@ -152,11 +209,22 @@ mod tests {
                 })
                 .collect())
         }
-        async fn addresses(&self, _: &str) -> Result<Vec<IpAddr>, String> {
-            Ok(Vec::new())
+        async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+            Ok(match host {
+                "bare.test" | "all.test" => vec![IpAddr::from([192, 0, 2, 7])],
+                _ => Vec::new(),
+            })
         }
         async fn txt(&self, _: &str) -> Result<Vec<String>, String> {
             Ok(Vec::new())
+        }
+        async fn mx(&self, domain: &str) -> Result<Mx, String> {
+            Ok(match domain {
+                "mx.test" | "all.test" => Mx::Hosts(vec![(5, "a.mx.test".into()), (10, "b.mx.test".into())]),
+                "null.test" => Mx::Null,
+                "broken-mx.test" => return Err("SERVFAIL".into()),
+                _ => Mx::None,
+            })
         }
     }
 
@@ -176,6 +244,50 @@ mod tests {
     }
 
     const ALL: &[&str] = &["immp", "mmtp", "xhmtp"];
+    const WITH_SMTP: &[&str] = &["immp", "mmtp", "xhmtp", "smtp"];
+
+    /// SRV beats MX with the default preference; MX hosts go in preference order on port 25;
+    /// no MX falls back to the domain's address; a null MX is a permanent "no mail".
+    #[tokio::test]
+    async fn smtp_routes_come_from_mx_records() {
+        let c = RouteChooser::new(
+            Vec::new(),
+            Some(Arc::new(Zone(vec![("mmtp", "all.test")]))),
+            vec!["immp".into(), "mmtp".into(), "xhmtp".into(), "smtp".into()],
+            Duration::from_millis(200),
+        );
+        assert_eq!(c.choose("all.test", None, WITH_SMTP).await.unwrap().protocol, "mmtp");
+        // Mail that arrived over SMTP goes out over SMTP where the domain takes it.
+        assert_eq!(c.choose("all.test", Some("smtp"), WITH_SMTP).await.unwrap().protocol, "smtp");
+        let route = c.choose("mx.test", Some("immp"), WITH_SMTP).await.unwrap();
+        assert_eq!(route.protocol, "smtp");
+        let targets: Vec<_> = route
+            .srv
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.host, t.port, t.priority))
+            .collect();
+        assert_eq!(targets, [("a.mx.test".to_owned(), 25, 5), ("b.mx.test".to_owned(), 25, 10)]);
+        let route = c.choose("bare.test", None, WITH_SMTP).await.unwrap();
+        assert_eq!(route.srv.unwrap()[0].host, "bare.test");
+        assert!(matches!(
+            c.choose("null.test", None, WITH_SMTP).await,
+            Err(TransportError::Permanent(m)) if m.contains("null MX")
+        ));
+        assert!(matches!(
+            c.choose("nothing.test", None, WITH_SMTP).await,
+            Err(TransportError::Permanent(m)) if m.contains("MX or address")
+        ));
+        assert!(matches!(
+            c.choose("broken-mx.test", None, WITH_SMTP).await,
+            Err(TransportError::Temporary(_))
+        ));
+        // Without the SMTP transport, MX records are not asked about.
+        assert!(matches!(
+            c.choose("mx.test", None, ALL).await,
+            Err(TransportError::Permanent(_))
+        ));
+    }
 
     #[tokio::test]
     async fn arrival_protocol_then_preference_then_nothing() {

@@ -27,6 +27,8 @@ use mailgate_xhmtp::config::XhmtpRoute;
 use mailgate_xhmtp::discovery::Locator;
 use mailgate_xhmtp::fetcher::Fetcher;
 use mailgate_xhmtp::http::HttpClient;
+use mailgate_smtp::dkim::DkimKeys;
+use mailgate_smtp::relay::{RelaySettings, SmtpRoute, SmtpTransport};
 use mailgate_xhmtp::notifier::XhmtpTransport;
 use mailgate_xhmtp::Xhmtp;
 use std::net::SocketAddr;
@@ -178,6 +180,42 @@ async fn xhmtp_state(
 }
 
 /// `(domain, protocol)` of every configured route.
+/// The SMTP relay transport: `[[route]] protocol = "smtp"`, MX targets through `dns`, DKIM
+/// keys in `<data_dir>/dkim/`.
+fn smtp_transport(
+    config: &Config,
+    dns: Option<Arc<dyn Discovery>>,
+    trust: Option<Arc<rustls::ClientConfig>>,
+) -> SmtpTransport {
+    let routes = config
+        .route
+        .iter()
+        .filter(|r| r.protocol == "smtp")
+        .map(|r| SmtpRoute {
+            domain: r.domain.clone(),
+            host: r.host.clone(),
+            port: r.port,
+            tls: r.tls,
+        })
+        .collect();
+    SmtpTransport::new(
+        routes,
+        dns,
+        trust,
+        Arc::new(DkimKeys::new(
+            config.dkim_dir(),
+            config.smtp.dkim_selector.clone(),
+        )),
+        RelaySettings {
+            hostname: config.primary_domain().to_owned(),
+            mx_port: config.smtp.mx_port,
+            require_tls: config.smtp.require_tls,
+            timeout: Duration::from_secs(config.limits.read_timeout_secs.clamp(1, 300)),
+            local_domains: config.domains.clone(),
+        },
+    )
+}
+
 fn static_routes(config: &Config) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = config
         .route
@@ -434,6 +472,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(x) = &xhmtp {
         transports.push(Arc::new(XhmtpTransport::new(x.clone())));
+    }
+    if config.smtp.enabled {
+        transports.push(Arc::new(smtp_transport(&config, dns.clone(), trust.clone())));
     }
     let relay = Arc::new(Relay::new(
         core.clone(),

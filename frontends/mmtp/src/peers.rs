@@ -412,6 +412,9 @@ mod tests {
         async fn txt(&self, _: &str) -> Result<Vec<String>, String> {
             Ok(Vec::new())
         }
+        async fn mx(&self, _: &str) -> Result<mailgate_core::discovery::Mx, String> {
+            Ok(mailgate_core::discovery::Mx::None)
+        }
     }
 
     #[tokio::test]
@@ -450,6 +453,9 @@ mod tests {
         }
         async fn txt(&self, _: &str) -> Result<Vec<String>, String> {
             Ok(Vec::new())
+        }
+        async fn mx(&self, _: &str) -> Result<mailgate_core::discovery::Mx, String> {
+            Ok(mailgate_core::discovery::Mx::None)
         }
     }
 

@@ -14,6 +14,14 @@ pub struct SmtpConfig {
     /// Longest wait for the whole message after `354`, seconds (RFC 5321 §4.5.3.2.6 suggests
     /// ten minutes for the data block's lines; the whole message gets this bound).
     pub data_timeout_secs: u64,
+    /// The port of other domains' mail exchangers (25; another only for tests and smart hosts
+    /// that listen elsewhere).
+    pub mx_port: u16,
+    /// Deliver only over STARTTLS with a certificate verified against `[tls] trust`; off:
+    /// STARTTLS whenever offered, the certificate unchecked (opportunistic, RFC 7435).
+    pub require_tls: bool,
+    /// The DKIM selector outbound mail is signed under (`<selector>._domainkey.<domain>`).
+    pub dkim_selector: String,
 }
 
 impl Default for SmtpConfig {
@@ -22,6 +30,9 @@ impl Default for SmtpConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
             data_timeout_secs: 600,
+            mx_port: 25,
+            require_tls: false,
+            dkim_selector: "mailgate".into(),
         }
     }
 }

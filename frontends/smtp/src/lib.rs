@@ -6,7 +6,10 @@
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod dkim;
 pub mod mime;
+pub mod relay;
+pub mod render;
 pub mod reply;
 mod session;
 
