@@ -156,7 +156,11 @@ pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
 
 fn local_domain(config: &Config, domain: &str) -> anyhow::Result<String> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    if !config.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
+    if !config
+        .domains
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(&domain))
+    {
         bail!(
             "{domain} is not one of this gateway's domains ({})",
             config.domains.join(", ")

@@ -11,13 +11,13 @@
 
 use crate::config::RelayConfig;
 use crate::routing::RouteChooser;
+use bytes::Bytes;
 use mailgate_core::address::MAILER_DAEMON;
 use mailgate_core::message::now_ms;
 use mailgate_core::message::{rfc3339, DELIVERY_STATUS};
 use mailgate_core::relay::{Backoff, Route, Transport, TransportError};
 use mailgate_core::store::{AccountRef, QueueEntry, RelayOutcome, Submission};
 use mailgate_core::Core;
-use bytes::Bytes;
 use mailgate_core::{Address, Message, Origin, Part, Submitter};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -259,7 +259,13 @@ impl Relay {
         dsn.parts.push(Part {
             name: "delivery-status".into(),
             media_type: DELIVERY_STATUS.into(),
-            data: Bytes::from(delivery_status(&self.domain, message, entry, protocol, error)),
+            data: Bytes::from(delivery_status(
+                &self.domain,
+                message,
+                entry,
+                protocol,
+                error,
+            )),
             content: false,
         });
         if let Some(headers) = original_headers(message) {
@@ -302,7 +308,11 @@ fn delivery_status(
     } else {
         "5.0.0".to_owned()
     });
-    let diagnostic: String = error.chars().filter(|c| !c.is_control()).take(900).collect();
+    let diagnostic: String = error
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(900)
+        .collect();
     format!(
         "Reporting-MTA: dns; {reporter}\r\n\
          Arrival-Date: {}\r\n\
@@ -314,7 +324,11 @@ fn delivery_status(
          Last-Attempt-Date: {}\r\n",
         httpdate::fmt_http_date(ms_time(message.received_at)),
         entry.recipient,
-        if protocol == "smtp" { "smtp" } else { "x-mailgate" },
+        if protocol == "smtp" {
+            "smtp"
+        } else {
+            "x-mailgate"
+        },
         httpdate::fmt_http_date(std::time::SystemTime::now()),
     )
 }
@@ -356,6 +370,9 @@ mod tests {
             Some("5.1.1")
         );
         assert_eq!(super::enhanced_status("refused: no user 1.2"), None);
-        assert_eq!(super::enhanced_status("version 10.0.1 said 4.2.2 full").as_deref(), Some("4.2.2"));
+        assert_eq!(
+            super::enhanced_status("version 10.0.1 said 4.2.2 full").as_deref(),
+            Some("4.2.2")
+        );
     }
 }

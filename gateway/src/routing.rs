@@ -220,7 +220,9 @@ mod tests {
         }
         async fn mx(&self, domain: &str) -> Result<Mx, String> {
             Ok(match domain {
-                "mx.test" | "all.test" => Mx::Hosts(vec![(5, "a.mx.test".into()), (10, "b.mx.test".into())]),
+                "mx.test" | "all.test" => {
+                    Mx::Hosts(vec![(5, "a.mx.test".into()), (10, "b.mx.test".into())])
+                }
                 "null.test" => Mx::Null,
                 "broken-mx.test" => return Err("SERVFAIL".into()),
                 _ => Mx::None,
@@ -256,9 +258,21 @@ mod tests {
             vec!["immp".into(), "mmtp".into(), "xhmtp".into(), "smtp".into()],
             Duration::from_millis(200),
         );
-        assert_eq!(c.choose("all.test", None, WITH_SMTP).await.unwrap().protocol, "mmtp");
+        assert_eq!(
+            c.choose("all.test", None, WITH_SMTP)
+                .await
+                .unwrap()
+                .protocol,
+            "mmtp"
+        );
         // Mail that arrived over SMTP goes out over SMTP where the domain takes it.
-        assert_eq!(c.choose("all.test", Some("smtp"), WITH_SMTP).await.unwrap().protocol, "smtp");
+        assert_eq!(
+            c.choose("all.test", Some("smtp"), WITH_SMTP)
+                .await
+                .unwrap()
+                .protocol,
+            "smtp"
+        );
         let route = c.choose("mx.test", Some("immp"), WITH_SMTP).await.unwrap();
         assert_eq!(route.protocol, "smtp");
         let targets: Vec<_> = route
@@ -267,7 +281,13 @@ mod tests {
             .into_iter()
             .map(|t| (t.host, t.port, t.priority))
             .collect();
-        assert_eq!(targets, [("a.mx.test".to_owned(), 25, 5), ("b.mx.test".to_owned(), 25, 10)]);
+        assert_eq!(
+            targets,
+            [
+                ("a.mx.test".to_owned(), 25, 5),
+                ("b.mx.test".to_owned(), 25, 10)
+            ]
+        );
         let route = c.choose("bare.test", None, WITH_SMTP).await.unwrap();
         assert_eq!(route.srv.unwrap()[0].host, "bare.test");
         assert!(matches!(

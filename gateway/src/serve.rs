@@ -21,14 +21,14 @@ use mailgate_immp::ImmpServer;
 use mailgate_mmtp::peers::{MmtpPeers, MmtpRoute};
 use mailgate_mmtp::relay::MmtpTransport;
 use mailgate_mmtp::MmtpServer;
+use mailgate_smtp::dkim::DkimKeys;
+use mailgate_smtp::relay::{RelaySettings, SmtpRoute, SmtpTransport};
 use mailgate_smtp::SmtpServer;
 use mailgate_xhmtp::access::AccessCodes;
 use mailgate_xhmtp::config::XhmtpRoute;
 use mailgate_xhmtp::discovery::Locator;
 use mailgate_xhmtp::fetcher::Fetcher;
 use mailgate_xhmtp::http::HttpClient;
-use mailgate_smtp::dkim::DkimKeys;
-use mailgate_smtp::relay::{RelaySettings, SmtpRoute, SmtpTransport};
 use mailgate_xhmtp::notifier::XhmtpTransport;
 use mailgate_xhmtp::Xhmtp;
 use std::net::SocketAddr;
@@ -474,7 +474,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         transports.push(Arc::new(XhmtpTransport::new(x.clone())));
     }
     if config.smtp.enabled {
-        transports.push(Arc::new(smtp_transport(&config, dns.clone(), trust.clone())));
+        transports.push(Arc::new(smtp_transport(
+            &config,
+            dns.clone(),
+            trust.clone(),
+        )));
     }
     let relay = Arc::new(Relay::new(
         core.clone(),

@@ -191,23 +191,41 @@ mod tests {
     async fn a_generated_key_signs_and_its_record_names_it() {
         let dir = tempfile::tempdir().unwrap();
         let public = generate(dir.path(), "A.test").unwrap();
-        assert!(generate(dir.path(), "a.test").is_err(), "an existing key is kept");
+        assert!(
+            generate(dir.path(), "a.test").is_err(),
+            "an existing key is kept"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(key_file(dir.path(), "a.test")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(key_file(dir.path(), "a.test"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let record = txt_record("a.test", "mailgate", &public);
-        assert!(record.starts_with("mailgate._domainkey.a.test. IN TXT ( \"v=DKIM1; k=rsa; p=MII"), "{record}");
+        assert!(
+            record.starts_with("mailgate._domainkey.a.test. IN TXT ( \"v=DKIM1; k=rsa; p=MII"),
+            "{record}"
+        );
         let keys = DkimKeys::new(dir.path(), "mailgate");
         let signed = keys
-            .sign("a.test", b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nbody\r\n".to_vec())
+            .sign(
+                "a.test",
+                b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nbody\r\n".to_vec(),
+            )
             .await
             .unwrap();
         let text = String::from_utf8(signed).unwrap();
-        assert!(text.starts_with("DKIM-Signature: v=1; a=rsa-sha256;"), "{text}");
-        assert!(text.contains("d=a.test") && text.contains("s=mailgate"), "{text}");
+        assert!(
+            text.starts_with("DKIM-Signature: v=1; a=rsa-sha256;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("d=a.test") && text.contains("s=mailgate"),
+            "{text}"
+        );
         // No key, no signature.
         let plain = keys.sign("b.test", b"x\r\n".to_vec()).await.unwrap();
         assert_eq!(plain, b"x\r\n");

@@ -3,6 +3,7 @@
 //! refused), unknown recipients refused at `RCPT`, `250` after the final dot only once the
 //! message is stored durably through [`Core::submit`].
 
+pub mod auth;
 pub mod client;
 pub mod command;
 pub mod config;

@@ -127,8 +127,16 @@ impl SmtpTransport {
 
     /// The data to send: the original bytes of SMTP mail, else the rendering; DKIM-signed
     /// when the sender's domain is local.
-    async fn data(&self, message: &Message, recipient: &Address) -> Result<Vec<u8>, TransportError> {
-        let raw = match message.wire.as_ref().filter(|w| w.protocol == WIRE_PROTOCOL) {
+    async fn data(
+        &self,
+        message: &Message,
+        recipient: &Address,
+    ) -> Result<Vec<u8>, TransportError> {
+        let raw = match message
+            .wire
+            .as_ref()
+            .filter(|w| w.protocol == WIRE_PROTOCOL)
+        {
             Some(wire) => wire.bytes.to_vec(),
             None => crate::render::to_mime(message, recipient),
         };
@@ -172,9 +180,9 @@ impl SmtpTransport {
                 )));
             }
             let connector = if target.require_tls {
-                self.verified.as_ref().ok_or_else(|| {
-                    Attempt::Failed("verified TLS needs [tls] trust".to_owned())
-                })?
+                self.verified
+                    .as_ref()
+                    .ok_or_else(|| Attempt::Failed("verified TLS needs [tls] trust".to_owned()))?
             } else {
                 &self.opportunistic
             };
@@ -204,7 +212,10 @@ impl SmtpTransport {
                 )));
             }
         }
-        client.send_with(from, &params, &[to], data).await.map_err(at)?;
+        client
+            .send_with(from, &params, &[to], data)
+            .await
+            .map_err(at)?;
         client.quit().await;
         Ok(())
     }
@@ -354,8 +365,6 @@ impl ServerCertVerifier for AnyCertificate {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -30,7 +30,11 @@ pub fn to_mime(message: &Message, recipient: &Address) -> Vec<u8> {
         builder = builder.header("Mailgate-Verdicts", Raw::new(verdicts));
     }
     let parts = body_parts(message);
-    if message.parts.iter().any(|p| p.media_type == DELIVERY_STATUS) {
+    if message
+        .parts
+        .iter()
+        .any(|p| p.media_type == DELIVERY_STATUS)
+    {
         let report = MimePart::new(
             ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
             parts,
@@ -120,7 +124,12 @@ mod tests {
 
     #[test]
     fn a_delivery_report_is_multipart_report() {
-        let mut m = Message::new(addr("mailer-daemon@a.test"), vec![addr("alice@a.test")], "Undeliverable", "No.\n");
+        let mut m = Message::new(
+            addr("mailer-daemon@a.test"),
+            vec![addr("alice@a.test")],
+            "Undeliverable",
+            "No.\n",
+        );
         m.parts.push(Part {
             name: String::new(),
             media_type: DELIVERY_STATUS.into(),
@@ -129,8 +138,15 @@ mod tests {
         });
         let raw = String::from_utf8(to_mime(&m, &addr("alice@a.test"))).unwrap();
         assert!(raw.contains("multipart/report"), "{raw}");
-        assert!(raw.contains("report-type=delivery-status") || raw.contains("report-type=\"delivery-status\""), "{raw}");
-        assert!(raw.contains("Content-Type: message/delivery-status"), "{raw}");
+        assert!(
+            raw.contains("report-type=delivery-status")
+                || raw.contains("report-type=\"delivery-status\""),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("Content-Type: message/delivery-status"),
+            "{raw}"
+        );
         assert!(raw.contains("Final-Recipient: rfc822; bob@b.test"), "{raw}");
     }
 }

@@ -1,8 +1,10 @@
 //! Start and stop `mailgate serve` (as `mailgate-e2e`) for end-to-end tests.
 #![allow(dead_code)] // each test binary uses part of this module
 
+pub mod clients;
 pub mod immp;
 pub mod net;
+pub mod postfix;
 pub mod site;
 pub mod smtp;
 

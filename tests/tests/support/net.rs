@@ -96,13 +96,34 @@ pub fn srv(domain: &str, port: u16) -> hickory_proto::rr::Record {
     srv_to("immp", domain, &format!("mx.{domain}"), port)
 }
 
-/// TXT record at `name`.
+/// TXT record at `name` (a value longer than 255 octets is split into several strings).
 pub fn txt(name: &str, value: &str) -> hickory_proto::rr::Record {
     use hickory_proto::rr::rdata::TXT;
     use hickory_proto::rr::{Name, RData, Record};
+    let strings = value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
     Record::from_rdata(
         Name::from_ascii(format!("{name}.")).unwrap(),
         60,
-        RData::TXT(TXT::new(vec![value.to_owned()])),
+        RData::TXT(TXT::new(strings)),
+    )
+}
+
+/// MX record of `domain` → `exchange` with `preference` (`"."`: a null MX).
+pub fn mx(domain: &str, preference: u16, exchange: &str) -> hickory_proto::rr::Record {
+    use hickory_proto::rr::rdata::MX;
+    use hickory_proto::rr::{Name, RData, Record};
+    let exchange = if exchange == "." {
+        Name::root()
+    } else {
+        Name::from_ascii(format!("{exchange}.")).unwrap()
+    };
+    Record::from_rdata(
+        Name::from_ascii(format!("{domain}.")).unwrap(),
+        60,
+        RData::MX(MX::new(preference, exchange)),
     )
 }
