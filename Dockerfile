@@ -22,7 +22,7 @@ ENV MAILGATE_CONFIG=/etc/mailgate/mailgate.toml
 USER mailgate
 VOLUME ["/var/lib/mailgate"]
 # MMTP, MMTP over TLS, IMMP, XHMTP (HTTP), admin (/healthz, /metrics)
-EXPOSE 8025 8026 1025 8080 2525 9025
+EXPOSE 8025 8026 1025 8080 2525 2587 2465 9025
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["mailgate", "health", "--url", "http://127.0.0.1:9025"]
 STOPSIGNAL SIGTERM

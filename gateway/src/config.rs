@@ -454,6 +454,12 @@ impl Config {
         }
         if self.smtp.enabled {
             v.push((self.smtp.listen, "smtp.listen"));
+            if let Some(a) = self.smtp.submission_listen {
+                v.push((a, "smtp.submission_listen"));
+            }
+            if let Some(a) = self.smtp.submissions_listen {
+                v.push((a, "smtp.submissions_listen"));
+            }
         }
         v
     }

@@ -415,11 +415,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &config.smtp,
             read_timeout,
         ));
-        let l = bind(config.smtp.listen, "smtp.listen").await?;
-        servers.spawn(listener::serve("smtp", l, None, ctx.clone(), move |c| {
-            let s = smtp.clone();
-            async move { s.handle(c.stream, c.peer, c.tls, c.shutdown, c.state).await }
-        }));
+        let submission = Arc::new(
+            SmtpServer::new(
+                core.clone(),
+                config.primary_domain(),
+                Some(acceptor.clone()),
+                &config.smtp,
+                read_timeout,
+            )
+            .for_submission(),
+        );
+        let listeners = [
+            (Some(config.smtp.listen), "smtp.listen", &smtp, None),
+            (
+                config.smtp.submission_listen,
+                "smtp.submission_listen",
+                &submission,
+                None,
+            ),
+            (
+                config.smtp.submissions_listen,
+                "smtp.submissions_listen",
+                &submission,
+                Some(acceptor.clone()),
+            ),
+        ];
+        for (addr, key, server, implicit_tls) in listeners {
+            let Some(addr) = addr else { continue };
+            let l = bind(addr, key).await?;
+            let server = server.clone();
+            servers.spawn(listener::serve(
+                "smtp",
+                l,
+                implicit_tls,
+                ctx.clone(),
+                move |c| {
+                    let s = server.clone();
+                    async move { s.handle(c.stream, c.peer, c.tls, c.shutdown, c.state).await }
+                },
+            ));
+        }
     }
 
     let mut xhmtp = None;

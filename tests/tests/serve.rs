@@ -178,6 +178,8 @@ fn serve_runs_with_embedded_defaults_and_no_config_file() {
         ("immp.listen", "127.0.0.1:1025"),
         ("xhmtp.listen", "127.0.0.1:8080"),
         ("smtp.listen", "127.0.0.1:2525"),
+        ("smtp.submission_listen", "127.0.0.1:2587"),
+        ("smtp.submissions_listen", "127.0.0.1:2465"),
     ];
     for (key, addr) in expected {
         assert_eq!(gw.addr(key), addr);

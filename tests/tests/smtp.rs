@@ -281,3 +281,134 @@ async fn message_bodies_stay_within_the_shared_memory_budget() {
     assert_eq!(r.code, 250, "{r:?}");
     assert_eq!(mmtp_inbox(&gw).await.len(), 1);
 }
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Submission (587): no AUTH before TLS, AUTH PLAIN after it with the same failed-login
+/// limits, then mail as oneself only, to anywhere; the MX port offers no AUTH at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_authenticates_after_tls_and_sends_as_oneself() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    gw.add_user("alice@a.test", "alice-pw");
+    // The MX listener: no AUTH.
+    let mut mx = ehlo(&gw).await;
+    let r = mx
+        .cmd(&format!("AUTH PLAIN {}", b64("\0alice@a.test\0alice-pw")))
+        .await;
+    assert_eq!(r.code, 503, "{r:?}");
+    // Submission before TLS: STARTTLS offered, AUTH neither offered nor taken, MAIL refused.
+    let (mut s, greeting) = Smtp::connect(gw.addr("smtp.submission_listen")).await;
+    assert_eq!(greeting.code, 220);
+    let r = s.cmd("EHLO client").await;
+    assert!(r.lines.iter().any(|l| l == "STARTTLS"), "{r:?}");
+    assert!(!r.lines.iter().any(|l| l.starts_with("AUTH")), "{r:?}");
+    let r = s
+        .cmd(&format!("AUTH PLAIN {}", b64("\0alice@a.test\0alice-pw")))
+        .await;
+    assert_eq!(
+        (r.code, r.text().starts_with("5.7.11")),
+        (538, true),
+        "{r:?}"
+    );
+    assert_eq!(s.cmd("MAIL FROM:<alice@a.test>").await.code, 530);
+    let mut s = s.starttls(gw.connector()).await;
+    let r = s.cmd("EHLO client").await;
+    assert!(r.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"), "{r:?}");
+    assert_eq!(s.cmd("MAIL FROM:<alice@a.test>").await.code, 530);
+    let r = s.cmd("AUTH CRAM-MD5").await;
+    assert_eq!(r.code, 504, "{r:?}");
+    let r = s
+        .cmd(&format!("AUTH PLAIN {}", b64("\0alice@a.test\0wrong")))
+        .await;
+    assert_eq!(
+        (r.code, r.text().starts_with("5.7.8")),
+        (535, true),
+        "{r:?}"
+    );
+    // PLAIN without an initial response gets an empty challenge; "*" cancels.
+    let r = s.cmd("AUTH PLAIN").await;
+    assert_eq!(r.code, 334, "{r:?}");
+    assert_eq!(s.cmd("*").await.code, 501);
+    let r = s
+        .cmd(&format!("AUTH PLAIN {}", b64("\0alice@a.test\0alice-pw")))
+        .await;
+    assert_eq!(r.code, 235, "{r:?}");
+    assert_eq!(s.cmd("AUTH PLAIN =").await.code, 503, "once only");
+    let r = s.cmd("MAIL FROM:<bob@a.test>").await;
+    assert_eq!(r.code, 553, "not as someone else: {r:?}");
+    // As oneself (a folder address of one's own is oneself), to a remote and a local user.
+    assert_eq!(s.cmd("MAIL FROM:<alice@a.test>").await.code, 250);
+    assert_eq!(
+        s.cmd("RCPT TO:<dave@far.test>").await.code,
+        250,
+        "relaying for a user"
+    );
+    assert_eq!(s.cmd("RCPT TO:<nobody@a.test>").await.code, 550);
+    assert_eq!(s.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+    assert_eq!(s.cmd("DATA").await.code, 354);
+    s.write(b"Subject: submitted\r\n\r\nfrom alice\r\n.\r\n")
+        .await;
+    assert_eq!(s.reply().await.code, 250);
+    let inbox = mmtp_inbox(&gw).await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    // The remote copy waits in the relay queue.
+    let config = gw.config.to_str().unwrap().to_owned();
+    let out = support::run_ok(&["queue", "list", "--config", &config], None, &gw.dir);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dave@far.test"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Three wrong passwords on one connection close it.
+    let (s, _) = Smtp::connect(gw.addr("smtp.submission_listen")).await;
+    let mut s = s.starttls(gw.connector()).await;
+    s.cmd("EHLO client").await;
+    for _ in 0..2 {
+        assert_eq!(
+            s.cmd(&format!("AUTH PLAIN {}", b64("\0alice@a.test\0x")))
+                .await
+                .code,
+            535
+        );
+    }
+    s.write(format!("AUTH PLAIN {}\r\n", b64("\0alice@a.test\0x")).as_bytes())
+        .await;
+    assert_eq!(s.reply().await.code, 535);
+    assert_eq!(s.reply().await.code, 421);
+    assert!(s.read_reply().await.is_none(), "closed");
+}
+
+/// Submissions (465): TLS from the first byte, AUTH LOGIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_submission_with_auth_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    gw.add_user("alice@a.test", "alice-pw");
+    let (mut s, greeting) =
+        Smtp::connect_tls(gw.addr("smtp.submissions_listen"), gw.connector()).await;
+    assert_eq!(greeting.code, 220);
+    let r = s.cmd("EHLO client").await;
+    assert!(!r.lines.iter().any(|l| l == "STARTTLS"), "{r:?}");
+    assert!(r.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"), "{r:?}");
+    let r = s.cmd("AUTH LOGIN").await;
+    assert_eq!((r.code, r.text()), (334, "VXNlcm5hbWU6".to_owned()));
+    let r = s.cmd(&b64("alice@a.test")).await;
+    assert_eq!((r.code, r.text()), (334, "UGFzc3dvcmQ6".to_owned()));
+    assert_eq!(s.cmd(&b64("alice-pw")).await.code, 235);
+    let r = s
+        .send(
+            "alice@a.test",
+            &["bob@a.test"],
+            "Subject: over 465\r\n\r\nhi",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let inbox = mmtp_inbox(&gw).await;
+    assert_eq!(inbox.len(), 1);
+    assert!(inbox[0].to_string().contains("over 465"), "{:?}", inbox[0]);
+}

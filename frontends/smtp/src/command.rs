@@ -38,8 +38,22 @@ pub enum Command {
     Help,
     /// `STARTTLS`.
     StartTls,
-    /// `AUTH mechanism [initial-response]`.
-    Auth,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        /// The SASL mechanism.
+        mechanism: Mechanism,
+        /// The initial response, still base64 (`=` for an empty one).
+        initial: Option<String>,
+    },
+}
+
+/// The SASL mechanisms of submission (both send the password in the clear, so only over TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// `PLAIN` (RFC 4616): `authzid NUL authcid NUL password`.
+    Plain,
+    /// `LOGIN` (draft-murchison-sasl-login): user name, then password.
+    Login,
 }
 
 /// `MAIL FROM` parameters this server knows.
@@ -58,6 +72,8 @@ pub struct MailParams {
 pub enum CommandError {
     /// Unknown verb (500 5.5.1).
     Unknown,
+    /// An AUTH mechanism this server does not offer (504 5.5.4).
+    UnknownMechanism,
     /// Known verb, wrong arguments (501 5.5.4).
     Syntax(&'static str),
     /// An address that does not parse (501 5.1.3 / 553).
@@ -127,7 +143,26 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "VRFY" if !rest.trim().is_empty() => Ok(Command::Vrfy),
         "EXPN" if !rest.trim().is_empty() => Ok(Command::Expn),
         "VRFY" | "EXPN" => Err(CommandError::Syntax("VRFY and EXPN need an argument")),
-        "AUTH" => Ok(Command::Auth),
+        "AUTH" => {
+            let mut words = rest.split_ascii_whitespace();
+            let mechanism = match words.next().map(str::to_ascii_uppercase).as_deref() {
+                Some("PLAIN") => Mechanism::Plain,
+                Some("LOGIN") => Mechanism::Login,
+                Some(_) => return Err(CommandError::UnknownMechanism),
+                None => {
+                    return Err(CommandError::Syntax(
+                        "use AUTH mechanism [initial-response]",
+                    ))
+                }
+            };
+            let initial = words.next().map(str::to_owned);
+            if words.next().is_some() {
+                return Err(CommandError::Syntax(
+                    "use AUTH mechanism [initial-response]",
+                ));
+            }
+            Ok(Command::Auth { mechanism, initial })
+        }
         _ => Err(CommandError::Unknown),
     }
 }

@@ -11,6 +11,10 @@ pub struct SmtpConfig {
     pub enabled: bool,
     /// The inbound MX listener (port 25 on a public server).
     pub listen: SocketAddr,
+    /// The submission listener (RFC 6409, port 587 on a public server): STARTTLS, then `AUTH`.
+    pub submission_listen: Option<SocketAddr>,
+    /// The submission listener with implicit TLS (RFC 8314, port 465 on a public server).
+    pub submissions_listen: Option<SocketAddr>,
     /// Longest wait for the whole message after `354`, seconds (RFC 5321 §4.5.3.2.6 suggests
     /// ten minutes for the data block's lines; the whole message gets this bound).
     pub data_timeout_secs: u64,
@@ -29,6 +33,8 @@ impl Default for SmtpConfig {
         SmtpConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            submission_listen: Some(SocketAddr::from(([127, 0, 0, 1], 2587))),
+            submissions_listen: Some(SocketAddr::from(([127, 0, 0, 1], 2465))),
             data_timeout_secs: 600,
             mx_port: 25,
             require_tls: false,

@@ -12,6 +12,7 @@ pub mod mime;
 pub mod relay;
 pub mod render;
 pub mod reply;
+pub mod sasl;
 mod session;
 
 use mailgate_core::io::{BoxedIo, ConnState};
@@ -31,6 +32,7 @@ pub struct SmtpServer {
     tls: Option<TlsAcceptor>,
     read_timeout: Duration,
     data_timeout: Duration,
+    submission: bool,
 }
 
 impl SmtpServer {
@@ -48,7 +50,15 @@ impl SmtpServer {
             tls,
             read_timeout,
             data_timeout: Duration::from_secs(config.data_timeout_secs.max(1)),
+            submission: false,
         }
+    }
+
+    /// The same server for the submission ports (RFC 6409): `AUTH PLAIN`/`LOGIN` once the
+    /// connection is encrypted, then mail from the account's own address to anywhere.
+    pub fn for_submission(mut self) -> Self {
+        self.submission = true;
+        self
     }
 
     /// Run one session on an accepted connection (`tls`: the listener did a TLS handshake).

@@ -3,15 +3,18 @@
 //! while the client has pipelined more commands, `250` after the final dot only once the
 //! message is durably stored.
 
-use crate::command::{self, Command, CommandError, MailParams, MAX_COMMAND_LINE};
+use crate::command::{self, Command, CommandError, MailParams, Mechanism, MAX_COMMAND_LINE};
 use crate::mime;
 use crate::reply::Reply;
+use crate::sasl;
 use crate::SmtpServer;
 use bytes::Bytes;
 use mailgate_core::budget::{MemoryBudget, Reservation};
 use mailgate_core::io::{BoxedIo, ConnState};
+use mailgate_core::login::FAILURES_PER_CONNECTION;
 use mailgate_core::message::TraceHop;
-use mailgate_core::{Address, Origin, SubmitError, Submitter};
+use mailgate_core::store::Account;
+use mailgate_core::{Address, LoginError, Origin, SubmitError, Submitter};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -46,6 +49,9 @@ pub(crate) struct Session<'a> {
     envelope: Option<Envelope>,
     errors: u32,
     out: Vec<u8>,
+    /// The account that authenticated (submission only).
+    account: Option<Account>,
+    failed_logins: u32,
 }
 
 impl<'a> Session<'a> {
@@ -58,6 +64,8 @@ impl<'a> Session<'a> {
             envelope: None,
             errors: 0,
             out: Vec::new(),
+            account: None,
+            failed_logins: 0,
         }
     }
 
@@ -106,6 +114,12 @@ impl<'a> Session<'a> {
                         self.push(Reply::new(221, Some("2.0.0"), "bye"));
                         break;
                     }
+                    Ok(Command::Auth { mechanism, initial }) => {
+                        match self.auth(&mut io, mechanism, initial).await {
+                            Some(reply) => reply,
+                            None => return,
+                        }
+                    }
                     Ok(Command::Data) => match self.data(&mut io).await {
                         Some(reply) => reply,
                         None => return,
@@ -135,6 +149,17 @@ impl<'a> Session<'a> {
                 self.error(reply);
             } else {
                 self.push(reply);
+            }
+            if self.account.is_some() {
+                state.set_authenticated();
+            }
+            if self.failed_logins >= FAILURES_PER_CONNECTION {
+                self.push(Reply::new(
+                    421,
+                    Some("4.7.0"),
+                    "too many failed logins, closing",
+                ));
+                break;
             }
             if self.errors >= MAX_ERRORS {
                 self.push(Reply::new(421, Some("4.7.0"), "too many errors, closing"));
@@ -187,6 +212,9 @@ impl<'a> Session<'a> {
                 if self.server.tls.is_some() && !self.tls {
                     lines.push("STARTTLS".to_owned());
                 }
+                if self.server.submission && self.tls && self.account.is_none() {
+                    lines.push("AUTH PLAIN LOGIN".to_owned());
+                }
                 Reply::lines(250, None, lines)
             }
             Command::Helo(domain) => {
@@ -210,13 +238,8 @@ impl<'a> Session<'a> {
             // Nothing about accounts is told to strangers (RFC 5321 §3.5.3 allows 252).
             Command::Vrfy => Reply::new(252, Some("2.5.2"), "cannot verify; send mail to try"),
             Command::Expn => Reply::new(502, Some("5.5.1"), "EXPN is not offered"),
-            Command::Auth => Reply::new(
-                503,
-                Some("5.5.1"),
-                "AUTH is offered on the submission port only",
-            ),
             // The session loop runs these itself.
-            Command::Quit | Command::Data | Command::StartTls => {
+            Command::Quit | Command::Data | Command::StartTls | Command::Auth { .. } => {
                 Reply::new(503, Some("5.5.1"), "bad sequence of commands")
             }
         }
@@ -237,7 +260,21 @@ impl<'a> Session<'a> {
                 format!("message too large: this server accepts {max} bytes"),
             );
         }
-        if let Some(from) = &from {
+        if self.server.submission {
+            let Some(account) = &self.account else {
+                return Reply::new(530, Some("5.7.0"), "authentication required");
+            };
+            match &from {
+                Some(f) if f.same_account(&account.address) => {}
+                _ => {
+                    return Reply::new(
+                        553,
+                        Some("5.7.1"),
+                        format!("send as yourself: {}", account.address),
+                    )
+                }
+            }
+        } else if let Some(from) = &from {
             if self.server.core.policy.is_local(&from.domain) {
                 // Its owner sends through the submission port, authenticated.
                 return Reply::new(
@@ -276,6 +313,13 @@ impl<'a> Session<'a> {
             }
         }
         if !self.server.core.policy.is_local(&to.domain) {
+            if self.account.is_some() {
+                // An authenticated user sends anywhere.
+                if let Some(envelope) = &mut self.envelope {
+                    envelope.recipients.push(to);
+                }
+                return Reply::new(250, Some("2.1.5"), "recipient ok");
+            }
             return Reply::new(
                 550,
                 Some("5.7.1"),
@@ -356,7 +400,10 @@ impl<'a> Session<'a> {
         });
         let origin = Origin {
             protocol: "smtp",
-            submitter: Submitter::Peer(self.peer.ip()),
+            submitter: match &self.account {
+                Some(account) => Submitter::Account(account.clone()),
+                None => Submitter::Peer(self.peer.ip()),
+            },
         };
         match self.server.core.submit(message, &origin, None).await {
             Ok(_) => Reply::new(250, Some("2.0.0"), "message accepted for delivery"),
@@ -367,11 +414,13 @@ impl<'a> Session<'a> {
     /// The message with this server's `Received:` field in front (RFC 5321 §4.4; the
     /// protocol names of RFC 3848 and RFC 6531).
     fn with_trace_header(&self, helo: &str, utf8: bool, raw: Vec<u8>) -> Vec<u8> {
-        let with = match (utf8, self.tls) {
-            (false, false) => "ESMTP",
-            (false, true) => "ESMTPS",
-            (true, false) => "UTF8SMTP",
-            (true, true) => "UTF8SMTPS",
+        let with = match (utf8, self.tls, self.account.is_some()) {
+            (false, false, _) => "ESMTP",
+            (false, true, false) => "ESMTPS",
+            (false, true, true) => "ESMTPSA",
+            (true, false, _) => "UTF8SMTP",
+            (true, true, false) => "UTF8SMTPS",
+            (true, true, true) => "UTF8SMTPSA",
         };
         // Only printable ASCII of the client's EHLO argument goes into the header.
         let helo: String = helo
@@ -388,6 +437,113 @@ impl<'a> Session<'a> {
         .into_bytes();
         out.extend_from_slice(&raw);
         out
+    }
+
+    /// `AUTH` (RFC 4954): `None` when the connection is gone.
+    async fn auth(
+        &mut self,
+        io: &mut BufReader<BoxedIo>,
+        mechanism: Mechanism,
+        initial: Option<String>,
+    ) -> Option<Reply> {
+        if !self.server.submission {
+            return Some(Reply::new(
+                503,
+                Some("5.5.1"),
+                "AUTH is offered on the submission port only",
+            ));
+        }
+        if !self.tls {
+            return Some(Reply::new(
+                538,
+                Some("5.7.11"),
+                "encryption required: STARTTLS first",
+            ));
+        }
+        if self.account.is_some() || self.envelope.is_some() || self.helo.is_none() {
+            return Some(Reply::new(
+                503,
+                Some("5.5.1"),
+                "AUTH goes once, after EHLO and before MAIL",
+            ));
+        }
+        let credentials = match mechanism {
+            Mechanism::Plain => {
+                let response = match initial {
+                    Some(r) => r,
+                    None => match self.challenge(io, "").await? {
+                        Ok(r) => r,
+                        Err(reply) => return Some(reply),
+                    },
+                };
+                sasl::plain(&response)
+            }
+            Mechanism::Login => {
+                let user = match initial {
+                    Some(r) => r,
+                    None => match self.challenge(io, "VXNlcm5hbWU6").await? {
+                        Ok(r) => r,
+                        Err(reply) => return Some(reply),
+                    },
+                };
+                let password = match self.challenge(io, "UGFzc3dvcmQ6").await? {
+                    Ok(r) => r,
+                    Err(reply) => return Some(reply),
+                };
+                sasl::field(&user).and_then(|u| Ok((u, sasl::field(&password)?)))
+            }
+        };
+        let (user, password) = match credentials {
+            Ok(c) => c,
+            Err(e) => return Some(Reply::new(501, Some("5.5.2"), e.to_string())),
+        };
+        let Ok(address) = Address::parse_any(&user) else {
+            self.failed_logins += 1;
+            return Some(invalid_credentials());
+        };
+        match self
+            .server
+            .core
+            .password_login("smtp", self.peer.ip(), &address, &password)
+            .await
+        {
+            Ok(account) => {
+                tracing::info!(account = %account.address, "smtp authenticated");
+                self.account = Some(account);
+                Some(Reply::new(235, Some("2.7.0"), "authentication successful"))
+            }
+            Err(LoginError::Refused) => {
+                self.failed_logins += 1;
+                Some(invalid_credentials())
+            }
+            Err(e) => Some(Reply::new(454, Some("4.7.0"), e.to_string())),
+        }
+    }
+
+    /// Send a `334` challenge and read the client's response line: `Err` with the reply
+    /// when it cancelled (`*`) or sent something unusable; `None` when the connection is gone.
+    async fn challenge(
+        &mut self,
+        io: &mut BufReader<BoxedIo>,
+        text: &str,
+    ) -> Option<Result<String, Reply>> {
+        self.push(Reply::new(334, None, text));
+        if !self.flush(io).await {
+            return None;
+        }
+        let line =
+            tokio::time::timeout(self.server.read_timeout, read_line(io, sasl::MAX_RESPONSE))
+                .await
+                .ok()?
+                .ok()?;
+        Some(match line {
+            Line::Closed => return None,
+            Line::TooLong => Err(Reply::new(500, Some("5.5.6"), "response too long")),
+            Line::Text(bytes) if bytes == b"*" => {
+                Err(Reply::new(501, Some("5.0.0"), "authentication cancelled"))
+            }
+            Line::Text(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        })
     }
 
     fn may_start_tls(&self) -> Result<(), Reply> {
@@ -419,6 +575,10 @@ impl<'a> Session<'a> {
     }
 }
 
+fn invalid_credentials() -> Reply {
+    Reply::new(535, Some("5.7.8"), "authentication credentials invalid")
+}
+
 /// The memory budget for bodies in flight is spent: a temporary failure, so the client
 /// retries later.
 fn busy() -> Reply {
@@ -428,6 +588,11 @@ fn busy() -> Reply {
 fn syntax_reply(e: CommandError) -> Reply {
     match e {
         CommandError::Unknown => Reply::new(500, Some("5.5.1"), "command not recognized"),
+        CommandError::UnknownMechanism => Reply::new(
+            504,
+            Some("5.5.4"),
+            "mechanism not offered: use PLAIN or LOGIN",
+        ),
         CommandError::Syntax(why) => Reply::new(501, Some("5.5.4"), why),
         CommandError::BadAddress => Reply::new(501, Some("5.1.3"), "bad address syntax"),
         CommandError::UnknownParameter(p) => Reply::new(

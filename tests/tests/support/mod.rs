@@ -87,6 +87,8 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [smtp]
 listen = "127.0.0.1:0"
+submission_listen = "127.0.0.1:0"
+submissions_listen = "127.0.0.1:0"
 "#,
         dir.join("data").display()
     )

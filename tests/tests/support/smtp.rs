@@ -35,6 +35,24 @@ impl Smtp {
         (s, greeting)
     }
 
+    /// Connect with implicit TLS (the submissions port), verifying with `connector`, and read
+    /// the greeting.
+    pub async fn connect_tls(
+        addr: &str,
+        connector: (
+            tokio_rustls::TlsConnector,
+            rustls::pki_types::ServerName<'static>,
+        ),
+    ) -> (Smtp, Reply) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = connector.0.connect(connector.1, tcp).await.unwrap();
+        let mut s = Smtp {
+            io: BufReader::new(Box::new(tls)),
+        };
+        let greeting = s.reply().await;
+        (s, greeting)
+    }
+
     /// Write raw bytes (several commands at once for pipelining).
     pub async fn write(&mut self, bytes: &[u8]) {
         self.io.get_mut().write_all(bytes).await.unwrap();
