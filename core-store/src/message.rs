@@ -156,6 +156,11 @@ pub struct Security {
     /// mailgate recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_check: Option<SenderCheck>,
+    /// What this gateway's SPF, DKIM and DMARC checks found for mail that arrived over SMTP,
+    /// as an RFC 8601 `Authentication-Results` value on one line
+    /// (`mx.example; dkim=pass header.d=… ; spf=pass smtp.mailfrom=… ; dmarc=pass …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<String>,
 }
 
 impl Security {
@@ -166,6 +171,7 @@ impl Security {
             signature_verified: None,
             key_source: None,
             sender_check: None,
+            authentication: None,
             ..self
         }
     }
@@ -188,6 +194,10 @@ pub struct Verdicts {
     /// Where that key came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_source: Option<KeySource>,
+    /// SPF, DKIM and DMARC results for mail that arrived over SMTP (see
+    /// [`Security::authentication`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<String>,
 }
 
 impl Verdicts {
@@ -217,6 +227,7 @@ impl Security {
             sender_check: self.sender_check,
             signature_verified: self.signature_verified,
             key_source: self.key_source,
+            authentication: self.authentication.clone(),
         }
     }
 }

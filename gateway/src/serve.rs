@@ -408,13 +408,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if config.smtp.enabled {
-        let smtp = Arc::new(SmtpServer::new(
+        let mut smtp = SmtpServer::new(
             core.clone(),
             config.primary_domain(),
             Some(acceptor.clone()),
             &config.smtp,
             read_timeout,
-        ));
+        );
+        if config.smtp.verify_senders {
+            let timeout = Duration::from_secs(config.dns.timeout_secs);
+            let authenticator = mailgate_smtp::auth::authenticator(&config.dns.servers, timeout)
+                .map_err(|e| anyhow::anyhow!("smtp: the SPF/DKIM/DMARC resolver: {e}"))?;
+            // SPF alone may take up to ten look-ups (RFC 7208 §4.6.4), DKIM and DMARC more.
+            smtp = smtp.with_authenticator(Arc::new(authenticator), timeout * 4);
+        }
+        let smtp = Arc::new(smtp);
         let submission = Arc::new(
             SmtpServer::new(
                 core.clone(),

@@ -15,7 +15,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 use mailgate_core::Address;
 use std::net::SocketAddr;
 use std::path::Path;
-use support::clients::{mmtp_client, send, wait_immp_index, xhmtp_client};
+use support::clients::{immp_client, mmtp_client, send, wait_immp_index, xhmtp_client};
 use support::net::{a, dns_server, leaf, mx, test_ca, txt};
 use support::postfix::{available, free_port, Postfix};
 use support::site::Site;
@@ -89,6 +89,7 @@ async fn pair(route: &str) -> Pair {
     let dns = dns_server(vec![
         txt(&dkim_name, &dkim_value),
         txt("a.test", "v=spf1 ip4:127.0.0.9 -all"),
+        txt("legacy.test", "v=spf1 ip4:127.0.0.10 -all"),
         mx("legacy.test", 10, "mx.legacy.test"),
         a("mx.legacy.test", [127, 0, 0, 10]),
     ])
@@ -225,10 +226,41 @@ async fn mail_goes_both_ways_between_mailgate_and_postfix_over_a_static_route() 
     let alice = Address::parse_any("alice@a.test").unwrap();
     let index = wait_immp_index(&p.gw, &ca, "a.test", &alice, "alice-pw", 1).await;
     assert_eq!(index[0]["subject"], "from postfix", "{index:?}");
+    // SPF passed for Postfix's address: the sender's domain is checked, and every protocol
+    // shows the authentication results.
+    let mut c = immp_client(&p.gw, &ca, "a.test", &alice, "alice-pw").await;
+    let id = index[0]["id"].as_str().unwrap();
+    c.send_raw(format!("MBOX FETCH /inbox#{id} +JSON\n").as_bytes())
+        .await
+        .unwrap();
+    let reply = c.reply().await.unwrap();
+    c.quit().await;
+    let fetched: serde_json::Value = reply
+        .lines
+        .iter()
+        .find_map(|l| serde_json::from_str(l.trim_start_matches("250- ")).ok())
+        .unwrap_or_else(|| panic!("{reply:?}"));
+    let results = fetched["authentication"].as_str().unwrap_or_default();
+    assert!(
+        results.starts_with("a.test; ") && results.contains("spf=pass"),
+        "{index:?}"
+    );
+    assert!(
+        results.contains("smtp.mailfrom=dave@legacy.test"),
+        "{results}"
+    );
+    assert_eq!(fetched["senderCheck"], "domain", "{fetched}");
     let x = xhmtp_client(&p.gw, "a.test", "alice@a.test", "alice-pw");
     let feed = x.feed(None).await.unwrap();
-    let feed = String::from_utf8_lossy(&feed.body).into_owned();
-    assert!(feed.contains("from postfix"), "{feed}");
+    let parsed = feed_rs::parser::parse(&feed.body[..]).expect("RSS parses");
+    assert_eq!(parsed.entries.len(), 1);
+    let link = &parsed.entries[0].links[0].href;
+    let m = x
+        .fetch_url(link, p.gw.addr("xhmtp.listen").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(m.subject, "from postfix");
+    assert_eq!(m.verdicts.authentication.as_deref(), Some(results));
     // MMTP RECEIVE last: it removes what it returns.
     let mut m = mmtp_client(&p.gw, &ca, "a.test", &alice, "alice-pw").await;
     let packets = m.receive(&alice, None).await.unwrap();
@@ -238,6 +270,7 @@ async fn mail_goes_both_ways_between_mailgate_and_postfix_over_a_static_route() 
         packet.contains("Hello alice, from the legacy world"),
         "{packet}"
     );
+    assert!(packet.contains("spf=pass"), "{packet}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

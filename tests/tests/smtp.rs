@@ -2,14 +2,17 @@
 //! Mail for local accounts is accepted with `250` only once stored (it survives SIGKILL), is
 //! read through MMTP and IMMP, keeps its attachment, and is dot-unstuffed; relaying, unknown
 //! users, forged local senders, oversize mail and bad sequences are refused with the right
-//! codes; pipelined commands get their replies in order; STARTTLS starts the session over.
+//! codes; pipelined commands get their replies in order; STARTTLS starts the session over;
+//! SPF, DKIM and DMARC are checked against a real DNS server, a DMARC `p=reject` failure
+//! refused at `DATA`.
 
 mod support;
 
 use mailgate_core::Address;
 use mailgate_mmtp::client::MmtpClient;
+use support::net::{dns_server, txt};
 use support::smtp::Smtp;
-use support::{config_with, Gateway};
+use support::{config_with, config_with_dns, Gateway};
 
 fn gateway(dir: &std::path::Path) -> Gateway {
     let config = config_with(dir, "a.test", "requests_per_sec = 0.0");
@@ -71,8 +74,14 @@ async fn accepted_mail_is_durable_and_read_through_other_protocols() {
     let stored = store.message(entries[0].message).await.unwrap().unwrap();
     let wire = stored.wire.expect("the wire form is kept");
     let text = String::from_utf8_lossy(&wire.bytes);
+    // The authentication results on top (RFC 8601 §5), then the trace field.
+    let (results, rest) = text.split_once("\r\n").unwrap();
     assert!(
-        text.starts_with("Received: from client.b.test ([127.0.0.1])\r\n\tby a.test (mailgate) with ESMTP;\r\n\t"),
+        results.starts_with("Authentication-Results: a.test; spf=none"),
+        "{text}"
+    );
+    assert!(
+        rest.starts_with("Received: from client.b.test ([127.0.0.1])\r\n\tby a.test (mailgate) with ESMTP;\r\n\t"),
         "{text}"
     );
     assert!(
@@ -411,4 +420,131 @@ async fn implicit_tls_submission_with_auth_login() {
     let inbox = mmtp_inbox(&gw).await;
     assert_eq!(inbox.len(), 1);
     assert!(inbox[0].to_string().contains("over 465"), "{:?}", inbox[0]);
+}
+
+/// `From:` and `Subject:` over a short body.
+fn message(from: &str, subject: &str) -> String {
+    format!("From: {from}\r\nTo: bob@a.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@x.test>\r\n\r\nhello\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_mail_is_checked_with_spf_dkim_and_dmarc() {
+    let dir = tempfile::tempdir().unwrap();
+    // signed.test signs with DKIM; its SPF record names no server at all.
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let public = mailgate_smtp::dkim::generate(&keys, "signed.test").unwrap();
+    let dkim = mailgate_smtp::dkim::DkimKeys::new(&keys, "s1");
+    use base64::Engine;
+    let dkim_value = format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64::engine::general_purpose::STANDARD.encode(&public)
+    );
+    let dns = dns_server(vec![
+        txt("spf.test", "v=spf1 ip4:127.0.0.1 -all"),
+        txt("_dmarc.spf.test", "v=DMARC1; p=reject"),
+        txt("forger.test", "v=spf1 -all"),
+        txt("_dmarc.forger.test", "v=DMARC1; p=reject"),
+        txt("signed.test", "v=spf1 -all"),
+        txt("_dmarc.signed.test", "v=DMARC1; p=reject"),
+        txt("s1._domainkey.signed.test", &dkim_value),
+        txt("lax.test", "v=spf1 -all"),
+        txt("_dmarc.lax.test", "v=DMARC1; p=none"),
+    ])
+    .await;
+    let config = config_with_dns(dir.path(), "a.test", "requests_per_sec = 0.0", dns);
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("bob@a.test", "bob-pw");
+    let mut s = ehlo(&gw).await;
+
+    // SPF passes for 127.0.0.1 and aligns with From: DMARC passes.
+    let r = s
+        .send(
+            "ann@spf.test",
+            &["bob@a.test"],
+            &message("ann@spf.test", "spf-pass"),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // SPF fails and nothing else saves it: the domain says reject.
+    for (envelope, from) in [
+        ("eve@forger.test", "eve@forger.test"),
+        // The envelope sender has no SPF record; the From domain is the forged one.
+        ("eve@b.test", "ceo@forger.test"),
+    ] {
+        let r = s.cmd(&format!("MAIL FROM:<{envelope}>")).await;
+        assert_eq!(r.code, 250, "{r:?}");
+        assert_eq!(s.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+        assert_eq!(s.cmd("DATA").await.code, 354);
+        s.write(format!("{}.\r\n", message(from, "forged")).as_bytes())
+            .await;
+        let r = s.reply().await;
+        assert_eq!(r.code, 550, "{envelope}/{from}: {r:?}");
+        assert!(
+            r.text().starts_with("5.7.1") && r.text().contains("DMARC"),
+            "{r:?}"
+        );
+    }
+    // SPF fails, but a valid DKIM signature of the From domain passes DMARC.
+    let signed = dkim
+        .sign(
+            "signed.test",
+            message("news@signed.test", "dkim-pass").into_bytes(),
+        )
+        .await
+        .unwrap();
+    let r = s
+        .send(
+            "bounces@signed.test",
+            &["bob@a.test"],
+            &String::from_utf8(signed).unwrap(),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // DMARC fails with p=none: accepted, and marked as it is.
+    let r = s
+        .send(
+            "x@lax.test",
+            &["bob@a.test"],
+            &message("x@lax.test", "dmarc-none"),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+
+    let got = mmtp_inbox(&gw).await;
+    let by_subject = |subject: &str| {
+        got.iter()
+            .find(|p| p["content"]["subject"] == subject)
+            .unwrap_or_else(|| panic!("{subject}: {got:?}"))
+            .clone()
+    };
+    assert_eq!(got.len(), 3, "{got:?}");
+    let spf = by_subject("spf-pass");
+    let results = spf["meta"]["authentication"].as_str().unwrap();
+    assert!(results.starts_with("a.test; "), "{results}");
+    assert!(
+        results.contains("spf=pass") && results.contains("dmarc=pass"),
+        "{results}"
+    );
+    assert_eq!(spf["meta"]["senderCheck"], "domain", "{spf}");
+    let dkim = by_subject("dkim-pass");
+    let results = dkim["meta"]["authentication"].as_str().unwrap();
+    assert!(
+        results.contains("dkim=pass") && results.contains("header.d=signed.test"),
+        "{results}"
+    );
+    assert!(
+        results.contains("spf=fail") && results.contains("dmarc=pass"),
+        "{results}"
+    );
+    assert_eq!(
+        dkim["meta"]["senderCheck"], "unverified",
+        "SPF failed: {dkim}"
+    );
+    let lax = by_subject("dmarc-none");
+    let results = lax["meta"]["authentication"].as_str().unwrap();
+    assert!(
+        results.contains("dmarc=fail") && results.contains("policy.dmarc=none"),
+        "{results}"
+    );
 }

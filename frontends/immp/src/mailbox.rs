@@ -327,6 +327,9 @@ pub fn message_mime(m: &Message, gzip: bool) -> Vec<String> {
     if let Some(verdicts) = m.security.verdicts().header() {
         out.push(format!("Mailgate-Verdicts: {verdicts}"));
     }
+    if let Some(results) = &m.security.authentication {
+        out.push(format!("Authentication-Results: {results}"));
+    }
     out.extend([
         "MIME-Version: 1.0".into(),
         format!("Content-Type: multipart/mixed; boundary=\"{boundary}\""),

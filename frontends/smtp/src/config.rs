@@ -26,6 +26,10 @@ pub struct SmtpConfig {
     pub require_tls: bool,
     /// The DKIM selector outbound mail is signed under (`<selector>._domainkey.<domain>`).
     pub dkim_selector: String,
+    /// Check SPF, DKIM and DMARC for mail arriving at the MX listener (results stored with the
+    /// message and shown to its readers; a DMARC `p=reject` failure refused). Off: no DNS
+    /// look-ups for arriving mail, and no SMTP sender counts as checked.
+    pub verify_senders: bool,
 }
 
 impl Default for SmtpConfig {
@@ -39,6 +43,7 @@ impl Default for SmtpConfig {
             mx_port: 25,
             require_tls: false,
             dkim_selector: "mailgate".into(),
+            verify_senders: true,
         }
     }
 }

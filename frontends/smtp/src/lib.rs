@@ -1,7 +1,9 @@
 //! mailgate's SMTP front-end: the inbound MX listener (RFC 5321 ESMTP with PIPELINING, SIZE,
 //! 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8, STARTTLS). Mail for local accounts only (relaying
-//! refused), unknown recipients refused at `RCPT`, `250` after the final dot only once the
-//! message is stored durably through [`Core::submit`].
+//! refused), unknown recipients refused at `RCPT`, SPF/DKIM/DMARC checked, `250` after the
+//! final dot only once the message is stored durably through [`Core::submit`]. The
+//! submission listeners (RFC 6409, RFC 8314) take mail from authenticated accounts to
+//! anywhere; the relay transport delivers to other domains' mail exchangers.
 
 pub mod auth;
 pub mod client;
@@ -15,6 +17,7 @@ pub mod reply;
 pub mod sasl;
 mod session;
 
+use mail_auth::MessageAuthenticator;
 use mailgate_core::io::{BoxedIo, ConnState};
 use mailgate_core::Core;
 use std::net::SocketAddr;
@@ -33,6 +36,8 @@ pub struct SmtpServer {
     read_timeout: Duration,
     data_timeout: Duration,
     submission: bool,
+    /// SPF/DKIM/DMARC for arriving mail, and the longest the checks of one message may take.
+    authenticator: Option<(Arc<MessageAuthenticator>, Duration)>,
 }
 
 impl SmtpServer {
@@ -51,7 +56,19 @@ impl SmtpServer {
             read_timeout,
             data_timeout: Duration::from_secs(config.data_timeout_secs.max(1)),
             submission: false,
+            authenticator: None,
         }
+    }
+
+    /// Check SPF, DKIM and DMARC of mail from strangers with `authenticator`, each message's
+    /// checks bounded by `timeout` (past it they count as `temperror`).
+    pub fn with_authenticator(
+        mut self,
+        authenticator: Arc<MessageAuthenticator>,
+        timeout: Duration,
+    ) -> Self {
+        self.authenticator = Some((authenticator, timeout));
+        self
     }
 
     /// The same server for the submission ports (RFC 6409): `AUTH PLAIN`/`LOGIN` once the

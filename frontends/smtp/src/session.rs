@@ -3,6 +3,7 @@
 //! while the client has pipelined more commands, `250` after the final dot only once the
 //! message is durably stored.
 
+use crate::auth::{self, Findings, Transaction};
 use crate::command::{self, Command, CommandError, MailParams, Mechanism, MAX_COMMAND_LINE};
 use crate::mime;
 use crate::reply::Reply;
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use mailgate_core::budget::{MemoryBudget, Reservation};
 use mailgate_core::io::{BoxedIo, ConnState};
 use mailgate_core::login::FAILURES_PER_CONNECTION;
-use mailgate_core::message::TraceHop;
+use mailgate_core::message::{SenderCheck, TraceHop};
 use mailgate_core::store::Account;
 use mailgate_core::{Address, LoginError, Origin, SubmitError, Submitter};
 use std::net::SocketAddr;
@@ -385,14 +386,46 @@ impl<'a> Session<'a> {
 
     async fn deliver(&mut self, envelope: Envelope, raw: Vec<u8>) -> Reply {
         let helo = self.helo.clone().unwrap_or_default();
+        let findings = match (&self.server.authenticator, &self.account) {
+            (Some((authenticator, timeout)), None) => {
+                let mail_from = envelope.from.as_ref().map(ToString::to_string);
+                let t = Transaction {
+                    hostname: &self.server.hostname,
+                    ip: self.peer.ip(),
+                    helo: &helo,
+                    mail_from: mail_from.as_deref().unwrap_or(""),
+                };
+                let checked = tokio::time::timeout(*timeout, auth::check(authenticator, &t, &raw));
+                Some(checked.await.unwrap_or_else(|_| Findings::timed_out(&t)))
+            }
+            _ => None,
+        };
+        if findings.as_ref().is_some_and(|f| f.dmarc_reject) {
+            return Reply::new(
+                550,
+                Some("5.7.1"),
+                "rejected: the DMARC policy of the From domain says reject, and the message \
+                 failed it",
+            );
+        }
         // The null reverse path (bounces, RFC 5321 §4.5.5) has no address of its own.
         let sender = envelope.from.unwrap_or_else(|| {
             Address::new("mailer-daemon", &helo)
                 .or_else(|_| Address::new("mailer-daemon", "invalid"))
                 .expect("a valid fixed address")
         });
-        let raw = self.with_trace_header(&helo, envelope.params.utf8, raw);
+        let mut raw = self.with_trace_header(&helo, envelope.params.utf8, raw);
+        if let Some(f) = &findings {
+            raw.splice(0..0, f.header().into_bytes());
+        }
         let mut message = mime::to_model(Bytes::from(raw), sender, envelope.recipients);
+        if let Some(f) = findings {
+            if f.spf_pass {
+                // SPF ties the peer to the envelope sender's domain.
+                message.security.sender_check = Some(SenderCheck::Domain);
+            }
+            message.security.authentication = Some(f.results);
+        }
         message.trace.push(TraceHop {
             protocol: "smtp".into(),
             peer: self.peer.ip().to_string(),

@@ -70,8 +70,40 @@ pub struct Gateway {
     lines: mpsc::Receiver<String>,
 }
 
-/// A config with every listener on 127.0.0.1 port 0, and extra lines in the `[mmtp]` section.
+/// A config with every listener on 127.0.0.1 port 0, and extra lines in the `[mmtp]` section;
+/// its look-ups go to [`empty_dns`].
 pub fn config_with(dir: &Path, domain: &str, mmtp_extra: &str) -> String {
+    config_with_dns(dir, domain, mmtp_extra, empty_dns())
+}
+
+/// An authoritative DNS server for the `test.` zone with no records (every name of it
+/// NXDOMAIN, other names refused), one per test binary: look-ups of gateways started with
+/// [`config_with`] stay on loopback and are answered at once.
+pub fn empty_dns() -> std::net::SocketAddr {
+    static DNS: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *DNS.get_or_init(|| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the test DNS server");
+            runtime.block_on(async {
+                let _ = tx.send(net::dns_server(Vec::new()).await);
+                std::future::pending::<()>().await
+            })
+        });
+        rx.recv().expect("the test DNS server starts")
+    })
+}
+
+/// [`config_with`], its look-ups going to `dns`.
+pub fn config_with_dns(
+    dir: &Path,
+    domain: &str,
+    mmtp_extra: &str,
+    dns: std::net::SocketAddr,
+) -> String {
     format!(
         r#"data_dir = "{}"
 domains = ["{domain}"]
@@ -89,6 +121,8 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 submission_listen = "127.0.0.1:0"
 submissions_listen = "127.0.0.1:0"
+[dns]
+servers = ["{dns}"]
 "#,
         dir.join("data").display()
     )
