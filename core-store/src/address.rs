@@ -79,6 +79,21 @@ fn valid_local(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// A local part as Internet mail carries it (RFC 5321 `Dot-string` of `atext`, and with
+/// SMTPUTF8 any non-ASCII character of RFC 6531): `bounces+id=x`, `o'brien`, `jürgen`.
+fn valid_mailbox_local(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_LOCAL_LEN
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..")
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || "!#$%&'*+-/=?^_`{|}~.".contains(c)
+                || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+        })
+}
+
 fn valid_domain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_DOMAIN_LEN
@@ -130,6 +145,35 @@ impl Address {
         })
     }
 
+    /// An Internet mail address of someone outside the gateway, as SMTP carries it: its local
+    /// part may hold any RFC 5321 `atext` (and UTF-8) and names no node or folder. Addresses
+    /// of local accounts are made with [`Address::new`] or parsed as IMIDs.
+    pub fn mailbox(local: &str, domain: &str) -> Result<Self, AddressError> {
+        if !valid_mailbox_local(local) {
+            return Err(AddressError::BadLocal(local.to_owned()));
+        }
+        if !valid_domain(domain) {
+            return Err(AddressError::BadDomain(domain.to_owned()));
+        }
+        Ok(Address {
+            node: Vec::new(),
+            local: local.to_owned(),
+            domain: domain.to_ascii_lowercase(),
+            folder: None,
+        })
+    }
+
+    /// Parse `local@domain` as an IMID when it is one (so `alice+folder@` names a folder),
+    /// otherwise as an Internet mail address ([`Address::mailbox`]).
+    pub fn parse_mailbox(s: &str) -> Result<Self, AddressError> {
+        check_len(s)?;
+        if let Ok(a) = Address::parse_imid(s) {
+            return Ok(a);
+        }
+        let (local, domain) = s.rsplit_once('@').ok_or(AddressError::MissingAt)?;
+        Address::mailbox(local, domain)
+    }
+
     /// Parse an MMTP address `(local)%(domain)`, accepting exactly the spec's regex.
     pub fn parse_mmtp(s: &str) -> Result<Self, AddressError> {
         check_len(s)?;
@@ -160,6 +204,10 @@ impl Address {
     pub fn to_mmtp(&self) -> Result<String, AddressError> {
         if !self.node.is_empty() || self.folder.is_some() {
             return Err(AddressError::NotRepresentable("MMTP"));
+        }
+        // The spec's regex takes only these in the local part.
+        if !valid_local(&self.local) {
+            return Err(AddressError::BadLocal(self.local.clone()));
         }
         Ok(format!("({})%({})", self.local, self.domain))
     }
@@ -479,6 +527,42 @@ mod tests {
     fn domain() -> impl Strategy<Value = String> {
         "[a-zA-Z0-9.-]{1,60}"
     }
+    #[test]
+    fn internet_mailboxes_take_what_smtp_carries() {
+        for good in [
+            "bounces+id=42@lists.example",
+            "o'brien@b.test",
+            "jürgen@b.test",
+            "a.b-c@b.test",
+        ] {
+            let a = Address::parse_mailbox(good).unwrap();
+            assert_eq!(a.to_string(), good);
+        }
+        // A local account's plus-folder stays a folder.
+        assert_eq!(
+            Address::parse_mailbox("alice+Receipts@a.test")
+                .unwrap()
+                .folder
+                .as_deref(),
+            Some("Receipts")
+        );
+        for bad in [
+            "a..b@b.test",
+            ".a@b.test",
+            "a b@b.test",
+            "a@b@",
+            "a\u{7}@b.test",
+            "@b.test",
+        ] {
+            assert!(Address::parse_mailbox(bad).is_err(), "{bad}");
+        }
+        // MMTP's regex has no room for them.
+        assert!(Address::parse_mailbox("x=y@b.test")
+            .unwrap()
+            .to_mmtp()
+            .is_err());
+    }
+
     #[test]
     fn dot_and_empty_segments_are_refused() {
         for bad in [

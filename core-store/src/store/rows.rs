@@ -203,9 +203,9 @@ fn parse_addresses(list: &[String]) -> Result<Vec<Address>, StoreError> {
     list.iter().map(|a| parse_stored_address(a)).collect()
 }
 
-/// An address as stored (its IMID form).
+/// An address as stored (its IMID form, or an Internet mail address from SMTP).
 pub(crate) fn parse_stored_address(s: &str) -> Result<Address, StoreError> {
-    Address::parse_imid(s).map_err(|e| StoreError::Corrupt(format!("address {s:?}: {e}")))
+    Address::parse_mailbox(s).map_err(|e| StoreError::Corrupt(format!("address {s:?}: {e}")))
 }
 
 /// The stored code of a message kind.

@@ -208,7 +208,16 @@ fn parse_path(path: &str) -> Result<Address, CommandError> {
         // Quoted local parts are valid SMTP but no account of this server has one.
         return Err(CommandError::BadAddress);
     }
-    Address::parse_imid(mailbox).map_err(|_| CommandError::BadAddress)
+    // A domain in Unicode (SMTPUTF8) is looked up, and kept, as its A-labels.
+    let (local, domain) = mailbox.rsplit_once('@').ok_or(CommandError::BadAddress)?;
+    let domain = if domain.is_ascii() {
+        std::borrow::Cow::Borrowed(domain)
+    } else {
+        std::borrow::Cow::Owned(
+            idna::domain_to_ascii(domain).map_err(|_| CommandError::BadAddress)?,
+        )
+    };
+    Address::parse_mailbox(&format!("{local}@{domain}")).map_err(|_| CommandError::BadAddress)
 }
 
 fn mail_params(params: &str) -> Result<MailParams, CommandError> {

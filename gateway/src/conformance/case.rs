@@ -22,6 +22,8 @@ pub enum Transport {
     Json,
     /// TCP; requests and replies are `\n`-terminated lines (IMMP).
     Line,
+    /// TCP; lines as `line`, but what `send` sends ends with CRLF (SMTP).
+    Smtp,
     /// HTTP/1.1; each step is one request on a fresh connection (XHMTP).
     Http,
 }
@@ -39,6 +41,13 @@ pub struct Case {
     pub accounts: usize,
     /// Run only on a TLS connection (`tls`) or only on a plain one (`plain`).
     pub when: Option<When>,
+    /// Talk to the `--submission` target instead of `--target` (skipped without it).
+    #[serde(default)]
+    pub submission: bool,
+    /// The case waits for the server's idle timeout: it runs only when `--idle-secs` says
+    /// how long that is (`${idle_secs}`).
+    #[serde(default)]
+    pub idle: bool,
     /// The dialogue.
     pub steps: Vec<Step>,
 }
@@ -113,7 +122,7 @@ pub struct HttpRequest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// Send this text (line transport: a `\n` is appended).
+    /// Send this text (line transport: a `\n` is appended; smtp: CRLF).
     pub send: Option<String>,
     /// Send these bytes exactly (nothing appended).
     pub send_raw: Option<String>,
@@ -164,4 +173,11 @@ pub struct SuiteInfo {
     pub transport: Transport,
     /// One paragraph: accounts and settings the server under test needs.
     pub requires: String,
+}
+
+impl Transport {
+    /// Whether replies are lines matched by regexes (`line`, `smtp`).
+    pub fn lines(self) -> bool {
+        matches!(self, Transport::Line | Transport::Smtp)
+    }
 }

@@ -37,9 +37,11 @@ What each suite expects of the server under test (also in tests/conformance/<pro
   mmtp   MMTP on the target port; --account entries for local accounts; hashcash difficulty <= 5.
   immp   IMMP on the target port (plain TCP, TLS by UPGRADE); --account entries for local accounts.
   xhmtp  XHMTP over HTTP on the target port with the default prefix 'xhmtp'.
+  smtp   SMTP on the target port (the MX listener, STARTTLS checked against --ca); --submission
+         for the AUTH cases, --idle-secs for the timeout case; --account entries for local accounts.
 Run `mailgate conformance --protocol P --describe` to print a suite's requirements.")]
 pub struct ConformanceArgs {
-    /// Protocol suite: mmtp, immp or xhmtp.
+    /// Protocol suite: mmtp, immp, xhmtp or smtp.
     #[arg(long)]
     protocol: String,
     /// Server under test, HOST:PORT.
@@ -61,6 +63,13 @@ pub struct ConformanceArgs {
     /// The server's local domain (`${domain}` in cases).
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// The SMTP submission listener (STARTTLS, then AUTH), HOST:PORT, for the cases that
+    /// need it.
+    #[arg(long)]
+    submission: Option<String>,
+    /// The server's idle timeout in seconds (at most 25), for the cases that wait for it.
+    #[arg(long)]
+    idle_secs: Option<u64>,
     /// Run only cases whose name contains this text.
     #[arg(long)]
     filter: Option<String>,
@@ -182,6 +191,8 @@ struct TestAccount {
 
 struct Runner {
     target: String,
+    submission: Option<String>,
+    idle_secs: Option<u64>,
     host: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// For in-band upgrades.
@@ -226,8 +237,15 @@ impl Runner {
                 immp_h,
             });
         }
+        if args.idle_secs.is_some_and(|s| s == 0 || s > 25) {
+            bail!(
+                "--idle-secs must be between 1 and 25 (a case may take at most {CASE_TIMEOUT:?})"
+            );
+        }
         Ok(Runner {
             target,
+            submission: args.submission.clone(),
+            idle_secs: args.idle_secs,
             host,
             tls,
             upgrade,
@@ -236,12 +254,19 @@ impl Runner {
         })
     }
 
-    async fn connect(&self) -> anyhow::Result<Conn> {
-        let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(&self.target))
+    /// A connection to the target (`submission`: to the `--submission` target, in plain text).
+    async fn connect(&self, submission: bool) -> anyhow::Result<Conn> {
+        let target = match (&self.submission, submission) {
+            (Some(submission), true) => submission,
+            _ => &self.target,
+        };
+        let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(target))
             .await
             .context("connect timed out")?
-            .with_context(|| format!("cannot connect to {}", self.target))?;
+            .with_context(|| format!("cannot connect to {target}"))?;
         Ok(match &self.tls {
+            // The submission target starts in plain text (STARTTLS).
+            _ if submission => Box::new(tcp),
             None => Box::new(tcp),
             Some((connector, name)) => Box::new(
                 connector
@@ -261,6 +286,9 @@ impl Runner {
             self.target.rsplit_once(':').map_or("", |t| t.1).to_owned(),
         );
         v.insert("uniq".into(), format!("{:016x}", rand::random::<u64>()));
+        if let Some(secs) = self.idle_secs {
+            v.insert("idle_secs".into(), secs.to_string());
+        }
         v.insert(
             "now_ms".into(),
             mailgate_core::message::now_ms().to_string(),
@@ -298,6 +326,12 @@ impl Runner {
                 self.accounts.len()
             ));
         }
+        if case.submission && self.submission.is_none() {
+            return Outcome::Skipped("needs --submission HOST:PORT".into());
+        }
+        if case.idle && self.idle_secs.is_none() {
+            return Outcome::Skipped("needs --idle-secs".into());
+        }
         match (case.when, self.tls.is_some()) {
             (Some(When::Tls), false) => return Outcome::Skipped("runs only with --tls".into()),
             (Some(When::Plain), true) => return Outcome::Skipped("runs only without --tls".into()),
@@ -319,7 +353,7 @@ impl Runner {
     ) -> anyhow::Result<()> {
         let mut conn = match transport {
             Transport::Http => None,
-            _ => Some(BufReader::new(self.connect().await?)),
+            _ => Some(BufReader::new(self.connect(case.submission).await?)),
         };
         for (i, step) in case.steps.iter().enumerate() {
             let r = match (&mut conn, &step.request) {
@@ -436,7 +470,7 @@ impl Runner {
         req: &HttpRequest,
         vars: &mut HashMap<String, String>,
     ) -> anyhow::Result<()> {
-        let io = self.connect().await?;
+        let io = self.connect(false).await?;
         let mut headers = BTreeMap::new();
         for (k, v) in &req.headers {
             headers.insert(k.clone(), subst(v, vars, false)?);
@@ -525,8 +559,10 @@ async fn stream_step(
     let mut out = Vec::new();
     if let Some(text) = &step.send {
         out.extend_from_slice(subst(text, vars, false)?.as_bytes());
-        if transport == Transport::Line {
-            out.push(b'\n');
+        match transport {
+            Transport::Line => out.push(b'\n'),
+            Transport::Smtp => out.extend_from_slice(b"\r\n"),
+            _ => {}
         }
     }
     if let Some(raw) = &step.send_raw {
@@ -582,7 +618,7 @@ async fn stream_step(
     let line = loop {
         let line = next_line(conn).await?;
         let retry = match (transport, &step.expect) {
-            (Transport::Line, Some(expect)) if step.skip && skipped < 10_000 => {
+            (t, Some(expect)) if t.lines() && step.skip && skipped < 10_000 => {
                 let pattern = expect.as_str().unwrap_or_default();
                 !anchored(&subst(pattern, vars, true)?)?.is_match(&line)
             }
@@ -595,7 +631,7 @@ async fn stream_step(
     };
     let line = line.as_str();
     match transport {
-        Transport::Line => {
+        Transport::Line | Transport::Smtp => {
             if let Some(expect) = &step.expect {
                 let pattern = expect
                     .as_str()
