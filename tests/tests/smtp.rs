@@ -130,8 +130,11 @@ async fn ehlo_offers_the_profile_and_starttls_starts_over() {
         !r.lines.iter().any(|l| l.starts_with("AUTH")),
         "no AUTH on the MX: {r:?}"
     );
-    // A transaction begun before STARTTLS does not survive it.
+    // STARTTLS waits for a transaction to end (as Postfix does), and what was said before it
+    // does not survive it.
     assert_eq!(s.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
+    assert_eq!(s.cmd("STARTTLS").await.code, 503);
+    assert_eq!(s.cmd("RSET").await.code, 250);
     let mut s = s.starttls(gw.connector()).await;
     assert_eq!(
         s.cmd("MAIL FROM:<carol@b.test>").await.code,
@@ -171,6 +174,8 @@ async fn strangers_are_refused_with_the_right_codes() {
         ("MAIL FROM:<carol@b.test>", 503, "5.5.1"),
         ("RCPT TO:<dave@elsewhere.test>", 550, "5.7.1"),
         ("RCPT TO:<nobody@a.test>", 550, "5.1.1"),
+        // No postmaster account and no [smtp] postmaster: an unknown user like any other.
+        ("RCPT TO:<postmaster@a.test>", 550, "5.1.1"),
         ("DATA", 554, "5.5.1"),
         ("RSET", 250, "2.0.0"),
         ("VRFY bob", 252, "2.5.2"),
@@ -547,4 +552,52 @@ async fn inbound_mail_is_checked_with_spf_dkim_and_dmarc() {
         results.contains("dmarc=fail") && results.contains("policy.dmarc=none"),
         "{results}"
     );
+}
+
+#[test]
+fn the_smtp_conformance_suite_passes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    // A short idle timeout, so the suite's timeout case runs too.
+    let config = config_with(dir.path(), "a.test", "requests_per_sec = 0.0")
+        .replace("[admin]", "[limits]\nread_timeout_secs = 3\n[admin]")
+        // a.test has no postmaster account: bob takes its mail.
+        .replace("[smtp]\n", "[smtp]\npostmaster = \"bob@a.test\"\n");
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("bob@a.test", "bob-pw");
+    let port = |key: &str| gw.addr(key).rsplit_once(':').unwrap().1.to_owned();
+    // The self-signed certificate names localhost.
+    let target = format!("localhost:{}", port("smtp.listen"));
+    let submission = format!("localhost:{}", port("smtp.submission_listen"));
+    let ca = dir.path().join("data/tls/cert.pem");
+    let out = support::run(
+        &[
+            "conformance",
+            "--protocol",
+            "smtp",
+            "--target",
+            &target,
+            "--submission",
+            &submission,
+            "--idle-secs",
+            "3",
+            "--domain",
+            "a.test",
+            "--account",
+            "bob@a.test:bob-pw",
+            "--ca",
+            ca.to_str().unwrap(),
+        ],
+        None,
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("FAILED")).collect();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "{}\n{text}",
+        failed.join("\n")
+    );
+    let last = text.lines().last().unwrap_or_default();
+    let passed: usize = last.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 40 && last.ends_with(" 0 failed"), "{last}");
 }

@@ -329,6 +329,13 @@ impl<'a> Session<'a> {
         }
         match self.server.core.store.account(&to).await {
             Ok(Some(_)) => {}
+            // A domain without its own postmaster: the configured one (RFC 5321 §4.5.1).
+            Ok(None) if to.local.eq_ignore_ascii_case("postmaster") && to.node.is_empty() => {
+                match &self.server.postmaster {
+                    Some(p) => to = p.clone(),
+                    None => return Reply::new(550, Some("5.1.1"), format!("no such user: {to}")),
+                }
+            }
             Ok(None) => return Reply::new(550, Some("5.1.1"), format!("no such user: {to}")),
             Err(e) => {
                 tracing::warn!(error = %e, "smtp: account lookup failed");
@@ -373,6 +380,13 @@ impl<'a> Session<'a> {
                 format!("message too large: this server accepts {max} bytes"),
             ),
             Data::Busy => busy(),
+            // RFC 5321 §2.3.8: lines end with CRLF; a server that took bare LFs could be made
+            // to see two messages where the next hop sees one (SMTP smuggling).
+            Data::BareLf => Reply::new(
+                550,
+                Some("5.6.0"),
+                "bare LF in the message: end every line with CRLF",
+            ),
             Data::Message(raw, mut reservation) => {
                 // Parsing makes the parts beside the raw bytes kept as the wire form.
                 if reservation.grow_to(raw.len() * 3).await.is_err() {
@@ -586,6 +600,13 @@ impl<'a> Session<'a> {
         if self.server.tls.is_none() {
             return Err(Reply::new(502, Some("5.5.1"), "STARTTLS is not offered"));
         }
+        if self.envelope.is_some() {
+            return Err(Reply::new(
+                503,
+                Some("5.5.1"),
+                "a transaction is under way; RSET first",
+            ));
+        }
         Ok(())
     }
 
@@ -664,19 +685,34 @@ fn submit_reply(e: &SubmitError) -> Reply {
     }
 }
 
-/// Read one line of at most `limit` bytes (its line end included).
+/// Read one line of at most `limit` bytes (its line end included); CRLF or a bare LF ends it.
 async fn read_line(io: &mut BufReader<BoxedIo>, limit: usize) -> std::io::Result<Line> {
+    Ok(read_line_ending(io, limit).await?.0)
+}
+
+/// [`read_line`], and whether the line ended with CRLF (false: a bare LF, or no line end).
+async fn read_line_ending(
+    io: &mut BufReader<BoxedIo>,
+    limit: usize,
+) -> std::io::Result<(Line, bool)> {
     let mut line = Vec::new();
     let mut too_long = false;
+    let mut previous = None;
     loop {
         let buf = io.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(Line::Closed);
+            return Ok((Line::Closed, false));
         }
         let (take, done) = match buf.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
             None => (buf.len(), false),
         };
+        // The byte before the LF, when this piece ends the line.
+        let before_lf = match take {
+            0 | 1 => previous,
+            n => Some(buf[n - 2]),
+        };
+        previous = buf[..take].last().copied();
         if !too_long && line.len() + take <= limit {
             line.extend_from_slice(&buf[..take]);
         } else {
@@ -684,14 +720,15 @@ async fn read_line(io: &mut BufReader<BoxedIo>, limit: usize) -> std::io::Result
         }
         io.consume(take);
         if done {
+            let crlf = before_lf == Some(b'\r');
             if too_long {
-                return Ok(Line::TooLong);
+                return Ok((Line::TooLong, crlf));
             }
             line.pop();
-            if line.last() == Some(&b'\r') {
+            if crlf {
                 line.pop();
             }
-            return Ok(Line::Text(line));
+            return Ok((Line::Text(line), crlf));
         }
     }
 }
@@ -704,9 +741,12 @@ enum Data {
     TooLarge,
     /// The memory budget for bodies in flight had no room for it (read and dropped too).
     Busy,
+    /// A line ended with a bare LF (read to the real end and dropped).
+    BareLf,
 }
 
-/// The message after `354`, dot-unstuffed, up to the line holding one dot. Its bytes are
+/// The message after `354`, dot-unstuffed, up to the line holding one dot (ended by CRLF: a
+/// message with a bare LF is read to that end and refused). Its bytes are
 /// reserved in the shared memory budget before they are kept; a message over `max` or over
 /// the budget is read to its end and dropped, so the session goes on.
 async fn read_data(
@@ -724,19 +764,25 @@ async fn read_data(
         } else {
             (max + 3 - data.len()).max(3)
         };
-        match read_line(io, room).await? {
-            Line::Closed => {
+        match read_line_ending(io, room).await? {
+            (Line::Closed, _) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "closed in DATA",
                 ))
             }
-            Line::TooLong => {
+            (Line::TooLong, _) => {
                 refused.get_or_insert(Data::TooLarge);
             }
-            Line::Text(line) if line == b"." => break,
-            Line::Text(line) => {
+            // Only CRLF.CRLF ends the data: a dot line with a bare LF does not (SMTP smuggling).
+            (Line::Text(line), true) if line == b"." => break,
+            (Line::Text(line), crlf) => {
                 if refused.is_some() {
+                    continue;
+                }
+                if !crlf {
+                    refused = Some(Data::BareLf);
+                    data = Vec::new();
                     continue;
                 }
                 let line = line.strip_prefix(b".").unwrap_or(&line);
