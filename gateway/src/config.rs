@@ -417,6 +417,17 @@ impl Config {
                 );
             }
         }
+        if let Some(p) = &self.smtp.postmaster {
+            let a =
+                Address::parse_any(p).map_err(|e| anyhow::anyhow!("smtp.postmaster {p:?}: {e}"))?;
+            if !self
+                .domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&a.domain))
+            {
+                bail!("smtp.postmaster {p:?} is not an address of this gateway's domains");
+            }
+        }
         self.mmtp.validate().map_err(anyhow::Error::msg)?;
         self.xhmtp.validate().map_err(anyhow::Error::msg)?;
         let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
@@ -538,5 +549,14 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("tls.key"), "{e}");
+        let e = Config::parse("[smtp]\npostmaster = \"pm@elsewhere.test\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("smtp.postmaster"), "{e}");
+        Config::parse("[smtp]\npostmaster = \"pm@localhost\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 }

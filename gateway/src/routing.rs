@@ -6,8 +6,10 @@
 //! address records, RFC 5321 §5.1). With the default preference (SMTP last) a domain that
 //! publishes a seed protocol's SRV record keeps getting it; a domain with only MX records
 //! gets SMTP.
-//! Among the protocols the domain offers, the one the message arrived in wins (its original
-//! wire form can then go out unchanged); otherwise `[relay] preference` decides. A domain that
+//! Among the seed protocols the domain offers, the one the message arrived in wins (its
+//! original wire form can then go out unchanged); otherwise `[relay] preference` decides.
+//! Arriving over SMTP promotes nothing: SMTP keeps its place in the preference, so a domain
+//! with a seed protocol's SRV record gets that protocol even for mail submitted over SMTP. A domain that
 //! offers none of the enabled protocols has no route: the entry fails and bounces. The SRV
 //! answer found for the chosen protocol goes to the transport in the [`Route`], which connects
 //! there (by priority and weight; XHMTP also reads its TXT prefix) without asking again. The
@@ -53,6 +55,7 @@ impl RouteChooser {
     ) -> Result<Route, TransportError> {
         let mut order: Vec<&str> = Vec::new();
         for p in arrived
+            .filter(|p| *p != SMTP)
             .into_iter()
             .chain(self.preference.iter().map(String::as_str))
         {
@@ -265,9 +268,16 @@ mod tests {
                 .protocol,
             "mmtp"
         );
-        // Mail that arrived over SMTP goes out over SMTP where the domain takes it.
+        // Mail that arrived over SMTP goes to a domain's seed protocol all the same.
         assert_eq!(
             c.choose("all.test", Some("smtp"), WITH_SMTP)
+                .await
+                .unwrap()
+                .protocol,
+            "mmtp"
+        );
+        assert_eq!(
+            c.choose("mx.test", Some("smtp"), WITH_SMTP)
                 .await
                 .unwrap()
                 .protocol,

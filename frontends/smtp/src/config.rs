@@ -30,6 +30,11 @@ pub struct SmtpConfig {
     /// message and shown to its readers; a DMARC `p=reject` failure refused). Off: no DNS
     /// look-ups for arriving mail, and no SMTP sender counts as checked.
     pub verify_senders: bool,
+    /// The account that gets mail for `postmaster@` of every local domain that has no
+    /// `postmaster` account of its own (RFC 5321 §4.5.1 asks every domain to take it).
+    /// Unset: such mail is refused at `RCPT` like mail for any unknown user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postmaster: Option<String>,
 }
 
 impl Default for SmtpConfig {
@@ -44,6 +49,7 @@ impl Default for SmtpConfig {
             require_tls: false,
             dkim_selector: "mailgate".into(),
             verify_senders: true,
+            postmaster: None,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct SmtpServer {
     read_timeout: Duration,
     data_timeout: Duration,
     submission: bool,
+    /// Where mail for a local domain's `postmaster` goes when the domain has no such account.
+    postmaster: Option<mailgate_core::Address>,
     /// SPF/DKIM/DMARC for arriving mail, and the longest the checks of one message may take.
     authenticator: Option<(Arc<MessageAuthenticator>, Duration)>,
 }
@@ -56,6 +58,11 @@ impl SmtpServer {
             read_timeout,
             data_timeout: Duration::from_secs(config.data_timeout_secs.max(1)),
             submission: false,
+            postmaster: config
+                .postmaster
+                .as_deref()
+                .and_then(|a| mailgate_core::Address::parse_any(a).ok())
+                .map(|a| a.account()),
             authenticator: None,
         }
     }
