@@ -154,7 +154,8 @@ pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn local_domain(config: &Config, domain: &str) -> anyhow::Result<String> {
+/// `domain` as one of this gateway's domains (lower case), or an error naming them.
+pub(crate) fn local_domain(config: &Config, domain: &str) -> anyhow::Result<String> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     if !config
         .domains

@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod conformance;
 mod dns;
+mod dns_records;
 mod files;
 mod listener;
 mod relay;
@@ -60,6 +61,13 @@ enum Command {
         #[command(subcommand)]
         action: commands::DkimAction,
     },
+    /// Print the DNS records to publish for a local domain (zone-file syntax): MX, SPF, DKIM
+    /// and DMARC for SMTP, SRV for each enabled protocol and for submission, TXT
+    /// `_prefix._xhmtp`, the host's A/AAAA.
+    DnsRecords(dns_records::DnsArgs),
+    /// Query DNS ([dns] servers) for every record `dns-records` prints and say what is
+    /// missing or wrong (exit 0 when everything is published).
+    CheckDns(dns_records::DnsArgs),
     /// Write a consistent copy of the store to PATH (safe while the gateway runs).
     Backup {
         /// Destination file; must not exist.
@@ -147,6 +155,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Queue { action } => commands::queue(&load()?, action).await.map(|()| ok),
         Command::Store { action } => commands::store(action).await.map(|()| ok),
         Command::Dkim { action } => commands::dkim(&load()?, action).map(|()| ok),
+        Command::DnsRecords(args) => dns_records::print(&load()?, &args).map(|()| ok),
+        Command::CheckDns(args) => dns_records::check(&load()?, &args).await,
         Command::Backup { path } => commands::backup(&load()?, &path).await.map(|()| ok),
         Command::Health { url } => commands::health(&load()?, url).await,
         Command::Bench { target } => bench::run(target).await.map(|()| ok),

@@ -217,3 +217,137 @@ fn check_config_validates_and_names_bad_keys() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// The records `dns-records` printed, as DNS records (each zone line read literally).
+fn zone(text: &str) -> Vec<hickory_proto::rr::Record> {
+    use support::net::{a, mx, srv_to, txt};
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.is_empty())
+    {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((f[1], f[2]), ("3600", "IN"), "{line}");
+        let name = f[0].trim_end_matches('.');
+        match f[3] {
+            "MX" => out.push(mx(name, f[4].parse().unwrap(), f[5].trim_end_matches('.'))),
+            "SRV" => {
+                let (service, domain) = name.split_once("._tcp.").unwrap();
+                let service = service.trim_start_matches('_');
+                let target = f[7].trim_end_matches('.');
+                out.push(srv_to(service, domain, target, f[6].parse().unwrap()));
+            }
+            "TXT" => {
+                let value: String = line
+                    .split_once("TXT")
+                    .unwrap()
+                    .1
+                    .split('"')
+                    .skip(1)
+                    .step_by(2)
+                    .collect();
+                out.push(txt(name, &value));
+            }
+            "A" => {
+                let ip: std::net::Ipv4Addr = f[4].parse().unwrap();
+                out.push(a(name, ip.octets()));
+            }
+            other => panic!("unexpected record type {other}: {line}"),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_records_print_a_zone_that_check_dns_accepts_and_check_dns_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |dns: &str| {
+        format!(
+            "data_dir = \"{}\"\ndomains = [\"a.test\"]\n[dns]\nservers = [\"{dns}\"]\ntimeout_secs = 4\n",
+            dir.path().join("data").display()
+        )
+    };
+    let path = dir.path().join("mailgate.toml");
+    std::fs::write(&path, cfg("127.0.0.1:9")).unwrap();
+    let p = path.to_str().unwrap().to_owned();
+    let cli = move |args: &[&str]| {
+        let mut all = vec!["--config", p.as_str()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        let cwd = std::env::temp_dir();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                run(&refs, None, &cwd)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = cli(&["dkim", "generate", "a.test"]).await;
+    assert!(out.status.success());
+    let printed = cli(&[
+        "dns-records",
+        "a.test",
+        "--host",
+        "mx.a.test",
+        "--address",
+        "192.0.2.7",
+    ])
+    .await;
+    assert!(printed.status.success());
+    let text = String::from_utf8(printed.stdout).unwrap();
+    for want in [
+        "_mmtp._tcp.a.test.",
+        "_immp._tcp.a.test.",
+        "_xhmtp._tcp.a.test.",
+        "_prefix._xhmtp.a.test.",
+        "_submission._tcp.a.test.",
+        "mailgate._domainkey.a.test.",
+        "_dmarc.a.test.",
+        "v=spf1 mx ip4:192.0.2.7 -all",
+        "MX    10 mx.a.test.",
+        "A     192.0.2.7",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    let records = zone(&text);
+
+    // Everything published: check-dns is content.
+    let dns = support::net::dns_server(records.clone()).await;
+    std::fs::write(&path, cfg(&dns.to_string())).unwrap();
+    let args = [
+        "check-dns",
+        "a.test",
+        "--host",
+        "mx.a.test",
+        "--address",
+        "192.0.2.7",
+    ];
+    let out = cli(&args).await;
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("are published"), "{report}");
+
+    // DMARC left out and the IMMP SRV on the wrong port: both named, exit 1.
+    let mut broken: Vec<_> = records
+        .into_iter()
+        .filter(|r| !r.name().to_ascii().starts_with("_dmarc."))
+        .filter(|r| !r.name().to_ascii().starts_with("_immp."))
+        .collect();
+    broken.push(support::net::srv_to("immp", "a.test", "mx.a.test", 1999));
+    let dns = support::net::dns_server(broken).await;
+    std::fs::write(&path, cfg(&dns.to_string())).unwrap();
+    let out = cli(&args).await;
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{report}");
+    let line = |start: &str, name: &str| {
+        report
+            .lines()
+            .any(|l| l.starts_with(start) && l.contains(name))
+    };
+    assert!(line("MISSING", "_dmarc.a.test."), "{report}");
+    assert!(line("WRONG", "_immp._tcp.a.test."), "{report}");
+    assert!(line("ok", "mailgate._domainkey.a.test."), "{report}");
+    assert!(report.contains("2 of "), "{report}");
+}

@@ -168,10 +168,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DkimError> {
 /// The TXT record that publishes `public_key` (DER) for `domain` under `selector`, in
 /// zone-file syntax, split into strings of at most 255 characters.
 pub fn txt_record(domain: &str, selector: &str, public_key: &[u8]) -> String {
-    let value = format!(
-        "v=DKIM1; k=rsa; p={}",
-        base64::engine::general_purpose::STANDARD.encode(public_key)
-    );
+    let value = txt_value(public_key);
     let strings: Vec<String> = value
         .as_bytes()
         .chunks(255)
@@ -180,6 +177,14 @@ pub fn txt_record(domain: &str, selector: &str, public_key: &[u8]) -> String {
     format!(
         "{selector}._domainkey.{domain}. IN TXT ( {} )",
         strings.join(" ")
+    )
+}
+
+/// The value of the TXT record that publishes `public_key` (DER): `v=DKIM1; k=rsa; p=…`.
+pub fn txt_value(public_key: &[u8]) -> String {
+    format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64::engine::general_purpose::STANDARD.encode(public_key)
     )
 }
 
