@@ -363,6 +363,23 @@ pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
+    /// docs/architecture.md lists every migration the binary applies, and no more.
+    #[test]
+    fn every_migration_is_documented() {
+        let doc = include_str!("../../../../docs/architecture.md");
+        for n in 1..=MIGRATIONS.len() {
+            assert!(
+                doc.contains(&format!("| Migration {n} |")),
+                "docs/architecture.md does not describe migration {n}"
+            );
+        }
+        let next = MIGRATIONS.len() + 1;
+        assert!(
+            !doc.contains(&format!("| Migration {next} |")),
+            "docs/architecture.md describes migration {next}, which does not exist"
+        );
+    }
+
     /// Settings kept among the secrets before migration 8 move to their own table; secrets
     /// stay where they were.
     #[test]
