@@ -306,9 +306,27 @@ pub fn push_json(m: &Message) -> Value {
     })
 }
 
+/// The wire form of mail that arrived over SMTP: its original RFC 5322 message.
+const SMTP_WIRE: &str = "smtp";
+
 /// The message as MIME (multipart/mixed, base64 parts).
 /// With `gzip`, each part is `Content-Encoding: gzip` inside its base64.
+/// Mail that arrived over SMTP is its original message instead (with the `Received` and
+/// `Authentication-Results` fields this gateway put on top), after a `Mailgate-Verdicts` field;
+/// lines that are not UTF-8 are shown with replacement characters.
 pub fn message_mime(m: &Message, gzip: bool) -> Vec<String> {
+    if let Some(wire) = m.wire.as_ref().filter(|w| w.protocol == SMTP_WIRE && !gzip) {
+        let mut out: Vec<String> = m
+            .security
+            .verdicts()
+            .header()
+            .map(|v| format!("Mailgate-Verdicts: {v}"))
+            .into_iter()
+            .collect();
+        let text = String::from_utf8_lossy(&wire.bytes);
+        out.extend(text.lines().map(str::to_owned));
+        return out;
+    }
     let boundary = format!("mailgate-{}", m.id.0.simple());
     let mut out = vec![
         format!("Message-ID: <{}@mailgate>", m.id),
@@ -498,5 +516,42 @@ mod tests {
         assert!(!message_mime(&m, false)
             .iter()
             .any(|l| l.starts_with("Mailgate-Verdicts")));
+    }
+
+    #[test]
+    fn smtp_mail_is_fetched_in_its_original_form() {
+        let mut m = Message::new(
+            Address::parse_imid("carol@c.test").unwrap(),
+            vec![Address::parse_imid("bob@b.test").unwrap()],
+            "s",
+            "b",
+        );
+        let original =
+            "Received: from x\r\nFrom: Carol <carol@c.test>\r\nX-Kept: yes\r\n\r\nhi\r\n";
+        m.wire = Some(mailgate_core::message::WireForm::new(
+            "smtp",
+            original.as_bytes().to_vec().into(),
+        ));
+        m.security.sender_check = Some(SenderCheck::Unverified);
+        let mime = message_mime(&m, false);
+        assert!(mime[0].starts_with("Mailgate-Verdicts: sender=unverified"));
+        assert_eq!(
+            mime[1..],
+            [
+                "Received: from x",
+                "From: Carol <carol@c.test>",
+                "X-Kept: yes",
+                "",
+                "hi"
+            ]
+        );
+        // Other wire forms are rendered from the model.
+        m.wire = Some(mailgate_core::message::WireForm::new(
+            "mmtp",
+            b"{}".to_vec().into(),
+        ));
+        assert!(message_mime(&m, false)
+            .iter()
+            .any(|l| l.starts_with("Content-Type: multipart/mixed")));
     }
 }
