@@ -1,5 +1,6 @@
 //! `mailgate send` and `mailgate receive`: talk to any server with a protocol's client.
 
+use crate::config::Config;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use mailgate_core::Address;
@@ -7,6 +8,7 @@ use mailgate_mmtp::client::{MmtpClient, PacketBuilder};
 use mailgate_xhmtp::client::XhmtpClient;
 use mailgate_xhmtp::wire::SubmitRequest;
 use std::io::BufRead;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -27,21 +29,27 @@ pub struct Connection {
     /// Protocol to speak.
     #[arg(long, value_enum, default_value = "mmtp")]
     protocol: ClientProtocol,
-    /// Server, HOST:PORT (default: 127.0.0.1 on the protocol's default port).
+    /// Server, HOST:PORT (default: this gateway's listener for the protocol, as --config
+    /// sets it; with --tls its TLS listener).
     #[arg(long)]
     server: Option<String>,
-    /// Connect with TLS, trusting the PEM certificate(s) in --ca.
+    /// Connect with TLS (MMTP's TLS port, XHMTP over HTTPS; IMMP always upgrades to TLS).
     #[arg(long)]
     tls: bool,
-    /// CA or self-signed certificate to trust with --tls.
+    /// CA or self-signed certificate to trust (default: the certificate this gateway
+    /// generated, <data_dir>/tls/cert.pem, when it uses one).
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// TLS server name to verify (default: the host of --server when it is a name, else
+    /// the gateway's first domain).
+    #[arg(long)]
+    tls_name: Option<String>,
     /// Authenticate as this account (password from the first line of standard input).
     #[arg(long)]
     login: Option<String>,
-    /// XHMTP path prefix of the server.
-    #[arg(long, default_value = "xhmtp")]
-    prefix: String,
+    /// XHMTP path prefix of the server (default: the configured `[xhmtp] prefix`).
+    #[arg(long)]
+    prefix: Option<String>,
 }
 
 /// `mailgate send` options.
@@ -49,9 +57,10 @@ pub struct Connection {
 pub struct SendArgs {
     #[command(flatten)]
     conn: Connection,
-    /// Sender address.
+    /// Sender address (default: the --login account; IMMP and XHMTP send as the logged-in
+    /// account only).
     #[arg(long)]
-    from: String,
+    from: Option<String>,
     /// Recipient address.
     #[arg(long)]
     to: String,
@@ -74,38 +83,101 @@ pub struct SendArgs {
 
 /// `mailgate receive` options.
 #[derive(Args)]
+#[command(after_help = "What reading does to the mailbox:
+  mmtp   RECEIVE removes every message it returns (the protocol has no other read); --keep is
+         refused.
+  immp   prints the INBOX index and removes nothing; with --fetch each message is fetched and
+         marked read, unless --keep.
+  xhmtp  prints the feed and removes nothing; --fetch fetches each message (nothing changes).")]
 pub struct ReceiveArgs {
     #[command(flatten)]
     conn: Connection,
-    /// Mailbox to read (removes what it returns, as MMTP RECEIVE does).
+    /// Mailbox to read (default: the --login account).
     #[arg(long)]
-    email: String,
+    email: Option<String>,
     /// At most this many messages.
     #[arg(long)]
     limit: Option<u32>,
-    /// XHMTP: also fetch each feed item's message from the sender's server.
+    /// IMMP and XHMTP: also fetch each message (XHMTP: from the sender's server).
     #[arg(long)]
     fetch: bool,
+    /// Leave the mailbox as it is: IMMP fetches without marking read. MMTP cannot read
+    /// without removing, so it refuses --keep.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Where a client command connects, resolved once from its options and the configuration.
+struct Target {
+    /// HOST:PORT.
+    server: String,
+    /// The name the server's certificate is checked for.
+    tls_name: String,
+    /// The certificate file to trust, when there is one.
+    ca: Option<PathBuf>,
+    /// The XHMTP path prefix.
+    prefix: String,
+}
+
+/// The address a client reaches a listener on: its own, with an unspecified address replaced
+/// by the loopback address of its family.
+fn reachable(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port()).to_string()
 }
 
 impl Connection {
-    fn server(&self) -> String {
-        self.server.clone().unwrap_or_else(|| {
-            match self.protocol {
-                ClientProtocol::Mmtp => "127.0.0.1:8025",
-                ClientProtocol::Immp => "127.0.0.1:1025",
-                ClientProtocol::Xhmtp => "127.0.0.1:8080",
+    /// Where to connect: --server, else the configured listener of the protocol.
+    fn target(&self, config: &Config) -> anyhow::Result<Target> {
+        let server = match &self.server {
+            Some(s) => s.clone(),
+            None => {
+                let listen = match (self.protocol, self.tls) {
+                    (ClientProtocol::Mmtp, false) => Some(config.mmtp.listen),
+                    (ClientProtocol::Mmtp, true) => config.mmtp.tls_listen,
+                    (ClientProtocol::Immp, _) => Some(config.immp.listen),
+                    (ClientProtocol::Xhmtp, false) => Some(config.xhmtp.listen),
+                    (ClientProtocol::Xhmtp, true) => config.xhmtp.tls_listen,
+                };
+                reachable(listen.with_context(|| {
+                    format!(
+                        "this gateway has no {:?} TLS listener: set its tls_listen or give --server",
+                        self.protocol
+                    )
+                })?)
             }
-            .to_owned()
-        })
-    }
-
-    fn host(&self) -> anyhow::Result<String> {
-        let server = self.server();
-        server
+        };
+        let host = server
             .rsplit_once(':')
             .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
-            .context("--server must be HOST:PORT")
+            .context("--server must be HOST:PORT")?;
+        let tls_name = match &self.tls_name {
+            Some(n) => n.clone(),
+            None if self.server.is_some() && host.parse::<IpAddr>().is_err() => host,
+            None => config.primary_domain().to_owned(),
+        };
+        let ca = self.ca.clone().or_else(|| {
+            config
+                .tls
+                .cert
+                .is_none()
+                .then(|| crate::tls::cert_paths(config).0)
+                .filter(|p| p.exists())
+        });
+        let prefix = self
+            .prefix
+            .clone()
+            .unwrap_or_else(|| config.xhmtp.prefix.clone());
+        Ok(Target {
+            server,
+            tls_name,
+            ca,
+            prefix,
+        })
     }
 
     fn password(&self) -> anyhow::Result<String> {
@@ -113,50 +185,83 @@ impl Connection {
         std::io::stdin().lock().read_line(&mut password)?;
         Ok(password.trim_end_matches(['\r', '\n']).to_owned())
     }
+
+    /// The --login account, parsed.
+    fn login(&self) -> anyhow::Result<Option<Address>> {
+        self.login
+            .as_deref()
+            .map(|l| Address::parse_any(l).context("--login"))
+            .transpose()
+    }
+}
+
+impl Target {
+    fn ca(&self) -> anyhow::Result<&PathBuf> {
+        self.ca
+            .as_ref()
+            .context("TLS needs --ca PEM-FILE (the certificate or CA to trust)")
+    }
+}
+
+/// The sender of `send`: --from, checked against --login when `as_login` (the protocol sends
+/// as the logged-in account), else the --login account.
+fn sender(args: &SendArgs, as_login: bool) -> anyhow::Result<Address> {
+    let login = args.conn.login()?;
+    let from = args
+        .from
+        .as_deref()
+        .map(|f| Address::parse_any(f).context("--from"))
+        .transpose()?;
+    match (from, login) {
+        (Some(f), Some(l)) if as_login && !f.same_account(&l) => {
+            anyhow::bail!("--from {f} is not the --login account {l}: this protocol sends as the logged-in account")
+        }
+        (Some(f), _) => Ok(f),
+        (None, Some(l)) => Ok(l),
+        (None, None) => anyhow::bail!("--from ADDRESS (or --login ACCOUNT) is needed"),
+    }
 }
 
 /// Connect over IMMP (TLS upgrade checked against --ca) and log in with AUTH SECRET.
-async fn connect_immp(conn: &Connection) -> anyhow::Result<mailgate_immp::client::ImmpClient> {
-    let ca = conn
-        .ca
-        .as_ref()
-        .context("IMMP upgrades to TLS: --ca PEM-FILE is needed")?;
-    let login = conn.login.as_ref().context("IMMP needs --login ACCOUNT")?;
-    let (connector, name) = crate::tls::connector(ca, &conn.host()?)?;
-    let mut client = mailgate_immp::client::ImmpClient::connect(&conn.server(), connector, name)
+async fn connect_immp(
+    conn: &Connection,
+    config: &Config,
+) -> anyhow::Result<mailgate_immp::client::ImmpClient> {
+    let target = conn.target(config)?;
+    let who = conn.login()?.context("IMMP needs --login ACCOUNT")?;
+    let (connector, name) = crate::tls::connector(target.ca()?, &target.tls_name)?;
+    let mut client = mailgate_immp::client::ImmpClient::connect(&target.server, connector, name)
         .await
-        .with_context(|| format!("cannot talk IMMP to {}", conn.server()))?;
-    let who = Address::parse_any(login).context("--login")?;
+        .with_context(|| format!("cannot talk IMMP to {}", target.server))?;
     client.auth_secret(&who, &conn.password()?).await?;
     Ok(client)
 }
 
-async fn connect(conn: &Connection) -> anyhow::Result<MmtpClient> {
+async fn connect(conn: &Connection, config: &Config) -> anyhow::Result<MmtpClient> {
+    let target = conn.target(config)?;
     let tls = if conn.tls {
-        let ca = conn.ca.as_ref().context("--tls needs --ca PEM-FILE")?;
-        Some(crate::tls::connector(ca, &conn.host()?)?)
+        Some(crate::tls::connector(target.ca()?, &target.tls_name)?)
     } else {
         None
     };
-    let mut client = MmtpClient::connect(&conn.server(), tls)
+    let mut client = MmtpClient::connect(&target.server, tls)
         .await
-        .with_context(|| format!("cannot talk MMTP to {}", conn.server()))?;
-    if let Some(login) = &conn.login {
-        let who = Address::parse_any(login).context("--login")?;
+        .with_context(|| format!("cannot talk MMTP to {}", target.server))?;
+    if let Some(who) = conn.login()? {
         client.auth(&who, &conn.password()?).await?;
     }
     Ok(client)
 }
 
 /// Run `mailgate send`.
-pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+pub async fn send(config: &Config, args: SendArgs) -> anyhow::Result<()> {
     match args.conn.protocol {
-        ClientProtocol::Immp => return send_immp(args).await,
-        ClientProtocol::Xhmtp => return send_xhmtp(args).await,
+        ClientProtocol::Immp => return send_immp(config, args).await,
+        ClientProtocol::Xhmtp => return send_xhmtp(config, args).await,
         ClientProtocol::Mmtp => {}
     }
-    let mut client = connect(&args.conn).await?;
-    let from = Address::parse_any(&args.from).context("--from")?;
+    let from = sender(&args, false)?;
+    let mut client = connect(&args.conn, config).await?;
     let to = Address::parse_any(&args.to).context("--to")?;
     let mut builder = PacketBuilder::new(from, to, &args.subject, &args.body);
     builder.tags = parse_tags(&args.tags)?;
@@ -181,14 +286,24 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
 }
 
 /// Run `mailgate receive`.
-pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
+pub async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
+    let email = match (&args.email, args.conn.login()?) {
+        (Some(e), _) => Address::parse_any(e).context("--email")?,
+        (None, Some(login)) => login,
+        (None, None) => anyhow::bail!("--email MAILBOX (or --login ACCOUNT) is needed"),
+    };
     match args.conn.protocol {
-        ClientProtocol::Immp => return receive_immp(args).await,
-        ClientProtocol::Xhmtp => return receive_xhmtp(args).await,
+        ClientProtocol::Immp => return receive_immp(config, args).await,
+        ClientProtocol::Xhmtp => return receive_xhmtp(config, args, &email).await,
         ClientProtocol::Mmtp => {}
     }
-    let mut client = connect(&args.conn).await?;
-    let email = Address::parse_any(&args.email).context("--email")?;
+    if args.keep {
+        anyhow::bail!(
+            "MMTP's RECEIVE removes what it returns and has no other read: --keep works with \
+             --protocol immp or xhmtp"
+        );
+    }
+    let mut client = connect(&args.conn, config).await?;
     for m in client.receive(&email, args.limit).await? {
         println!("{m}");
     }
@@ -196,8 +311,9 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
 }
 
 /// `mailgate send --protocol immp`: DELIVER as the logged-in account (--from must be it).
-async fn send_immp(args: SendArgs) -> anyhow::Result<()> {
-    let mut client = connect_immp(&args.conn).await?;
+async fn send_immp(config: &Config, args: SendArgs) -> anyhow::Result<()> {
+    sender(&args, true)?;
+    let mut client = connect_immp(&args.conn, config).await?;
     let to = Address::parse_any(&args.to).context("--to")?;
     let importance = if args.tags.iter().any(|t| t == "priority=high") {
         mailgate_core::Importance::High
@@ -215,41 +331,65 @@ async fn send_immp(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mailgate receive --protocol immp`: the INBOX index as JSON lines (nothing is removed).
-async fn receive_immp(args: ReceiveArgs) -> anyhow::Result<()> {
-    let mut client = connect_immp(&args.conn).await?;
+/// `mailgate receive --protocol immp`: the INBOX index as JSON lines (nothing is removed);
+/// with --fetch each message as JSON (marked read unless --keep).
+async fn receive_immp(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
+    let mut client = connect_immp(&args.conn, config).await?;
     client.send_raw(b"MBOX INDEX /inbox +JSON\n").await?;
     let reply = client.reply().await?;
     let limit = args.limit.map_or(usize::MAX, |l| l as usize);
-    for line in reply
+    let entries: Vec<&String> = reply
         .lines
         .iter()
         .filter(|l| l.starts_with('{'))
         .take(limit)
-    {
-        println!("{line}");
+        .collect();
+    for line in entries {
+        if !args.fetch {
+            println!("{line}");
+            continue;
+        }
+        let entry: serde_json::Value = serde_json::from_str(line).context("IMMP index entry")?;
+        let id = entry["id"]
+            .as_str()
+            .context("IMMP index entry without an id")?;
+        let keep = if args.keep { " -READ" } else { "" };
+        client
+            .send_raw(format!("MBOX FETCH /inbox#{id} +JSON{keep}\n").as_bytes())
+            .await?;
+        let message = client.reply().await?;
+        let json: String = message
+            .lines
+            .iter()
+            .filter(|l| !l.starts_with("End of message"))
+            .map(String::as_str)
+            .collect();
+        println!("{json}");
     }
     client.quit().await;
     Ok(())
 }
 
 /// An XHMTP client logged in as `user` (password from standard input).
-async fn connect_xhmtp(conn: &Connection, user: &str) -> anyhow::Result<XhmtpClient> {
+async fn connect_xhmtp(
+    conn: &Connection,
+    target: &Target,
+    user: &str,
+) -> anyhow::Result<XhmtpClient> {
     let tls = if conn.tls {
-        let ca = conn.ca.as_ref().context("--tls needs --ca PEM-FILE")?;
-        Some(crate::tls::client_config(ca)?)
+        Some(crate::tls::client_config(target.ca()?)?)
     } else {
         None
     };
-    let server = tokio::net::lookup_host(conn.server())
+    let server = tokio::net::lookup_host(&target.server)
         .await?
         .next()
-        .with_context(|| format!("{} has no address", conn.server()))?;
+        .with_context(|| format!("{} has no address", target.server))?;
     Ok(XhmtpClient::new(
         server,
-        &conn.host()?,
+        &target.tls_name,
         tls,
-        &conn.prefix,
+        &target.prefix,
         user,
         &conn.password()?,
     ))
@@ -272,13 +412,15 @@ fn parse_tags(tags: &[String]) -> anyhow::Result<mailgate_core::Tags> {
 }
 
 /// `mailgate send --protocol xhmtp`: `POST /<prefix>/submit` as --login.
-async fn send_xhmtp(args: SendArgs) -> anyhow::Result<()> {
+async fn send_xhmtp(config: &Config, args: SendArgs) -> anyhow::Result<()> {
     let login = args
         .conn
         .login
         .as_ref()
         .context("XHMTP needs --login ACCOUNT")?;
-    let client = connect_xhmtp(&args.conn, login).await?;
+    sender(&args, true)?;
+    let target = args.conn.target(config)?;
+    let client = connect_xhmtp(&args.conn, &target, login).await?;
     let req = SubmitRequest {
         to: vec![args.to.clone()],
         subject: args.subject.clone(),
@@ -293,8 +435,9 @@ async fn send_xhmtp(args: SendArgs) -> anyhow::Result<()> {
 
 /// `mailgate receive --protocol xhmtp`: the feed's items as JSON lines; with --fetch, each
 /// item's message as fetched from its link.
-async fn receive_xhmtp(args: ReceiveArgs) -> anyhow::Result<()> {
-    let client = connect_xhmtp(&args.conn, &args.email).await?;
+async fn receive_xhmtp(config: &Config, args: ReceiveArgs, email: &Address) -> anyhow::Result<()> {
+    let target = args.conn.target(config)?;
+    let client = connect_xhmtp(&args.conn, &target, &email.to_string()).await?;
     let feed = client.feed(None).await?;
     let channel = rss::Channel::read_from(&feed.body[..]).context("the feed is not RSS")?;
     let limit = args.limit.map_or(usize::MAX, |l| l as usize);
@@ -304,8 +447,8 @@ async fn receive_xhmtp(args: ReceiveArgs) -> anyhow::Result<()> {
             let url = url::Url::parse(link).context("feed item link")?;
             // Links into the account's own mailbox (no credentials in them) are on --server;
             // a sender's URL is on the sender's server.
-            let target = if url.username().is_empty() {
-                args.conn.server()
+            let at = if url.username().is_empty() {
+                target.server.clone()
             } else {
                 format!(
                     "{}:{}",
@@ -313,10 +456,10 @@ async fn receive_xhmtp(args: ReceiveArgs) -> anyhow::Result<()> {
                     url.port_or_known_default().unwrap_or(80)
                 )
             };
-            let addr = tokio::net::lookup_host(&target)
+            let addr = tokio::net::lookup_host(&at)
                 .await?
                 .next()
-                .with_context(|| format!("{target} has no address"))?;
+                .with_context(|| format!("{at} has no address"))?;
             let message = client.fetch_url(link, addr).await?;
             println!("{}", serde_json::to_string(&message)?);
         } else {

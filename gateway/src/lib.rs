@@ -161,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Health { url } => commands::health(&load()?, url).await,
         Command::Bench { target } => bench::run(target).await.map(|()| ok),
         Command::Conformance(args) => conformance::run(args).await,
-        Command::Send(args) => client_cmd::send(args).await.map(|()| ok),
-        Command::Receive(args) => client_cmd::receive(args).await.map(|()| ok),
+        Command::Send(args) => client_cmd::send(&load()?, args).await.map(|()| ok),
+        Command::Receive(args) => client_cmd::receive(&load()?, args).await.map(|()| ok),
     }
 }

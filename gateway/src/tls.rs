@@ -55,9 +55,13 @@ pub struct ServerTls {
 pub fn server_config(config: &Config) -> anyhow::Result<ServerTls> {
     let (cert, key) = cert_paths(config);
     if config.tls.cert.is_none() {
+        // The domains, and the names a client on this machine uses: localhost, 127.0.0.1, ::1
+        // (rcgen makes the addresses IP SANs).
         let mut names: Vec<String> = config.domains.clone();
-        if !names.iter().any(|n| n == "localhost") {
-            names.push("localhost".into());
+        for local in ["localhost", "127.0.0.1", "::1"] {
+            if !names.iter().any(|n| n == local) {
+                names.push(local.into());
+            }
         }
         ensure_self_signed(&cert, &key, names)?;
     }

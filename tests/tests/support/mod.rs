@@ -174,9 +174,17 @@ impl Gateway {
         });
         let mut addrs = HashMap::new();
         loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("mailgate serve did not become ready");
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+                let _ = child.kill();
+                let status = child.wait();
+                let log = std::fs::read_to_string(dir.join("mailgate.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "mailgate serve did not become ready ({status:?}); the end of its log:\n{}",
+                    tail.join("\n")
+                );
+            };
             if line == "mailgate: ready" {
                 break;
             }
