@@ -190,7 +190,7 @@ pub enum LoginError {
     Busy,
     /// Store failure.
     #[error("temporary failure: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
 }
 
 /// A per-protocol secret derived from an account's password whenever it is set (e.g. IMMP's
@@ -571,4 +571,11 @@ async fn hash_off_thread(password: &str) -> Result<String, PasswordError> {
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(|e| PasswordError::Hash(e.to_string()))?
+}
+
+/// The cause is shown in the message, not again as a source: `{:#}` prints it once.
+impl From<StoreError> for LoginError {
+    fn from(e: StoreError) -> Self {
+        LoginError::Store(e)
+    }
 }

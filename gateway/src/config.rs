@@ -340,7 +340,15 @@ impl Config {
 
     /// Parse TOML text (unknown keys are errors that name the key).
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|e| {
+            let hint = if e.message().contains("socket address") {
+                "\nhint: listen addresses are IP:PORT — use an IP address (127.0.0.1:8025, \
+                 0.0.0.0:8025, [::]:8025), not a host name"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("{e}{hint}")
+        })
     }
 
     /// Check every value; the message names the bad key.
@@ -554,6 +562,8 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("smtp.postmaster"), "{e}");
+        let e = Config::parse("[mmtp]\nlisten = \"localhost:8025\"\n").unwrap_err();
+        assert!(e.to_string().contains("use an IP address"), "{e}");
         Config::parse("[smtp]\npostmaster = \"pm@localhost\"\n")
             .unwrap()
             .validate()

@@ -17,6 +17,7 @@ mod relay;
 mod routing;
 mod serve;
 pub mod tls;
+mod trust;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -148,6 +149,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::CheckConfig => {
             let c = load()?;
             print!("{}", c.to_toml()?);
+            let (errors, notes) = tls::check_files(&c);
+            for note in notes {
+                eprintln!("mailgate: note: {note}");
+            }
+            if !errors.is_empty() {
+                anyhow::bail!(
+                    "the configuration names bad files:\n  {}",
+                    errors.join("\n  ")
+                );
+            }
             eprintln!("mailgate: configuration is valid");
             Ok(ok)
         }

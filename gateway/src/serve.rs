@@ -296,7 +296,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let trust = if config.tls.trust.is_empty() {
         None
     } else {
-        Some(tls::client_config_from(&config.tls.trust)?)
+        // Files that do not exist yet are read when they appear (crate::trust).
+        Some(crate::trust::client_config(&config.tls.trust)?)
     };
     let mut immp_routes = config.immp.routes.clone();
     immp_routes.extend(

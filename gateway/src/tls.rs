@@ -51,7 +51,8 @@ pub struct ServerTls {
     pub tls13: Arc<ServerConfig>,
 }
 
-/// The server-side TLS configurations.
+/// The server-side TLS configurations (a self-signed pair generated first when none is
+/// configured and none was generated before).
 pub fn server_config(config: &Config) -> anyhow::Result<ServerTls> {
     let (cert, key) = cert_paths(config);
     if config.tls.cert.is_none() {
@@ -65,7 +66,12 @@ pub fn server_config(config: &Config) -> anyhow::Result<ServerTls> {
         }
         ensure_self_signed(&cert, &key, names)?;
     }
-    let certs = CertificateDer::pem_file_iter(&cert)
+    load_pair(&cert, &key)
+}
+
+/// The server-side TLS configurations of the PEM pair at `cert` and `key`.
+fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<ServerTls> {
+    let certs = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("tls.cert: cannot read {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| {
@@ -77,7 +83,7 @@ pub fn server_config(config: &Config) -> anyhow::Result<ServerTls> {
     if certs.is_empty() {
         anyhow::bail!("tls.cert: {} holds no certificate", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(&key).with_context(|| {
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
         format!(
             "tls.key: cannot read a PEM private key from {}",
             key.display()
@@ -97,6 +103,50 @@ pub fn server_config(config: &Config) -> anyhow::Result<ServerTls> {
         any: Arc::new(any),
         tls13: Arc::new(tls13),
     })
+}
+
+/// What `check-config` finds in the files the configuration names, without changing any:
+/// errors (what `serve` would refuse) and notes.
+pub fn check_files(config: &Config) -> (Vec<String>, Vec<String>) {
+    let (mut errors, mut notes) = (Vec::new(), Vec::new());
+    let (cert, key) = cert_paths(config);
+    if config.tls.cert.is_none() && !(cert.exists() && key.exists()) {
+        notes.push(format!(
+            "tls: a self-signed certificate will be generated into {} at first start",
+            cert.parent().unwrap_or(Path::new(".")).display()
+        ));
+    } else if let Err(e) = load_pair(&cert, &key) {
+        errors.push(format!("{e:#}"));
+    }
+    for file in &config.tls.trust {
+        if !file.exists() {
+            notes.push(format!(
+                "tls.trust: {} does not exist yet; serve starts and reads it when it appears",
+                file.display()
+            ));
+        } else {
+            match CertificateDer::pem_file_iter(file).map(|certs| certs.collect::<Vec<_>>()) {
+                Ok(certs) if certs.iter().all(Result::is_ok) && !certs.is_empty() => {}
+                Ok(certs) if certs.is_empty() => errors.push(format!(
+                    "tls.trust: {} holds no PEM certificate",
+                    file.display()
+                )),
+                _ => errors.push(format!(
+                    "tls.trust: {} is not a PEM certificate file",
+                    file.display()
+                )),
+            }
+        }
+    }
+    for domain in &config.domains {
+        let file = mailgate_smtp::dkim::key_file(&config.dkim_dir(), domain);
+        if file.exists() {
+            if let Err(e) = mailgate_smtp::dkim::public_key(&file) {
+                errors.push(format!("DKIM key of {domain}: {e}"));
+            }
+        }
+    }
+    (errors, notes)
 }
 
 /// A client-side TLS configuration trusting only the certificates in the PEM file `ca` (a CA,

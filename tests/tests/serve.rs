@@ -216,6 +216,35 @@ fn check_config_validates_and_names_bad_keys() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+
+    // Files: a missing certificate and a trust file that is not PEM are errors (each named
+    // once); a trust file that does not exist yet is a note; a host name where an address
+    // belongs gets a hint.
+    let check = |text: &str| {
+        std::fs::write(&bad, text).unwrap();
+        let out = run(
+            &["check-config", "--config", bad.to_str().unwrap()],
+            None,
+            dir.path(),
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::write(dir.path().join("junk.pem"), "junk\n").unwrap();
+    let (ok, err) = check("[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\ntrust = [\"junk.pem\", \"later.pem\"]\n");
+    assert!(!ok, "{err}");
+    assert_eq!(err.matches("/nonexistent/c.pem").count(), 1, "{err}");
+    assert!(err.contains("junk.pem holds no PEM certificate"), "{err}");
+    assert!(err.contains("later.pem does not exist yet"), "{err}");
+    let (ok, err) = check("data_dir = \"./d\"\n[tls]\ntrust = [\"later.pem\"]\n");
+    assert!(
+        ok && err.contains("note: tls.trust: later.pem does not exist yet"),
+        "{err}"
+    );
+    let (ok, err) = check("[immp]\nlisten = \"localhost:1025\"\n");
+    assert!(!ok && err.contains("use an IP address"), "{err}");
 }
 
 /// The records `dns-records` printed, as DNS records (each zone line read literally).

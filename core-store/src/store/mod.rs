@@ -66,7 +66,7 @@ pub enum StoreError {
     Closed,
     /// File-system error (backup, data directory).
     #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 }
 
 /// The kind of a back-end failure: what callers may act on, whatever the database.
@@ -791,3 +791,10 @@ impl<T: MailStore + PubSubStore + HostedStore + SettingsStore + LiveEvents> Stor
 
 /// How many live events a subscriber may fall behind by before it misses some.
 pub(crate) const LIVE_EVENT_BACKLOG: usize = 1024;
+
+/// The cause is shown in the message, not again as a source: `{:#}` prints it once.
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}

@@ -23,7 +23,7 @@ const MAX_REPLY_LINE: u64 = 1024 * 1024;
 pub enum ClientError {
     /// Network or TLS failure.
     #[error("connection failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// No reply in time.
     #[error("timed out")]
     Timeout,
@@ -366,6 +366,13 @@ impl ImmpClient {
     pub async fn quit(mut self) {
         let _ = self.send(CommandKind::Quit).await;
         let _ = self.reply().await;
+    }
+}
+
+/// The cause is shown in the message, not again as a source: `{:#}` prints it once.
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
     }
 }
 

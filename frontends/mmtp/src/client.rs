@@ -28,7 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ClientError {
     /// Network or TLS failure.
     #[error("connection failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The server sent something that is not MMTP.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -386,5 +386,12 @@ impl PacketBuilder {
             message_id,
             hashes,
         })
+    }
+}
+
+/// The cause is shown in the message, not again as a source: `{:#}` prints it once.
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
     }
 }

@@ -34,7 +34,7 @@ pub enum CodecError {
     Busy(BudgetError),
     /// Socket error.
     #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 }
 
 /// One complete JSON value, with the budget reservation that covers its bytes (kept while the
@@ -283,6 +283,13 @@ pub fn encode_reply(reply: &serde_json::Value) -> Vec<u8> {
     let mut out = serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec());
     out.push(b'\n');
     out
+}
+
+/// The cause is shown in the message, not again as a source: `{:#}` prints it once.
+impl From<std::io::Error> for CodecError {
+    fn from(e: std::io::Error) -> Self {
+        CodecError::Io(e)
+    }
 }
 
 #[cfg(test)]

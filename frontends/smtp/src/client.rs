@@ -19,7 +19,7 @@ const MAX_REPLY_LINES: usize = 100;
 pub enum ClientError {
     /// The connection failed or closed.
     #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// No reply in time.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
@@ -298,6 +298,13 @@ pub fn dot_stuffed(message: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
+}
+
+/// The cause is shown in the message, not again as a source: `{:#}` prints it once.
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
 }
 
 #[cfg(test)]
