@@ -247,46 +247,6 @@ fn check_config_validates_and_names_bad_keys() {
     assert!(!ok && err.contains("use an IP address"), "{err}");
 }
 
-/// The records `dns-records` printed, as DNS records (each zone line read literally).
-fn zone(text: &str) -> Vec<hickory_proto::rr::Record> {
-    use support::net::{a, mx, srv_to, txt};
-    let mut out = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with(';') && !l.is_empty())
-    {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!((f[1], f[2]), ("3600", "IN"), "{line}");
-        let name = f[0].trim_end_matches('.');
-        match f[3] {
-            "MX" => out.push(mx(name, f[4].parse().unwrap(), f[5].trim_end_matches('.'))),
-            "SRV" => {
-                let (service, domain) = name.split_once("._tcp.").unwrap();
-                let service = service.trim_start_matches('_');
-                let target = f[7].trim_end_matches('.');
-                out.push(srv_to(service, domain, target, f[6].parse().unwrap()));
-            }
-            "TXT" => {
-                let value: String = line
-                    .split_once("TXT")
-                    .unwrap()
-                    .1
-                    .split('"')
-                    .skip(1)
-                    .step_by(2)
-                    .collect();
-                out.push(txt(name, &value));
-            }
-            "A" => {
-                let ip: std::net::Ipv4Addr = f[4].parse().unwrap();
-                out.push(a(name, ip.octets()));
-            }
-            other => panic!("unexpected record type {other}: {line}"),
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_records_print_a_zone_that_check_dns_accepts_and_check_dns_names_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
@@ -340,7 +300,7 @@ async fn dns_records_print_a_zone_that_check_dns_accepts_and_check_dns_names_wha
     ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
-    let records = zone(&text);
+    let records = support::net::zone(&text);
 
     // Everything published: check-dns is content.
     let dns = support::net::dns_server(records.clone()).await;

@@ -15,6 +15,22 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Call `check` until it gives a value, at most until `within` has passed (then fail, saying
+/// what did not happen). The one poll loop of the tests.
+pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Path of the program under test.
 pub fn mailgate() -> &'static str {
     env!("CARGO_BIN_EXE_mailgate-e2e")

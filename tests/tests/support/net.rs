@@ -33,12 +33,21 @@ pub fn leaf(ca: &Ca, dir: &Path, name: &str) {
 
 /// An authoritative DNS server for `test.` on 127.0.0.1 (UDP), serving `records`.
 pub async fn dns_server(records: Vec<hickory_proto::rr::Record>) -> std::net::SocketAddr {
+    dns_server_for("test.", "127.0.0.1:0", records).await
+}
+
+/// An authoritative DNS server for the zone `origin` on `bind` (UDP), serving `records`.
+pub async fn dns_server_for(
+    origin: &str,
+    bind: &str,
+    records: Vec<hickory_proto::rr::Record>,
+) -> std::net::SocketAddr {
     use hickory_proto::rr::rdata::SOA;
     use hickory_proto::rr::{LowerName, Name, RData, Record};
     use hickory_server::authority::{Catalog, ZoneType};
     use hickory_server::store::in_memory::InMemoryAuthority;
     use std::sync::Arc;
-    let origin = Name::from_ascii("test.").unwrap();
+    let origin = Name::from_ascii(origin).unwrap();
     let mut zone = InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false);
     let soa = SOA::new(
         Name::from_ascii("ns.test.").unwrap(),
@@ -55,7 +64,7 @@ pub async fn dns_server(records: Vec<hickory_proto::rr::Record>) -> std::net::So
     }
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::from(&origin), vec![Arc::new(zone)]);
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::UdpSocket::bind(bind).await.unwrap();
     let addr = socket.local_addr().unwrap();
     let mut server = hickory_server::ServerFuture::new(catalog);
     server.register_socket(socket);
@@ -126,4 +135,43 @@ pub fn mx(domain: &str, preference: u16, exchange: &str) -> hickory_proto::rr::R
         60,
         RData::MX(MX::new(preference, exchange)),
     )
+}
+
+/// The records `dns-records` printed, as DNS records (each zone line read literally).
+pub fn zone(text: &str) -> Vec<hickory_proto::rr::Record> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.is_empty())
+    {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((f[1], f[2]), ("3600", "IN"), "{line}");
+        let name = f[0].trim_end_matches('.');
+        match f[3] {
+            "MX" => out.push(mx(name, f[4].parse().unwrap(), f[5].trim_end_matches('.'))),
+            "SRV" => {
+                let (service, domain) = name.split_once("._tcp.").unwrap();
+                let service = service.trim_start_matches('_');
+                let target = f[7].trim_end_matches('.');
+                out.push(srv_to(service, domain, target, f[6].parse().unwrap()));
+            }
+            "TXT" => {
+                let value: String = line
+                    .split_once("TXT")
+                    .unwrap()
+                    .1
+                    .split('"')
+                    .skip(1)
+                    .step_by(2)
+                    .collect();
+                out.push(txt(name, &value));
+            }
+            "A" => {
+                let ip: std::net::Ipv4Addr = f[4].parse().unwrap();
+                out.push(a(name, ip.octets()));
+            }
+            other => panic!("unexpected record type {other}: {line}"),
+        }
+    }
+    out
 }
