@@ -85,6 +85,24 @@ pub struct RouteConfig {
     /// required and the certificate verified for `host`, instead of opportunistic).
     #[serde(default)]
     pub tls: bool,
+    /// The name the server's certificate is verified for (default: `host` when it is a name,
+    /// else the domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// XHMTP: the server's URL path prefix (default `xhmtp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+impl RouteConfig {
+    /// The TLS name to verify: `server_name`, else `host` when it is a name, else the domain.
+    pub fn tls_name(&self) -> String {
+        match &self.server_name {
+            Some(n) => n.clone(),
+            None if self.host.parse::<std::net::IpAddr>().is_err() => self.host.clone(),
+            None => self.domain.clone(),
+        }
+    }
 }
 
 /// The relay protocols, in the default preference order: the seed protocols before SMTP, so a
@@ -334,8 +352,76 @@ impl Config {
             }
             None => Config::default(),
         };
+        let mut config = config;
+        for warning in config.merge_old_routes()? {
+            tracing::warn!("{warning}");
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Move the route tables of earlier releases (`[[immp.routes]]`, `[[xhmtp.routes]]`) into
+    /// `[[route]]`, the one route syntax; a warning for each table found. They are accepted
+    /// for one release.
+    pub fn merge_old_routes(&mut self) -> anyhow::Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        for r in std::mem::take(&mut self.immp.routes) {
+            let (host, port) = r
+                .address
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .with_context(|| {
+                    format!("[[immp.routes]] {}: address must be HOST:PORT", r.domain)
+                })?;
+            warnings.push(format!(
+                "[[immp.routes]] is deprecated and will be removed in the next release: write                  [[route]] domain = \"{}\", protocol = \"immp\", host = \"{host}\", port = {port}{}",
+                r.domain,
+                r.server_name
+                    .as_ref()
+                    .map(|n| format!(", server_name = \"{n}\""))
+                    .unwrap_or_default()
+            ));
+            let server_name = Some(r.server_name.unwrap_or_else(|| r.domain.clone()));
+            self.route.push(RouteConfig {
+                domain: r.domain,
+                protocol: "immp".into(),
+                host: host.to_owned(),
+                port,
+                tls: true,
+                // The old table verified the domain's name unless told otherwise.
+                server_name,
+                prefix: None,
+            });
+        }
+        for r in std::mem::take(&mut self.xhmtp.routes) {
+            warnings.push(format!(
+                "[[xhmtp.routes]] is deprecated and will be removed in the next release: write                  [[route]] domain = \"{}\", protocol = \"xhmtp\", host = \"{}\", port = {},                  tls = {}{}",
+                r.domain,
+                r.host,
+                r.port,
+                r.https,
+                r.prefix
+                    .as_ref()
+                    .map(|p| format!(", prefix = \"{p}\""))
+                    .unwrap_or_default()
+            ));
+            self.route.push(RouteConfig {
+                domain: r.domain,
+                protocol: "xhmtp".into(),
+                host: r.host,
+                port: r.port,
+                tls: r.https,
+                server_name: None,
+                prefix: r.prefix,
+            });
+        }
+        Ok(warnings)
+    }
+
+    /// The `[[route]]`s of one protocol.
+    pub fn routes(&self, protocol: &str) -> impl Iterator<Item = &RouteConfig> + '_ {
+        let protocol = protocol.to_owned();
+        self.route.iter().filter(move |r| r.protocol == protocol)
     }
 
     /// Parse TOML text (unknown keys are errors that name the key).
@@ -423,6 +509,20 @@ impl Config {
                     r.protocol,
                     PROTOCOLS.join(", ")
                 );
+            }
+            if r.prefix.is_some() && r.protocol != "xhmtp" {
+                bail!(
+                    "[[route]] {}: prefix is for protocol = \"xhmtp\" only",
+                    r.domain
+                );
+            }
+            if let Some(p) = &r.prefix {
+                if !mailgate_xhmtp::config::valid_prefix(p) {
+                    bail!(
+                        "[[route]] {}: prefix {p:?} is not a valid URL path segment",
+                        r.domain
+                    );
+                }
             }
         }
         if let Some(p) = &self.smtp.postmaster {
@@ -531,6 +631,34 @@ mod tests {
         c.validate().unwrap();
         assert!(c.listeners().iter().all(|(a, _)| a.ip().is_unspecified()));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/mailgate"));
+    }
+
+    #[test]
+    fn old_route_tables_become_routes_with_a_warning() {
+        let mut c = Config::parse(
+            "[[immp.routes]]\ndomain = \"i.test\"\naddress = \"[::1]:1025\"\n\
+             [[xhmtp.routes]]\ndomain = \"x.test\"\nhost = \"h.x.test\"\nport = 443\n\
+             https = true\nprefix = \"p\"\n",
+        )
+        .unwrap();
+        let warnings = c.merge_old_routes().unwrap();
+        assert_eq!(warnings.len(), 2);
+        assert!(warnings.iter().all(|w| w.contains("deprecated")));
+        let immp = c.routes("immp").next().unwrap();
+        assert_eq!((immp.host.as_str(), immp.port), ("::1", 1025));
+        assert_eq!(immp.tls_name(), "i.test");
+        let x = c.routes("xhmtp").next().unwrap();
+        assert_eq!((x.host.as_str(), x.port, x.tls), ("h.x.test", 443, true));
+        assert_eq!(x.prefix.as_deref(), Some("p"));
+        assert!(c.immp.routes.is_empty() && c.xhmtp.routes.is_empty());
+        c.validate().unwrap();
+        let e = Config::parse(
+            "[[route]]\ndomain = \"m.test\"\nprotocol = \"mmtp\"\nhost = \"h\"\nport = 1\nprefix = \"p\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("prefix"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Route choice for a remote domain: which protocol the relay speaks to it.
 //!
-//! In order: a static route (`[[route]]`, and the per-protocol `[[immp.routes]]` /
-//! `[[xhmtp.routes]]`); else DNS — SRV `_immp._tcp`, `_mmtp._tcp`, `_xhmtp._tcp` of the domain,
+//! In order: a static route (`[[route]]`: the one route syntax; the per-protocol tables of
+//! earlier releases are merged into it when the configuration is read); else DNS — SRV `_immp._tcp`, `_mmtp._tcp`, `_xhmtp._tcp` of the domain,
 //! and for SMTP its MX records (a null MX means no mail; no MX at all means the domain's own
 //! address records, RFC 5321 §5.1). With the default preference (SMTP last) a domain that
 //! publishes a seed protocol's SRV record keeps getting it; a domain with only MX records

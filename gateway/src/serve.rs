@@ -144,20 +144,16 @@ async fn xhmtp_state(
     let key = access_key(config, core).await?;
     let mut x = config.xhmtp.clone();
     x.listen.set_port(port);
-    let mut routes = x.routes.clone();
-    routes.extend(
-        config
-            .route
-            .iter()
-            .filter(|r| r.protocol == "xhmtp")
-            .map(|r| XhmtpRoute {
-                domain: r.domain.clone(),
-                host: r.host.clone(),
-                port: r.port,
-                https: r.tls,
-                prefix: None,
-            }),
-    );
+    let routes = config
+        .routes("xhmtp")
+        .map(|r| XhmtpRoute {
+            domain: r.domain.clone(),
+            host: r.host.clone(),
+            port: r.port,
+            https: r.tls,
+            prefix: r.prefix.clone(),
+        })
+        .collect();
     let locator = Locator::new(routes, dns, x.outbound_https);
     let http = HttpClient::new(
         trust,
@@ -188,9 +184,7 @@ fn smtp_transport(
     trust: Option<Arc<rustls::ClientConfig>>,
 ) -> SmtpTransport {
     let routes = config
-        .route
-        .iter()
-        .filter(|r| r.protocol == "smtp")
+        .routes("smtp")
         .map(|r| SmtpRoute {
             domain: r.domain.clone(),
             host: r.host.clone(),
@@ -217,26 +211,11 @@ fn smtp_transport(
 }
 
 fn static_routes(config: &Config) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = config
+    config
         .route
         .iter()
         .map(|r| (r.domain.clone(), r.protocol.clone()))
-        .collect();
-    out.extend(
-        config
-            .immp
-            .routes
-            .iter()
-            .map(|r| (r.domain.clone(), "immp".into())),
-    );
-    out.extend(
-        config
-            .xhmtp
-            .routes
-            .iter()
-            .map(|r| (r.domain.clone(), "xhmtp".into())),
-    );
-    out
+        .collect()
 }
 
 /// The XHMTP access-code key: 32 random bytes shared by the site ([`site_secret`]).
@@ -299,25 +278,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Files that do not exist yet are read when they appear (crate::trust).
         Some(crate::trust::client_config(&config.tls.trust)?)
     };
-    let mut immp_routes = config.immp.routes.clone();
-    immp_routes.extend(
-        config
-            .route
-            .iter()
-            .filter(|r| r.protocol == "immp")
-            .map(|r| {
-                ImmpRoute {
-                    domain: r.domain.clone(),
-                    address: format!("{}:{}", r.host, r.port),
-                    // A host name is what the peer's certificate names; for an address, the domain.
-                    server_name: r
-                        .host
-                        .parse::<std::net::IpAddr>()
-                        .is_err()
-                        .then(|| r.host.clone()),
-                }
-            }),
-    );
+    let immp_routes = config
+        .routes("immp")
+        .map(|r| ImmpRoute {
+            domain: r.domain.clone(),
+            address: match r.host.parse::<std::net::Ipv6Addr>() {
+                Ok(v6) => format!("[{v6}]:{}", r.port),
+                Err(_) => format!("{}:{}", r.host, r.port),
+            },
+            server_name: Some(r.tls_name()),
+        })
+        .collect();
     let mut federation = Federation::new(immp_routes, trust.clone());
     let dns: Option<Arc<dyn Discovery>> = match crate::dns::DnsDiscovery::new(
         &config.dns.servers,
@@ -343,9 +314,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mmtp_peers = Arc::new(
         MmtpPeers::new(
             config
-                .route
-                .iter()
-                .filter(|r| r.protocol == "mmtp")
+                .routes("mmtp")
                 .map(|r| MmtpRoute {
                     domain: r.domain.clone(),
                     host: r.host.clone(),

@@ -12,13 +12,24 @@ use support::net::{a, dns_server, leaf, srv, test_ca};
 use support::site::Site;
 use support::Gateway;
 
-/// A gateway on `ip` for `domain` (IMMP on port 1025) with a static IMMP route to its peer.
+/// A gateway on `ip` for `domain` (IMMP on port 1025) with a static IMMP route to its peer:
+/// a.test writes it as `[[route]]`, b.test in the deprecated `[[immp.routes]]` table (still
+/// read, with a warning).
 fn config(dir: &Path, ca_dir: &Path, domain: &str, ip: &str, peer: &str, peer_ip: &str) -> String {
-    let route = format!("[[immp.routes]]\ndomain = \"{peer}\"\naddress = \"{peer_ip}:1025\"\n");
+    let (immp, tail) = if domain == "b.test" {
+        let old = format!("[[immp.routes]]\ndomain = \"{peer}\"\naddress = \"{peer_ip}:1025\"\n");
+        (old, String::new())
+    } else {
+        let route = format!(
+            "[[route]]\ndomain = \"{peer}\"\nprotocol = \"immp\"\nhost = \"{peer_ip}\"\nport = 1025\n"
+        );
+        (String::new(), route)
+    };
     Site {
         ca: Some(ca_dir),
         immp_port: 1025,
-        immp: &route,
+        immp: &immp,
+        tail: &tail,
         ..Site::new(&[domain], ip)
     }
     .config(dir)
@@ -147,6 +158,13 @@ async fn two_gateways_relay_over_immp_with_cookie_authentication() {
     .unwrap();
     let index = wait_for(ca_path, &a, "a.test", "alice@a.test", "alice-pw", 1).await;
     assert!(index.contains("\"subject\":\"B to A\""), "{index}");
+    // b.test's old route table worked, and it was told it is deprecated.
+    assert!(
+        b.log().contains("[[immp.routes]] is deprecated"),
+        "{}",
+        b.log()
+    );
+    assert!(!a.log().contains("deprecated"));
 
     // Publish/subscribe across domains: bob subscribes (B tells A, cookie-authenticated, on
     // his behalf); alice publishes on A; A relays the push; it lands in bob's PUSH folder.
