@@ -278,14 +278,23 @@ pub async fn store(action: StoreAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mailgate backup PATH`.
-pub async fn backup(config: &Config, path: &Path) -> anyhow::Result<()> {
+/// `mailgate backup PATH [--archive]`.
+pub async fn backup(config: &Config, path: &Path, archive: bool) -> anyhow::Result<()> {
     let core = open_core(config).await?;
-    core.store
-        .backup(path)
+    let result = if archive {
+        crate::archive::write(config, path, |copy| {
+            let store = core.store.clone();
+            async move {
+                store.backup(&copy).await?;
+                Ok(())
+            }
+        })
         .await
-        .with_context(|| format!("backup to {} failed", path.display()))?;
+    } else {
+        core.store.backup(path).await.map_err(anyhow::Error::from)
+    };
     core.store.close().await?;
+    result.with_context(|| format!("backup to {} failed", path.display()))?;
     println!("backup written to {}", path.display());
     Ok(())
 }

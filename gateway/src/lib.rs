@@ -4,6 +4,7 @@
 //! the same program under another name.
 
 mod admin;
+mod archive;
 mod bench;
 mod client_cmd;
 mod commands;
@@ -69,10 +70,21 @@ enum Command {
     /// Query DNS ([dns] servers) for every record `dns-records` prints and say what is
     /// missing or wrong (exit 0 when everything is published).
     CheckDns(dns_records::DnsArgs),
-    /// Write a consistent copy of the store to PATH (safe while the gateway runs).
+    /// Write a consistent copy of the store to PATH (safe while the gateway runs); with
+    /// --archive (or a PATH ending in .tar), a tar archive of everything a restore needs: the
+    /// database, the site's keys, tls/ and dkim/.
     Backup {
         /// Destination file; must not exist.
         path: PathBuf,
+        /// Write a tar archive of the database and the data directory's key files.
+        #[arg(long)]
+        archive: bool,
+    },
+    /// Restore a `backup --archive` into the configured data directory, which must not hold
+    /// those files yet (the gateway stopped).
+    Restore {
+        /// The archive.
+        archive: PathBuf,
     },
     /// Ask the admin endpoint whether the gateway is healthy (exit 0 when it is).
     Health {
@@ -168,7 +180,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Dkim { action } => commands::dkim(&load()?, action).map(|()| ok),
         Command::DnsRecords(args) => dns_records::print(&load()?, &args).map(|()| ok),
         Command::CheckDns(args) => dns_records::check(&load()?, &args).await,
-        Command::Backup { path } => commands::backup(&load()?, &path).await.map(|()| ok),
+        Command::Backup { path, archive } => {
+            let archive = archive || path.extension().is_some_and(|e| e == "tar");
+            commands::backup(&load()?, &path, archive)
+                .await
+                .map(|()| ok)
+        }
+        Command::Restore { archive } => archive::restore(&load()?, &archive).map(|()| ok),
         Command::Health { url } => commands::health(&load()?, url).await,
         Command::Bench { target } => bench::run(target).await.map(|()| ok),
         Command::Conformance(args) => conformance::run(args).await,

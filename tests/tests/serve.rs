@@ -464,3 +464,132 @@ fn the_readme_walkthrough_runs_as_written() {
         outputs[7]
     );
 }
+
+/// `backup --archive` while the gateway runs, the data directory wiped, `restore`: accounts,
+/// mail, the site's keys, the TLS certificate and a stranger's access code all come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_archive_restores_everything_into_an_empty_data_directory() {
+    use mailgate_core::{Address, MessageId};
+    use mailgate_xhmtp::access::AccessCodes;
+    use mailgate_xhmtp::wire::SubmitRequest;
+    let dir = tempfile::tempdir().unwrap();
+    // d.test's XHMTP server is down: dave's access grant is made when the relay first tries.
+    let config = config_with(dir.path(), "a.test", "")
+        + &format!(
+            "[[route]]\ndomain = \"d.test\"\nprotocol = \"xhmtp\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            free_port()
+        );
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("alice@a.test", "alice-pw");
+    gw.add_user("bob@a.test", "bob-pw");
+    let alice = support::clients::xhmtp_client(&gw, "a.test", "alice@a.test", "alice-pw");
+    let receipt = alice
+        .submit(&SubmitRequest {
+            to: vec!["bob@a.test".into(), "dave@d.test".into()],
+            subject: "kept".into(),
+            body: "through a restore".into(),
+            ..SubmitRequest::default()
+        })
+        .await
+        .unwrap();
+    let id: MessageId = receipt.id.parse().unwrap();
+    let dave = Address::parse_xhmtp("dave@d.test").unwrap();
+    let fetch_as_dave = |gw: &Gateway, key: [u8; 32]| {
+        let code = AccessCodes::new(key).code(id, &dave);
+        let addr = gw.addr("xhmtp.listen");
+        let port = addr.rsplit_once(':').unwrap().1;
+        let url = format!("http://dave%40d.test:{code}@a.test:{port}/xhmtp/alice/{id}");
+        let client = support::clients::xhmtp_client(gw, "a.test", "bob@a.test", "bob-pw");
+        let addr = addr.parse().unwrap();
+        async move { client.fetch_url(&url, addr).await }
+    };
+    let data = dir.path().join("data");
+    let key: [u8; 32] = std::fs::read(data.join("xhmtp-access.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fetch_as_dave(&gw, key).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dave's grant never made"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let files = [
+        "domain-key.asc",
+        "xhmtp-access.key",
+        "tls/cert.pem",
+        "tls/key.pem",
+    ];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(data.join(f)).unwrap())
+        .collect();
+    let archive = dir.path().join("backup.tar");
+    let c = gw.config.to_str().unwrap().to_owned();
+    let archive_s = archive.to_str().unwrap().to_owned();
+    let cwd = dir.path().to_owned();
+    let blocking = |args: Vec<String>| {
+        let cwd = cwd.clone();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&refs, None, &cwd)
+        })
+    };
+    let out = blocking(vec![
+        "--config".into(),
+        c.clone(),
+        "backup".into(),
+        archive_s.clone(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = gw.stop();
+    assert!(status.success());
+
+    // Restoring over what is there is refused and changes nothing.
+    let restore = vec![
+        "--config".into(),
+        c.clone(),
+        "restore".into(),
+        archive_s.clone(),
+    ];
+    let out = blocking(restore.clone()).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
+
+    std::fs::remove_dir_all(&data).unwrap();
+    let out = blocking(restore).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(data.join(f)).unwrap())
+        .collect();
+    assert!(before == after, "a key file changed");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("mailgate.db")), 0o600);
+    }
+
+    let gw = Gateway::start(dir.path(), Some(&config));
+    let bob = support::clients::xhmtp_client(&gw, "a.test", "bob@a.test", "bob-pw");
+    let feed = bob.feed(None).await.unwrap();
+    assert_eq!(feed.status, 200);
+    assert!(String::from_utf8_lossy(&feed.body).contains("kept"));
+    // dave's access code, made before the backup, still opens the hosted message.
+    let fetched = fetch_as_dave(&gw, key).await.unwrap();
+    assert_eq!(fetched.subject, "kept");
+}
