@@ -119,48 +119,8 @@ fn serve_opens_every_listener_and_stops_cleanly() {
     let out = run(&["health", "--url", &health_url], None, dir.path());
     assert!(out.status.success());
 
-    // The conformance runner against this server, every suite, TLS included.
-    let ca = dir.path().join("data/tls/cert.pem");
-    for (protocol, key, tls) in [
-        ("mmtp", "mmtp.listen", false),
-        ("mmtp", "mmtp.tls_listen", true),
-        ("immp", "immp.listen", false),
-        ("xhmtp", "xhmtp.listen", false),
-    ] {
-        let port = gw.addr(key).rsplit_once(':').unwrap().1.to_owned();
-        let target = format!("localhost:{port}");
-        let mut args = vec![
-            "conformance",
-            "--protocol",
-            protocol,
-            "--target",
-            &target,
-            "--domain",
-            "e2e.test",
-            "--account",
-            "alice@e2e.test:s3cret",
-            "--account",
-            "bob@e2e.test:pw2",
-        ];
-        if tls {
-            args.push("--tls");
-        }
-        // IMMP upgrades in band; every suite may check the certificate.
-        args.extend(["--ca", ca.to_str().unwrap()]);
-        let out = run(&args, None, dir.path());
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            let log = gw.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "{protocol} suite failed:\n{text}\ngateway log (last lines, newest first):\n{}",
-                tail.join("\n")
-            );
-        }
-        let last = text.lines().last().unwrap();
-        assert!(last.contains(" 0 failed"), "{text}");
-        assert!(!text.contains("FAILED"), "{text}");
-    }
+    // The conformance suites run against a gateway of their own, one test per case
+    // (tests/conformance.rs).
 
     let (status, rest) = gw.stop();
     assert!(status.success(), "exit status {status}");

@@ -73,6 +73,9 @@ pub struct ConformanceArgs {
     /// Run only cases whose name contains this text.
     #[arg(long)]
     filter: Option<String>,
+    /// With --filter: only the case whose whole name is that text.
+    #[arg(long, requires = "filter")]
+    exact: bool,
     /// Print the suite's requirements and case names, and exit.
     #[arg(long)]
     describe: bool,
@@ -135,11 +138,12 @@ pub async fn run(args: ConformanceArgs) -> anyhow::Result<std::process::ExitCode
             }
         };
         for case in cases {
-            if args
-                .filter
-                .as_ref()
-                .is_some_and(|f| !case.name.contains(f.as_str()))
-            {
+            let selected = match &args.filter {
+                None => true,
+                Some(f) if args.exact => case.name == *f,
+                Some(f) => case.name.contains(f.as_str()),
+            };
+            if !selected {
                 continue;
             }
             let Some(runner) = &runner else {
