@@ -228,11 +228,10 @@ async fn a_connection_flood_leaves_room_for_clients_and_the_admin_listener() {
     }
     // Let the gateway drain its accept backlog first: a connection that waits in the backlog
     // behind 200 later ones is, by then, the longest idle and rightly evicted.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handled(&gw, "immp") < flood.len() as u64 {
-        assert!(Instant::now() < deadline, "the flood was never accepted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually_async(Duration::from_secs(60), "the flood accepted", || async {
+        (handled(&gw, "immp") >= flood.len() as u64).then_some(())
+    })
+    .await;
     // A client still gets a greeting and an answer; the admin listener still answers.
     let started = Instant::now();
     let tcp = tokio::net::TcpStream::connect(&target).await.unwrap();
@@ -256,18 +255,11 @@ async fn a_connection_flood_leaves_room_for_clients_and_the_admin_listener() {
             flood.push(s);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
-        &gw,
-        "mailgate_connections_refused_total{protocol=\"immp\",reason=\"per_prefix\"}",
-    ) == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the per-prefix limit never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually_async(Duration::from_secs(30), "the per-prefix limit", || async {
+        let refused = "mailgate_connections_refused_total{protocol=\"immp\",reason=\"per_prefix\"}";
+        (metric(&gw, refused) > 0).then_some(())
+    })
+    .await;
     // The eviction of idle connections made room, counted.
     assert!(
         metric(
@@ -521,11 +513,9 @@ fn a_full_disk_turns_health_red_and_never_leaves_a_broken_key() {
     assert!(metric(&gw, "mailgate_store_write_failures_total") >= 1);
     // Room again: health recovers by itself.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.admin_get("/healthz").0 != 200 {
-        assert!(Instant::now() < deadline, "health never recovered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::eventually(Duration::from_secs(30), "health recovered", || {
+        (gw.admin_get("/healthz").0 == 200).then_some(())
+    });
     drop(gw);
 }
 

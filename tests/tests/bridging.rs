@@ -7,7 +7,7 @@ mod support;
 use mailgate_xhmtp::client::XhmtpClient;
 use mailgate_xhmtp::wire::SubmitRequest;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::net::{a, dns_server, srv_to};
 use support::site::Site;
 use support::Gateway;
@@ -58,24 +58,22 @@ fn send(to: &str, subject: &str) -> SubmitRequest {
 
 /// Wait until alice's feed has an item titled `title`; return the message behind it.
 async fn bounce_for(alice: &XhmtpClient, server: &str, title: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("a bounce titled {title:?}");
+    let link = support::eventually_async(Duration::from_secs(60), &what, || async {
         let feed = alice.feed(None).await.unwrap();
         let channel = feed_rs::parser::parse(&feed.body[..]).unwrap();
-        if let Some(item) = channel
+        channel
             .entries
             .iter()
             .find(|e| e.title.as_ref().is_some_and(|t| t.content == title))
-        {
-            let m = alice
-                .fetch_url(&item.links[0].href, server.parse().unwrap())
-                .await
-                .unwrap();
-            return serde_json::to_value(m).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no bounce titled {title:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .map(|item| item.links[0].href.clone())
+    })
+    .await;
+    let m = alice
+        .fetch_url(&link, server.parse().unwrap())
+        .await
+        .unwrap();
+    serde_json::to_value(m).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,21 +156,16 @@ async fn dns_errors_are_retried_not_bounced() {
         .await
         .unwrap();
     bounce_for(&alice, &server, "Undeliverable: nodata").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let listed = support::eventually(Duration::from_secs(60), "a second attempt", || {
         let listed = queue(&gw, &["list", "--domain", "refused.example"]);
         let fields: Vec<&str> = listed.lines().next().unwrap_or("").split('\t').collect();
         assert_ne!(fields.get(1), Some(&"failed"), "{listed}");
-        if fields.get(4).and_then(|n| n.parse::<u32>().ok()) >= Some(2) {
-            assert!(
-                listed.contains("REFUSED") || listed.contains("Refused"),
-                "{listed}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "never retried: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (fields.get(4).and_then(|n| n.parse::<u32>().ok()) >= Some(2)).then_some(listed.clone())
+    });
+    assert!(
+        listed.contains("REFUSED") || listed.contains("Refused"),
+        "{listed}"
+    );
     let feed = alice.feed(None).await.unwrap();
     let channel = feed_rs::parser::parse(&feed.body[..]).unwrap();
     assert_eq!(channel.entries.len(), 1, "only the NODATA bounce");
@@ -289,11 +282,16 @@ async fn a_killed_sender_delivers_its_whole_queue_exactly_once_after_restart() {
         dir_b.path(),
     );
     let gw_b = Gateway::start(dir_b.path(), Some(&conf_b));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while inbox_count(&gw_b, ca_path, "bc.test", "bob@bc.test", "bob-pw").await == 0 {
-        assert!(Instant::now() < deadline, "A never delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        "A delivering",
+        || async {
+            (inbox_count(&gw_b, ca_path, "bc.test", "bob@bc.test", "bob-pw").await > 0)
+                .then_some(())
+        },
+    )
+    .await;
     gw_a.kill();
     let before = inbox_count(&gw_b, ca_path, "bc.test", "bob@bc.test", "bob-pw").await;
     assert!(
@@ -302,25 +300,17 @@ async fn a_killed_sender_delivers_its_whole_queue_exactly_once_after_restart() {
     );
 
     let gw_a = Gateway::start(dir_a.path(), Some(&conf_a));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let what = format!("all {N} delivered after the restart");
+    support::eventually_async(Duration::from_secs(120), &what, || async {
         let n = inbox_count(&gw_b, ca_path, "bc.test", "bob@bc.test", "bob-pw").await;
         assert!(n <= N, "{n} messages for {N} sent: a repeat got through");
-        if n == N {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {N} delivered after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (n == N).then_some(())
+    })
+    .await;
     // Nothing left in A's queue, and no late repeat arrives.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !queue(&gw_a, &["list"]).is_empty() {
-        assert!(Instant::now() < deadline, "A's queue did not drain");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(Duration::from_secs(30), "A's queue drained", || {
+        queue(&gw_a, &["list"]).is_empty().then_some(())
+    });
     // An entry leaves the list only once its delivery has finished: with nothing waiting or
     // in flight at A, no repeat can still be on its way, so the count is final now.
     assert_eq!(
@@ -374,11 +364,10 @@ async fn a_static_route_names_the_protocol_and_the_server() {
         })
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while inbox_count(&gw_b, ca_path, "rt.test", "bob@rt.test", "bob-pw").await == 0 {
-        assert!(Instant::now() < deadline, "the static route was not used");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually_async(Duration::from_secs(60), "the static route used", || async {
+        (inbox_count(&gw_b, ca_path, "rt.test", "bob@rt.test", "bob-pw").await > 0).then_some(())
+    })
+    .await;
     let listed = queue(&gw_a, &["list"]);
     assert!(listed.is_empty(), "{listed}");
 }

@@ -15,7 +15,7 @@ use mailgate_xhmtp::wire::SubmitRequest;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::immp::{line, login, send};
 use support::net::{a, dns_server, leaf, srv_to, test_ca};
 use support::site::Site;
@@ -50,16 +50,12 @@ async fn inbox_count(node: &Gateway, who: &Address, password: &str) -> u64 {
 
 /// Wait until `who`'s INBOX on `node` holds `n` messages.
 async fn wait_inbox(node: &Gateway, who: &Address, password: &str, n: u64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let have = support::eventually_async(Duration::from_secs(60), what, || async {
         let have = inbox_count(node, who, password).await;
-        if have >= n {
-            assert_eq!(have, n, "{what}: too many");
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {have} of {n} arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (have >= n).then_some(have)
+    })
+    .await;
+    assert_eq!(have, n, "{what}: too many");
 }
 
 fn addr(s: &str) -> Address {
@@ -386,11 +382,13 @@ async fn a_node_killed_under_load_loses_nothing_and_delivers_nothing_twice() {
         }));
     }
     // Kill node 1 once relaying is under way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while inbox_count(&gb, &carol, "carol-pw").await < 5 {
-        assert!(Instant::now() < deadline, "nothing was relayed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        "relaying under way",
+        || async { (inbox_count(&gb, &carol, "carol-pw").await >= 5).then_some(()) },
+    )
+    .await;
     n1.kill();
     for s in senders {
         s.await.unwrap();
@@ -406,18 +404,11 @@ async fn a_node_killed_under_load_loses_nothing_and_delivers_nothing_twice() {
     // Node 2 alone: every acknowledged local message is there, and every acknowledged relayed
     // one arrives at b.test, node 1's leased ones after their lease (3 s) ran out.
     assert!(inbox_count(&n2, &bob, "bob-pw").await >= local);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = inbox_count(&gb, &carol, "carol-pw").await;
-        if n >= relayed {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {relayed} acknowledged relayed messages arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("all {relayed} acknowledged relayed messages at b.test");
+    support::eventually_async(Duration::from_secs(120), &what, || async {
+        (inbox_count(&gb, &carol, "carol-pw").await >= relayed).then_some(())
+    })
+    .await;
     // Let any late repeat arrive, then count distinct subjects: nothing twice.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for (node, who, pw, acked) in [

@@ -282,28 +282,19 @@ fn per_ip_connection_limit_releases_slots_and_request_rate_is_limited() {
     assert!(!third.0, "third connection got a welcome");
     // Closing one frees its slot (the original server never released refused slots).
     drop(first);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if welcome_then_eof(&target).0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "slot never released");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::eventually(Duration::from_secs(10), "the slot released", || {
+        welcome_then_eof(&target).0.then_some(())
+    });
     drop(second);
 
     // Request rate: a burst of 3, then ERROR replies; the connection stays open.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Slots of the connections just closed are released as the server notices the close.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut c = loop {
-            match MmtpClient::connect(&target, None).await {
-                Ok(c) => break c,
-                Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let mut c = support::eventually_async(Duration::from_secs(10), "a free slot", || async {
+            MmtpClient::connect(&target, None).await.ok()
+        })
+        .await;
         let mut refused = 0;
         for _ in 0..6 {
             let r = c
@@ -357,14 +348,13 @@ async fn every_acknowledged_send_survives_sigkill() {
             }
         }));
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 400 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "too few acknowledgements"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+        "400 acknowledgements",
+        || async { (acked.lock().unwrap().len() >= 400).then_some(()) },
+    )
+    .await;
     gw.kill();
     for t in tasks {
         t.await.unwrap();

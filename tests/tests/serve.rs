@@ -468,14 +468,10 @@ async fn a_backup_archive_restores_everything_into_an_empty_data_directory() {
         .unwrap()
         .try_into()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while fetch_as_dave(&gw, key).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dave's grant never made"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually_async(Duration::from_secs(30), "dave's grant made", || async {
+        fetch_as_dave(&gw, key).await.ok()
+    })
+    .await;
     let files = [
         "domain-key.asc",
         "xhmtp-access.key",

@@ -6,7 +6,7 @@ mod support;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::net::{a, dns_server};
 use support::site::Site;
 use support::{connect_from, Gateway};
@@ -90,14 +90,12 @@ async fn fetches_go_only_to_the_verified_notifier_and_never_into_the_deny_list()
     // the fetch goes to that address only, never to the other record.
     let url = format!("http://bob%40b.test:code@evil.test:{port}/xhmtp/carol/1");
     assert_eq!(notify(&gw, "127.0.0.12", &url).await, 202);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while attacker.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the fetch never reached the verified address"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually_async(
+        Duration::from_secs(60),
+        "the fetch at the verified address",
+        || async { (attacker.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
     // A message on evil.test "from" another domain is refused: evil.test does not host a.test.
     let url = format!("http://bob%40b.test:code@evil.test:{port}/xhmtp/carol/3");
     assert_eq!(
@@ -112,18 +110,11 @@ async fn fetches_go_only_to_the_verified_notifier_and_never_into_the_deny_list()
         notify_as(&gw, "127.0.0.6", &url, "carol@inside.test").await,
         202
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    support::eventually(Duration::from_secs(60), "the denied fetch counted", || {
         let (_, m) = gw.admin_get("/metrics");
-        if m.contains("event=\"xhmtp_fetch\",outcome=\"denied_address\"") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the denied fetch was never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        m.contains("event=\"xhmtp_fetch\",outcome=\"denied_address\"")
+            .then_some(())
+    });
     assert_eq!(
         internal.load(Ordering::SeqCst),
         0,

@@ -14,7 +14,7 @@ use mailgate_xhmtp::wire::{PartJson, SubmitRequest};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::net::{a, dns_server, leaf, srv_to, test_ca, txt};
 use support::site::Site;
 use support::Gateway;
@@ -73,17 +73,16 @@ fn client(
 
 /// Poll `c`'s feed until it has `n` items; returns the parsed feed (feed-rs) and its ETag.
 async fn wait_feed(c: &XhmtpClient, n: usize) -> (feed_rs::model::Feed, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("{n} feed items");
+    support::eventually_async(Duration::from_secs(60), &what, || async {
         let resp = c.feed(None).await.unwrap();
         let feed = feed_rs::parser::parse(&resp.body[..]).expect("the feed parses with feed-rs");
-        if feed.entries.len() >= n {
+        (feed.entries.len() >= n).then(|| {
             let etag = resp.headers["etag"].to_str().unwrap().to_owned();
-            return (feed, etag);
-        }
-        assert!(Instant::now() < deadline, "feed never got {n} items");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            (feed, etag)
+        })
+    })
+    .await
 }
 
 /// Poll an MMTP mailbox (RECEIVE) until it returns `n` messages in total.
@@ -95,17 +94,17 @@ async fn wait_mmtp(
     n: usize,
 ) -> Vec<serde_json::Value> {
     let addr = Address::parse_xhmtp(who).unwrap();
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let got = std::sync::Mutex::new(Vec::new());
+    let what = format!("{n} messages for {who}");
+    support::eventually_async(Duration::from_secs(60), &what, || async {
         let mut c = mmtp(gw, ca, &addr, pw).await;
-        got.extend(c.receive(&addr, None).await.unwrap());
-        if got.len() >= n {
-            return got;
-        }
-        assert!(Instant::now() < deadline, "mail for {who} never arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let new = c.receive(&addr, None).await.unwrap();
+        let mut got = got.lock().unwrap();
+        got.extend(new);
+        (got.len() >= n).then_some(())
+    })
+    .await;
+    got.into_inner().unwrap()
 }
 
 /// An MMTP connection (TLS port, the test CA) logged in as `who`.
@@ -409,18 +408,17 @@ async fn a_peer_that_is_down_is_notified_and_fetched_from_after_it_returns() {
     let receipt: mailgate_xhmtp::wire::SubmitResponse =
         serde_json::from_slice(&out.stdout).expect("send prints the JSON receipt");
     assert_eq!(receipt.notified, vec!["dave@d.test".to_owned()]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
-        &gw_c,
-        "mailgate_events_total{event=\"xhmtp_notify_out\",outcome=\"retry\"}",
-    ) == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the notification was never attempted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(
+        Duration::from_secs(30),
+        "the notification was never attempted",
+        || {
+            (metric(
+                &gw_c,
+                "mailgate_events_total{event=\"xhmtp_notify_out\",outcome=\"retry\"}",
+            ) > 0)
+                .then_some(())
+        },
+    );
     // The sender crashes with the notification queued.
     gw_c.kill();
 
@@ -468,35 +466,36 @@ async fn a_peer_that_is_down_is_notified_and_fetched_from_after_it_returns() {
         "dave-pw",
     );
     wait_feed(&dave, 1).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
-        &gw_d,
-        "mailgate_events_total{event=\"xhmtp_fetch\",outcome=\"retry\"}",
-    ) == 0
-    {
-        assert!(Instant::now() < deadline, "the fetch was never attempted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(
+        Duration::from_secs(30),
+        "the fetch was never attempted",
+        || {
+            (metric(
+                &gw_d,
+                "mailgate_events_total{event=\"xhmtp_fetch\",outcome=\"retry\"}",
+            ) > 0)
+                .then_some(())
+        },
+    );
 
     // c.test returns: its queued notification goes out (a duplicate for d.test, which keeps one),
     // and d.test's retried fetch succeeds.
     let gw_c = Gateway::start(dir_c.path(), Some(&conf_c));
     let got = wait_mmtp(&gw_d, ca_path, "dave@d.test", "dave-pw", 1).await;
     assert!(got[0].to_string().contains("while you were out"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
-        &gw_c,
-        "mailgate_events_total{event=\"xhmtp_notify_out\",outcome=\"ok\"}",
-    ) == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the queued notification was not sent after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Exactly once for the recipient: one feed item, one message.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    support::eventually(
+        Duration::from_secs(30),
+        "the queued notification was not sent after the restart",
+        || {
+            (metric(
+                &gw_c,
+                "mailgate_events_total{event=\"xhmtp_notify_out\",outcome=\"ok\"}",
+            ) > 0)
+                .then_some(())
+        },
+    );
+    // Exactly once for the recipient: one feed item, one message. d.test stored the duplicate
+    // notification (and kept one) before it answered, which the metric above counted.
     let (feed, _) = wait_feed(&dave, 1).await;
     assert_eq!(feed.entries.len(), 1);
     let mut m = mmtp(&gw_d, ca_path, &dave_addr, "dave-pw").await;

@@ -10,7 +10,7 @@ use mailgate_xhmtp::client::XhmtpClient;
 use mailgate_xhmtp::wire::{PartJson, SubmitRequest};
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Gateway;
 
@@ -134,8 +134,8 @@ pub async fn wait_immp_index(
     pw: &str,
     n: usize,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let what = format!("{n} messages for {who}");
+    let lines = super::eventually_async(Duration::from_secs(90), &what, || async {
         let mut c = immp_client(gw, ca, domain, who, pw).await;
         c.send_raw(b"MBOX INDEX /inbox +JSON\n").await.unwrap();
         let reply = c.reply().await.unwrap();
@@ -146,19 +146,13 @@ pub async fn wait_immp_index(
             .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        if lines.len() >= n {
-            assert_eq!(
-                lines.len(),
-                n,
-                "more messages than sent for {who}: {lines:?}"
-            );
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{who} has {} of {n} messages",
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (lines.len() >= n).then_some(lines)
+    })
+    .await;
+    assert_eq!(
+        lines.len(),
+        n,
+        "more messages than sent for {who}: {lines:?}"
+    );
+    lines
 }

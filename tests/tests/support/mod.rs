@@ -17,7 +17,11 @@ use std::time::Duration;
 
 /// Call `check` until it gives a value, at most until `within` has passed (then fail, saying
 /// what did not happen). The one poll loop of the tests.
-pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(
+    within: Duration,
+    what: impl std::fmt::Display,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = std::time::Instant::now() + within;
     loop {
         if let Some(v) = check() {
@@ -28,6 +32,52 @@ pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Op
             "{what}: not within {within:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A description made only when it is shown (a log read when a wait fails).
+pub struct Later<F: Fn() -> String>(pub F);
+
+impl<F: Fn() -> String> std::fmt::Display for Later<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&(self.0)())
+    }
+}
+
+/// [`eventually`] for checks that await, every 100 ms.
+pub async fn eventually_async<T, F, Fut>(
+    within: Duration,
+    what: impl std::fmt::Display,
+    check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_every(within, Duration::from_millis(100), what, check).await
+}
+
+/// [`eventually_async`], checking every `every`.
+pub async fn eventually_every<T, F, Fut>(
+    within: Duration,
+    every: Duration,
+    what: impl std::fmt::Display,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running Postfix instance.
 pub struct Postfix {
@@ -141,15 +141,10 @@ impl Postfix {
             String::from_utf8_lossy(&out.stderr),
             pf.log()
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "postfix does not listen: {}",
-                pf.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = super::Later(|| format!("postfix listening on {addr}: {}", pf.log()));
+        super::eventually(Duration::from_secs(30), what, || {
+            std::net::TcpStream::connect(addr).ok()
+        });
         pf
     }
 
@@ -181,36 +176,29 @@ impl Postfix {
 
     /// Wait (bounded) until the maildir holds `n` messages; their contents.
     pub fn wait_for_mail(&self, n: usize) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let files = self.maildir();
-            if files.len() >= n {
-                return files.iter().map(|f| std::fs::read(f).unwrap()).collect();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "postfix holds {} of {n} messages; its log:\n{}",
-                files.len(),
+        let what = super::Later(|| {
+            format!(
+                "postfix holding {n} messages (it has {}); its log:\n{}",
+                self.maildir().len(),
                 self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            )
+        });
+        let files = super::eventually(Duration::from_secs(90), what, || {
+            let files = self.maildir();
+            (files.len() >= n).then_some(files)
+        });
+        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
     }
 
     /// Wait (bounded) until its log has a line containing every one of `needles`.
     pub fn wait_for_log(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
+        let what = super::Later(|| format!("a log line with {needles:?}:\n{}", self.log()));
+        super::eventually(Duration::from_secs(90), what, || {
             let log = self.log();
-            if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needles:?}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            log.lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_owned)
+        })
     }
 
     /// `swaks` through this Postfix: `args` after `--server`.
