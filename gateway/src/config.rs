@@ -341,16 +341,60 @@ impl RelayConfig {
     }
 }
 
-impl Config {
-    /// Read `path`, or the defaults when `None`; then validate.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
-        let config = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config file {}", p.display()))?;
-                Config::parse(&text).with_context(|| format!("in config file {}", p.display()))?
+/// Which defaults a configuration file is laid over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Defaults {
+    /// The built-in defaults (config/mailgate.toml): data in ./data, listeners on 127.0.0.1.
+    #[default]
+    Embedded,
+    /// The container's (config/container.toml): data in /var/lib/mailgate, listeners on every
+    /// interface. The image sets MAILGATE_DEFAULTS=container, so a mounted file that sets only
+    /// `domains` keeps everything else of the container's.
+    Container,
+}
+
+/// The container's configuration, the base of `Defaults::Container`.
+pub const CONTAINER_TOML: &str = include_str!("../../config/container.toml");
+
+/// `overlay` laid over `base`: tables merge key by key, anything else is replaced.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
             }
-            None => Config::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Read `path` laid over `defaults` (or the defaults alone when `None`); then validate.
+    pub fn load(path: Option<&Path>, defaults: Defaults) -> anyhow::Result<Config> {
+        let text = match path {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let in_file = || match path {
+            Some(p) => format!("in config file {}", p.display()),
+            None => "in the configuration".into(),
+        };
+        let config = match (defaults, text) {
+            (Defaults::Embedded, None) => Config::default(),
+            (Defaults::Embedded, Some(text)) => Config::parse(&text).with_context(in_file)?,
+            (Defaults::Container, text) => {
+                let mut base: toml::Table =
+                    CONTAINER_TOML.parse().context("the container defaults")?;
+                if let Some(text) = text {
+                    // The file alone first: its errors name its own lines and keys.
+                    Config::parse(&text).with_context(in_file)?;
+                    merge(&mut base, text.parse().with_context(in_file)?);
+                }
+                Config::deserialize(base).with_context(in_file)?
+            }
         };
         let mut config = config;
         for warning in config.merge_old_routes()? {
@@ -631,6 +675,30 @@ mod tests {
         c.validate().unwrap();
         assert!(c.listeners().iter().all(|(a, _)| a.ip().is_unspecified()));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/mailgate"));
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_container_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailgate.toml");
+        std::fs::write(
+            &path,
+            "domains = [\"example.org\"]\n[mmtp]\nhashcash_difficulty = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), Defaults::Container).unwrap();
+        assert_eq!(c.domains, ["example.org"]);
+        assert_eq!(c.mmtp.hashcash_difficulty, 5);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/mailgate"));
+        assert!(c.listeners().iter().all(|(a, _)| a.ip().is_unspecified()));
+        assert_eq!(c.mmtp.listen.port(), 8025);
+        // Embedded defaults: the same file runs locally.
+        let c = Config::load(Some(&path), Defaults::Embedded).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        // The file's own errors still name its keys.
+        std::fs::write(&path, "[mmtp]\nlisten_port = 1\n").unwrap();
+        let e = Config::load(Some(&path), Defaults::Container).unwrap_err();
+        assert!(format!("{e:#}").contains("listen_port"), "{e:#}");
     }
 
     #[test]

@@ -33,6 +33,16 @@ struct Cli {
     /// Configuration file (TOML). Without one, the built-in defaults run locally.
     #[arg(long, global = true, env = "MAILGATE_CONFIG")]
     config: Option<PathBuf>,
+    /// The defaults the configuration file is laid over: `embedded` (./data, 127.0.0.1) or
+    /// `container` (/var/lib/mailgate, every interface; the image sets it).
+    #[arg(
+        long,
+        global = true,
+        env = "MAILGATE_DEFAULTS",
+        value_enum,
+        default_value = "embedded"
+    )]
+    defaults: config::Defaults,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,7 +165,7 @@ pub fn main_entry() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
-    let load = || config::Config::load(cli.config.as_deref());
+    let load = || config::Config::load(cli.config.as_deref(), cli.defaults);
     match cli.command {
         Command::Serve => serve::run(load()?).await.map(|()| ok),
         Command::CheckConfig => {

@@ -235,7 +235,8 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     let local = l.local_addr()?;
     // A fixed, parseable line per listener: operators and tests read the bound port here.
     println!("mailgate: {key} listening on {local}");
-    tracing::info!(%local, key, "listening");
+    // The line above is the record (and `docker logs` shows it once).
+    tracing::debug!(%local, key, "listening");
     Ok(l)
 }
 
