@@ -34,12 +34,13 @@ fn start() -> Servers {
     let gw = Gateway::start(&seeds, Some(&config_with(&seeds, "e2e.test", "")));
     gw.add_user("alice@e2e.test", "s3cret");
     gw.add_user("bob@e2e.test", "pw2");
-    let port = |gw: &Gateway, key: &str| gw.addr(key).rsplit_once(':').unwrap().1.to_owned();
     let ca = seeds.join("data/tls/cert.pem").display().to_string();
     let seed_args = |key: &str, tls: bool| {
         let mut a = vec![
             "--target".to_owned(),
-            format!("localhost:{}", port(&gw, key)),
+            gw.addr(key).to_owned(),
+            "--server-name".into(),
+            "localhost".into(),
             "--domain".into(),
             "e2e.test".into(),
             "--account".into(),
@@ -89,9 +90,11 @@ fn start() -> Servers {
         label: "smtp",
         args: vec![
             "--target".into(),
-            format!("localhost:{}", port(&smtp, "smtp.listen")),
+            smtp.addr("smtp.listen").to_owned(),
+            "--server-name".into(),
+            "localhost".into(),
             "--submission".into(),
-            format!("localhost:{}", port(&smtp, "smtp.submission_listen")),
+            smtp.addr("smtp.submission_listen").to_owned(),
             "--idle-secs".into(),
             "3".into(),
             "--domain".into(),

@@ -208,9 +208,54 @@ impl Gateway {
         config: Option<&str>,
         adjust: impl FnOnce(&mut Command),
     ) -> Gateway {
-        let path = dir.join("mailgate.toml");
         let mut cmd = Command::new(mailgate());
         adjust(&mut cmd);
+        Self::start_command(dir, config, cmd)
+    }
+
+    /// `mailgate serve` with its embedded defaults in a network namespace of its own (`unshare
+    /// --net`, loopback up), so the default ports are free whatever runs on this machine.
+    /// `None` when namespaces cannot be made here (not root, or no `unshare`).
+    pub fn start_in_own_network(dir: &Path) -> Option<Gateway> {
+        let works = Command::new("unshare")
+            .args(["--net", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !works {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must be able to make network namespaces (unshare --net)"
+            );
+            eprintln!("skipped: cannot make a network namespace here");
+            return None;
+        }
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+            mailgate(),
+        ]);
+        Some(Self::start_command(dir, None, cmd))
+    }
+
+    /// Run a `mailgate` command inside this gateway's network namespace (see
+    /// [`Gateway::start_in_own_network`]).
+    pub fn run_inside(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.child.id()))
+            .arg(mailgate())
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("MAILGATE_CONFIG")
+            .output()
+            .expect("nsenter")
+    }
+
+    /// Start `cmd` (a `mailgate`, arguments so far) as `serve`.
+    fn start_command(dir: &Path, config: Option<&str>, mut cmd: Command) -> Gateway {
+        let path = dir.join("mailgate.toml");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
