@@ -13,6 +13,7 @@ COPY core-store core-store
 COPY gateway gateway
 COPY frontends frontends
 COPY tests tests
+COPY config config
 # Needs BuildKit (Docker's default builder; DOCKER_BUILDKIT=1 with Debian's docker.io). The
 # crates.io downloads and the build directory are caches kept between builds: a source change
 # recompiles only the crates it touches, every dependency stays compiled, and docs or README
@@ -20,17 +21,18 @@ COPY tests tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p mailgate \
- && strip -o /usr/local/bin/mailgate target/release/mailgate
+ && strip -o /usr/local/bin/mailgate target/release/mailgate \
+ && cat /usr/share/ca-certificates/mozilla/*.crt > /usr/local/share/mozilla-ca-bundle.crt
+# The runtime trusts Debian's Mozilla bundle as shipped: built from its files, not from the
+# builder's /etc/ssl/certs, so no CA added to the builder (a proxy's) reaches the image.
 
 FROM debian:bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --system --home-dir /var/lib/mailgate --shell /usr/sbin/nologin mailgate \
+RUN useradd --system --home-dir /var/lib/mailgate --shell /usr/sbin/nologin mailgate \
  && mkdir -p /var/lib/mailgate /etc/mailgate \
  && chown mailgate:mailgate /var/lib/mailgate \
  && chmod 0700 /var/lib/mailgate
 COPY --from=builder /usr/local/bin/mailgate /usr/local/bin/mailgate
+COPY --from=builder /usr/local/share/mozilla-ca-bundle.crt /etc/ssl/certs/ca-certificates.crt
 COPY config/container.toml /etc/mailgate/mailgate.toml
 # The container's defaults lie under whatever file is mounted over /etc/mailgate/mailgate.toml:
 # a file that sets only `domains` keeps the data in the volume and the listeners on 0.0.0.0.
