@@ -214,6 +214,9 @@ pub struct Core {
     pub limiter: RateLimiter<IpAddr>,
     /// Woken when a submission queued mail for relaying (the relay workers wait on it).
     pub relay_wake: tokio::sync::Notify,
+    /// The accounts each submission placed mail for, as it commits (TMTP wakes those
+    /// accounts' logged-in nodes; a receiver that falls behind polls the store instead).
+    pub arrivals: tokio::sync::broadcast::Sender<crate::store::AccountId>,
     /// Memory for message bodies in flight, across every front-end.
     pub budget: MemoryBudget,
     /// Failed-login counts per peer and per account.
@@ -234,6 +237,7 @@ impl Core {
             metrics,
             limiter: RateLimiter::new(0.0, 1),
             relay_wake: tokio::sync::Notify::new(),
+            arrivals: tokio::sync::broadcast::channel(1024).0,
             budget: MemoryBudget::new(DEFAULT_BODY_BUDGET, Duration::from_secs(2)),
             logins: LoginGuard::new(LoginLimits::default()),
             destinations: Destinations::default(),
@@ -285,6 +289,9 @@ impl Core {
                 self.metrics.message_accepted(origin.protocol);
                 if !receipt.queued.is_empty() {
                     self.relay_wake.notify_waiters();
+                }
+                for account in &receipt.local_accounts {
+                    let _ = self.arrivals.send(*account);
                 }
             }
             Err(e) => self.metrics.message_refused(origin.protocol, e.reason()),

@@ -7,6 +7,7 @@ mod location;
 mod postgres;
 mod rows;
 mod sqlite;
+pub mod tmtp;
 mod transfer;
 
 pub use location::StoreLocation;
@@ -16,6 +17,7 @@ pub use transfer::{migrate_store, MigrateReport};
 
 /// The store traits, for calling their methods: `use mailgate_core::store::prelude::*;`.
 pub mod prelude {
+    pub use super::tmtp::TmtpStore;
     pub use super::{HostedStore, LiveEvents, MailStore, PubSubStore, SettingsStore, Store};
 }
 
@@ -785,9 +787,15 @@ pub trait LiveEvents: Send + Sync + 'static {
 }
 
 /// A whole store: the mail store and every capability the front-ends use.
-pub trait Store: MailStore + PubSubStore + HostedStore + SettingsStore + LiveEvents {}
+pub trait Store:
+    MailStore + PubSubStore + HostedStore + SettingsStore + LiveEvents + tmtp::TmtpStore
+{
+}
 
-impl<T: MailStore + PubSubStore + HostedStore + SettingsStore + LiveEvents> Store for T {}
+impl<T> Store for T where
+    T: MailStore + PubSubStore + HostedStore + SettingsStore + LiveEvents + tmtp::TmtpStore
+{
+}
 
 /// How many live events a subscriber may fall behind by before it misses some.
 pub(crate) const LIVE_EVENT_BACKLOG: usize = 1024;

@@ -219,6 +219,50 @@ pub(super) const TABLES: &[Table] = &[
             ("last_error", Text),
         ],
     },
+    // TMTP after the mailbox: the entries trigger finds no node yet, and the queue is copied
+    // as it is.
+    Table {
+        name: "tmtp_members",
+        columns: &[("account_id", Int), ("uid", Text), ("created_at", Int)],
+    },
+    Table {
+        name: "tmtp_nodes",
+        columns: &[
+            ("id", Int),
+            ("account_id", Int),
+            ("label", Text),
+            ("secret_hash", Bytes),
+            ("created_at", Int),
+        ],
+    },
+    Table {
+        name: "tmtp_aliases",
+        columns: &[("alias", Text), ("account_id", Int)],
+    },
+    Table {
+        name: "tmtp_groups",
+        columns: &[
+            ("gid", Text),
+            ("account_id", Int),
+            ("alias", Text),
+            ("status", Int),
+        ],
+    },
+    Table {
+        name: "tmtp_ohi",
+        columns: &[("account_id", Int), ("target_id", Int)],
+    },
+    Table {
+        name: "tmtp_queue",
+        columns: &[
+            ("seq", Int),
+            ("node_id", Int),
+            ("priority", Int),
+            ("tmtp_id", Text),
+            ("message_id", Uuid),
+            ("frame", Bytes),
+        ],
+    },
 ];
 
 /// Counts derived from the rows, compared after the copy as well as the rows themselves:

@@ -13,6 +13,7 @@ mod messages;
 mod pubsub;
 mod schema;
 mod settings;
+mod tmtp;
 pub(super) mod transfer;
 
 pub use connect::{PgOptions, SslMode};

@@ -285,6 +285,59 @@ BEGIN
 END $$;
 CREATE TRIGGER accounts_tags_delete AFTER DELETE ON accounts
   FOR EACH ROW EXECUTE FUNCTION mailgate_account_gone();
+"#,
+// 2: TMTP members, nodes, aliases, groups, presence lists and per-node queues (SQLite's 10).
+r#"
+CREATE TABLE tmtp_members (
+    account_id BIGINT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    uid        TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE tmtp_nodes (
+    id          BIGSERIAL PRIMARY KEY,
+    account_id  BIGINT NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE,
+    label       TEXT NOT NULL,
+    secret_hash BYTEA NOT NULL UNIQUE,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX tmtp_nodes_by_account ON tmtp_nodes (account_id);
+CREATE TABLE tmtp_aliases (
+    alias      TEXT PRIMARY KEY,
+    account_id BIGINT NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE
+);
+CREATE INDEX tmtp_aliases_by_account ON tmtp_aliases (account_id);
+CREATE TABLE tmtp_groups (
+    gid        TEXT NOT NULL,
+    account_id BIGINT NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE,
+    alias      TEXT NOT NULL,
+    status     SMALLINT NOT NULL,
+    PRIMARY KEY (gid, account_id)
+);
+CREATE INDEX tmtp_groups_by_account ON tmtp_groups (account_id);
+CREATE TABLE tmtp_ohi (
+    account_id BIGINT NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE,
+    target_id  BIGINT NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE,
+    PRIMARY KEY (account_id, target_id)
+);
+CREATE INDEX tmtp_ohi_by_target ON tmtp_ohi (target_id);
+CREATE TABLE tmtp_queue (
+    seq        BIGSERIAL PRIMARY KEY,
+    node_id    BIGINT NOT NULL REFERENCES tmtp_nodes(id) ON DELETE CASCADE,
+    priority   SMALLINT NOT NULL,
+    tmtp_id    TEXT NOT NULL,
+    message_id UUID,
+    frame      BYTEA
+);
+CREATE INDEX tmtp_queue_by_node ON tmtp_queue (node_id, priority, seq);
+CREATE FUNCTION mailgate_tmtp_inbox() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO tmtp_queue (node_id, priority, tmtp_id, message_id)
+    SELECT id, 1, replace(NEW.message_id::text, '-', ''), NEW.message_id
+    FROM tmtp_nodes WHERE account_id = NEW.account_id;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER tmtp_queue_inbox AFTER INSERT ON entries
+  FOR EACH ROW WHEN (lower(NEW.folder) = 'inbox') EXECUTE FUNCTION mailgate_tmtp_inbox();
 "#];
 
 /// Bring the schema up to date under the migration lock; refuses a database newer than this

@@ -20,7 +20,14 @@ const FETCH: i32 = 256;
 
 /// Tables whose ids come from a sequence: after rows arrive with their ids, the sequence
 /// must continue above them.
-const SEQUENCES: &[&str] = &["accounts", "entries", "queue", "notifications"];
+const SEQUENCES: &[(&str, &str)] = &[
+    ("accounts", "id"),
+    ("entries", "id"),
+    ("queue", "id"),
+    ("notifications", "id"),
+    ("tmtp_nodes", "id"),
+    ("tmtp_queue", "seq"),
+];
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
     Target::new(&PgOptions::new(url))?.connect_once().await
@@ -94,11 +101,11 @@ pub(in crate::store) async fn write(
         }
         writer.finish().await?;
     }
-    for table in SEQUENCES {
+    for (table, column) in SEQUENCES {
         tx.execute(
             &format!(
-                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-                 COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+                "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \
+                 COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
             ),
             &[],
         )

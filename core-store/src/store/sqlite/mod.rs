@@ -8,6 +8,7 @@ mod plans;
 mod pubsub;
 mod schema;
 mod settings;
+mod tmtp;
 pub(super) mod transfer;
 mod writer;
 

@@ -193,6 +193,58 @@ pub(super) const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 10: TMTP members, nodes, aliases, groups, presence lists and per-node queues.
+    r#"
+    CREATE TABLE tmtp_members (
+        account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        uid        TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE tmtp_nodes (
+        id          INTEGER PRIMARY KEY,
+        account_id  INTEGER NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE,
+        label       TEXT NOT NULL,
+        secret_hash BLOB NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX tmtp_nodes_by_account ON tmtp_nodes (account_id);
+    CREATE TABLE tmtp_aliases (
+        alias      TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE INDEX tmtp_aliases_by_account ON tmtp_aliases (account_id);
+    CREATE TABLE tmtp_groups (
+        gid        TEXT NOT NULL,
+        account_id INTEGER NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE,
+        alias      TEXT NOT NULL,
+        status     INTEGER NOT NULL,
+        PRIMARY KEY (gid, account_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX tmtp_groups_by_account ON tmtp_groups (account_id);
+    CREATE TABLE tmtp_ohi (
+        account_id INTEGER NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE,
+        target_id  INTEGER NOT NULL REFERENCES tmtp_members(account_id) ON DELETE CASCADE,
+        PRIMARY KEY (account_id, target_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX tmtp_ohi_by_target ON tmtp_ohi (target_id);
+    CREATE TABLE tmtp_queue (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        node_id    INTEGER NOT NULL REFERENCES tmtp_nodes(id) ON DELETE CASCADE,
+        priority   INTEGER NOT NULL,
+        tmtp_id    TEXT NOT NULL,
+        message_id BLOB,
+        frame      BLOB
+    );
+    CREATE INDEX tmtp_queue_by_node ON tmtp_queue (node_id, priority, seq);
+    -- Mail reaching a member's INBOX, from any front-end, is queued for each of its nodes in
+    -- the same transaction.
+    CREATE TRIGGER tmtp_queue_inbox AFTER INSERT ON entries
+      WHEN NEW.folder = 'INBOX' COLLATE NOCASE BEGIN
+      INSERT INTO tmtp_queue (node_id, priority, tmtp_id, message_id)
+        SELECT id, 1, lower(hex(NEW.message_id)), NEW.message_id
+        FROM tmtp_nodes WHERE account_id = NEW.account_id;
+    END;
+"#,
 ];
 
 /// Counters and indexes (migration 7). A live entry is one not flagged deleted.

@@ -1,0 +1,160 @@
+//! A logged-in node's delivery loop: the head of its queue is sent, then nothing else until
+//! the node acknowledges it (sent again after the ack timeout, and on the next login when the
+//! link drops first); the acknowledgement is committed before the next message goes out.
+
+use crate::render;
+use crate::TmtpServer;
+use bytes::Bytes;
+use mailgate_core::store::tmtp::{NodeId, TmtpPayload, TmtpQueued};
+use mailgate_core::store::AccountId;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// The account setting that says who outside the member's site may reach its nodes.
+pub const REACH_SETTING: &str = "tmtp.reach";
+
+/// Who may reach a member's nodes (the `tmtp.reach` account setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Only TMTP members of this site (the default: TMTP is members-only).
+    Members,
+    /// Any account of this gateway's domains.
+    Local,
+    /// Anyone whose mail reaches the INBOX.
+    Anyone,
+}
+
+impl Reach {
+    /// Parse the setting's value.
+    pub fn parse(s: &str) -> Option<Reach> {
+        match s {
+            "members" => Some(Reach::Members),
+            "local" => Some(Reach::Local),
+            "anyone" => Some(Reach::Anyone),
+            _ => None,
+        }
+    }
+}
+
+/// What a delivery loop needs.
+pub(crate) struct Delivery {
+    pub server: Arc<TmtpServer>,
+    pub node: NodeId,
+    pub account: AccountId,
+    pub wake: Arc<Notify>,
+    pub out: mpsc::Sender<Bytes>,
+    pub acks: mpsc::Receiver<String>,
+    pub stop: CancellationToken,
+}
+
+/// Run until the link ends.
+pub(crate) async fn run(mut d: Delivery) {
+    let store = d.server.core.store.clone();
+    let ack_timeout = Duration::from_secs(d.server.config.ack_timeout_secs.max(1));
+    loop {
+        let item = match store.tmtp_next(d.node).await {
+            Ok(Some(item)) => item,
+            Ok(None) => {
+                tokio::select! {
+                    _ = d.wake.notified() => {}
+                    _ = tokio::time::sleep(crate::POLL) => {}
+                    _ = d.stop.cancelled() => return,
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, node = d.node, "tmtp: cannot read a node's queue");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = d.stop.cancelled() => return,
+                }
+            }
+        };
+        let frame = match render_item(&d, &item).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                // Gone from the store, or from a sender the member does not take TMTP mail
+                // from: it stays in the mailbox, not in the node's queue.
+                d.server.core.metrics.event("tmtp_delivery", "skipped");
+                let _ = store.tmtp_ack(d.node, item.seq).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, node = d.node, "tmtp: cannot render a queued message");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = d.stop.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            if d.out.send(frame.clone()).await.is_err() {
+                return;
+            }
+            d.server.core.metrics.event("tmtp_delivery", "sent");
+            let deadline = tokio::time::Instant::now() + ack_timeout;
+            let acked = loop {
+                tokio::select! {
+                    id = d.acks.recv() => match id {
+                        Some(id) if id == item.tmtp_id => break true,
+                        Some(_) => continue,
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break false,
+                    _ = d.stop.cancelled() => return,
+                }
+            };
+            if acked {
+                break;
+            }
+            d.server.core.metrics.event("tmtp_delivery", "resent");
+        }
+        match store.tmtp_ack(d.node, item.seq).await {
+            Ok(_) => d.server.core.metrics.event("tmtp_delivery", "acked"),
+            Err(e) => {
+                // Not removed: it goes again, and the node sees a repeat rather than a loss.
+                tracing::warn!(error = %e, node = d.node, "tmtp: cannot record an ack");
+            }
+        }
+    }
+}
+
+/// The frame for a queue entry; `None` when it is not to be sent.
+async fn render_item(
+    d: &Delivery,
+    item: &TmtpQueued,
+) -> Result<Option<Bytes>, mailgate_core::StoreError> {
+    let id = match &item.payload {
+        TmtpPayload::Frame(f) => return Ok(Some(f.clone())),
+        TmtpPayload::Message(id) => *id,
+    };
+    let store = &d.server.core.store;
+    let Some(message) = store.message(id).await? else {
+        return Ok(None);
+    };
+    let sender = match store.account(&message.sender).await? {
+        Some(a) => store.tmtp_member_by_account(a.id).await?,
+        None => None,
+    };
+    let local = d.server.core.policy.is_local(&message.sender.domain);
+    let reach = store
+        .setting(d.account, REACH_SETTING)
+        .await?
+        .and_then(|v| Reach::parse(&v))
+        .unwrap_or(Reach::Members);
+    let allowed = match reach {
+        Reach::Members => sender.is_some(),
+        Reach::Local => local,
+        Reach::Anyone => true,
+    };
+    if !allowed {
+        return Ok(None);
+    }
+    let from = match &sender {
+        Some(m) => m.uid.clone(),
+        None => message.sender.to_string(),
+    };
+    Ok(render::delivery(&message, &item.tmtp_id, &from).ok())
+}
