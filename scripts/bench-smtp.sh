@@ -85,6 +85,7 @@ mg_port=$(free_port $mg_ip)
     echo "[smtp]"; echo "listen = \"$mg_ip:$mg_port\""
     echo 'submission_listen = "127.0.0.10:0"'; echo 'submissions_listen = "127.0.0.10:0"'
     echo "verify_senders = false"
+    echo "[tmtp]"; echo "listen = \"$mg_ip:0\""
     echo "[dns]"; echo 'servers = ["127.0.0.1:9"]'
 } > "$mg/mailgate.toml"
 echo 'pw-sink' | "$bin" user add sink@a.test --password-stdin --config "$mg/mailgate.toml" >/dev/null

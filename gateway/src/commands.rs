@@ -36,6 +36,32 @@ pub enum UserAction {
         /// The account's address.
         address: String,
     },
+    /// TMTP nodes (devices) of an account.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+/// `mailgate user node …`
+#[derive(Subcommand)]
+pub enum NodeAction {
+    /// Give an existing account a TMTP node (making it a member with a permanent uid when it
+    /// is not one yet); prints the uid and the node's secret, which is shown only this once.
+    Add {
+        /// The account's address.
+        address: String,
+        /// A label for the device (`laptop`, `phone`).
+        label: String,
+    },
+    /// Who outside the site may reach the account's TMTP nodes: `members` (the default: only
+    /// TMTP members of this gateway), `local` (any account of its domains) or `anyone`.
+    Reach {
+        /// The account's address.
+        address: String,
+        /// `members`, `local` or `anyone`.
+        who: String,
+    },
 }
 
 fn parse_address(s: &str) -> anyhow::Result<Address> {
@@ -99,6 +125,7 @@ pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
             println!("password changed for {a}");
             Ok(())
         }
+        UserAction::Node { action } => node(&core, action).await,
         UserAction::Remove { address } => {
             let a = parse_address(&address)?;
             if core.store.remove_account(&a).await? {
@@ -111,6 +138,32 @@ pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
     };
     core.store.close().await?;
     result
+}
+
+async fn node(core: &mailgate_core::Core, action: NodeAction) -> anyhow::Result<()> {
+    match action {
+        NodeAction::Add { address, label } => {
+            let a = parse_address(&address)?;
+            let creds = mailgate_tmtp::TmtpServer::add_node(core, &a, &label).await?;
+            println!("uid\t{}\nnode\t{}", creds.uid, creds.node);
+        }
+        NodeAction::Reach { address, who } => {
+            let a = parse_address(&address)?;
+            if mailgate_tmtp::Reach::parse(&who).is_none() {
+                bail!("{who:?}: say members, local or anyone");
+            }
+            let account = core
+                .store
+                .account(&a)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no account {a}"))?;
+            core.store
+                .set_setting(account.id, mailgate_tmtp::REACH_SETTING, &who)
+                .await?;
+            println!("{a}: TMTP nodes reachable by {who}");
+        }
+    }
+    Ok(())
 }
 
 /// `mailgate dkim …`

@@ -5,6 +5,7 @@ use mailgate_core::Address;
 use mailgate_immp::ImmpConfig;
 use mailgate_mmtp::MmtpConfig;
 use mailgate_smtp::SmtpConfig;
+use mailgate_tmtp::TmtpConfig;
 use mailgate_xhmtp::XhmtpConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct Config {
     pub xhmtp: XhmtpConfig,
     /// SMTP front-end (inbound MX).
     pub smtp: SmtpConfig,
+    /// `[tmtp]`: mnm's members-only protocol (TLS listener, registration policy, timeouts).
+    pub tmtp: TmtpConfig,
     /// Where connections a stranger can trigger may go.
     pub outbound: OutboundConfig,
     /// Static routes to other domains (`[[route]]`), tried before DNS.
@@ -126,6 +129,7 @@ impl Default for Config {
             immp: ImmpConfig::default(),
             xhmtp: XhmtpConfig::default(),
             smtp: SmtpConfig::default(),
+            tmtp: TmtpConfig::default(),
             outbound: OutboundConfig::default(),
             route: Vec::new(),
         }
@@ -623,6 +627,9 @@ impl Config {
             if let Some(a) = self.smtp.submissions_listen {
                 v.push((a, "smtp.submissions_listen"));
             }
+        }
+        if self.tmtp.enabled {
+            v.push((self.tmtp.listen, "tmtp.listen"));
         }
         v
     }

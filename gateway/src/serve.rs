@@ -436,6 +436,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    if config.tmtp.enabled {
+        let tmtp = Arc::new(mailgate_tmtp::TmtpServer::new(
+            core.clone(),
+            config.primary_domain(),
+            config.tmtp.clone(),
+        ));
+        tracker.spawn(tmtp.clone().watch_arrivals(shutdown.clone()));
+        let l = bind(config.tmtp.listen, "tmtp.listen").await?;
+        servers.spawn(listener::serve(
+            "tmtp",
+            l,
+            Some(acceptor.clone()),
+            ctx.clone(),
+            move |c| {
+                let t = tmtp.clone();
+                async move { t.handle(c.stream, c.peer, c.shutdown, c.state).await }
+            },
+        ));
+    }
+
     let mut xhmtp = None;
     if config.xhmtp.enabled {
         let l = bind(config.xhmtp.listen, "xhmtp.listen").await?;

@@ -143,6 +143,7 @@ fn serve_runs_with_embedded_defaults_and_no_config_file() {
         ("smtp.listen", "127.0.0.1:2525"),
         ("smtp.submission_listen", "127.0.0.1:2587"),
         ("smtp.submissions_listen", "127.0.0.1:2465"),
+        ("tmtp.listen", "127.0.0.1:5443"),
     ];
     for (key, addr) in expected {
         assert_eq!(gw.addr(key), addr);
@@ -343,6 +344,7 @@ fn the_readme_walkthrough_runs_as_written() {
             "smtp",
             &["listen", "submission_listen", "submissions_listen"],
         ),
+        ("tmtp", &["listen"]),
     ] {
         config += &format!("[{section}]\n");
         for key in keys {

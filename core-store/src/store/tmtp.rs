@@ -156,6 +156,4 @@ pub trait TmtpStore: Send + Sync + 'static {
     async fn tmtp_next(&self, node: NodeId) -> Result<Option<TmtpQueued>, StoreError>;
     /// Remove an acknowledged entry; `false` when it was not queued.
     async fn tmtp_ack(&self, node: NodeId, seq: i64) -> Result<bool, StoreError>;
-    /// How many entries wait for a node.
-    async fn tmtp_queue_len(&self, node: NodeId) -> Result<u64, StoreError>;
 }

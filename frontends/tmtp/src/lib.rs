@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Registration, TmtpConfig};
+pub use delivery::{Reach, REACH_SETTING};
 
 /// How often a logged-in node's queue is looked at when nothing woke it (mail stored by
 /// another gateway sharing the store, or by a path that does not announce arrivals).

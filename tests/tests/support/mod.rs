@@ -189,6 +189,8 @@ submission_listen = "127.0.0.1:0"
 submissions_listen = "127.0.0.1:0"
 [dns]
 servers = ["{dns}"]
+[tmtp]
+listen = "127.0.0.1:0"
 "#,
         dir.join("data").display()
     )

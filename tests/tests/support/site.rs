@@ -88,6 +88,7 @@ impl<'a> Site<'a> {
              [mmtp]\nlisten = \"{ip}:{mmtp_port}\"\ntls_listen = \"{ip}:{mmtp_tls_port}\"\n{mmtp}\n\
              [immp]\nlisten = \"{ip}:{immp_port}\"\n{immp}\n\
              [xhmtp]\nlisten = \"{ip}:{xhmtp_port}\"\n{xhmtp}\n\
+             [tmtp]\nlisten = \"{ip}:0\"\n\
              [smtp]\nlisten = \"{ip}:0\"\nsubmission_listen = \"{ip}:0\"\nsubmissions_listen = \"{ip}:0\"\n{tail}",
             relay = self.relay,
             mmtp_port = self.mmtp_port,

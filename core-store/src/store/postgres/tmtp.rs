@@ -316,16 +316,4 @@ impl TmtpStore for PgStore {
         .await?
             > 0)
     }
-
-    async fn tmtp_queue_len(&self, node: NodeId) -> Result<u64, StoreError> {
-        let c = self.conn().await?;
-        let n: i64 = c
-            .query_one(
-                "SELECT COUNT(*) FROM tmtp_queue WHERE node_id = $1",
-                &[&node],
-            )
-            .await?
-            .get(0);
-        Ok(n as u64)
-    }
 }

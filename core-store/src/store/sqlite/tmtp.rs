@@ -316,14 +316,4 @@ impl TmtpStore for SqliteStore {
             })
             .await
     }
-
-    async fn tmtp_queue_len(&self, node: NodeId) -> Result<u64, StoreError> {
-        self.read(move |c| {
-            let n: i64 = c
-                .prepare_cached("SELECT COUNT(*) FROM tmtp_queue WHERE node_id = ?1")?
-                .query_row([node], |r| r.get(0))?;
-            Ok(n as u64)
-        })
-        .await
-    }
 }
