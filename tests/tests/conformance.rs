@@ -1,6 +1,7 @@
 //! Every conformance case of every suite as its own test, against real `serve` processes: one
 //! gateway (e2e.test) for the MMTP (plain and TLS), IMMP and XHMTP suites, one (a.test, a 3 s
-//! idle timeout, a postmaster) for the SMTP suite. A red case is one red line:
+//! idle timeout, a postmaster) for the SMTP suite, one (t.test, open registration, short
+//! timeouts) for the TMTP suite. A red case is one red line:
 //! `cargo test -p mailgate-tests --test conformance -- 'smtp: '` runs one suite.
 
 mod support;
@@ -105,10 +106,35 @@ fn start() -> Servers {
             smtp_dir.join("data/tls/cert.pem").display().to_string(),
         ],
     });
+    // TMTP: open registration (each case registers its own members), short login, idle and
+    // ack timeouts so the cases about them finish quickly.
+    let tmtp_dir = dir.path().join("tmtp");
+    std::fs::create_dir_all(&tmtp_dir).unwrap();
+    let config = config_with(&tmtp_dir, "t.test", "")
+        + "registration = \"open\"\nregistrations_per_hour = 100000\n\
+           login_timeout_secs = 3\nidle_timeout_secs = 3\nack_timeout_secs = 2\n";
+    let tmtp = Gateway::start(&tmtp_dir, Some(&config));
+    suites.push(Suite {
+        protocol: "tmtp",
+        label: "tmtp",
+        args: vec![
+            "--target".into(),
+            tmtp.addr("tmtp.listen").to_owned(),
+            "--server-name".into(),
+            "localhost".into(),
+            "--tls".into(),
+            "--idle-secs".into(),
+            "3".into(),
+            "--domain".into(),
+            "t.test".into(),
+            "--ca".into(),
+            tmtp_dir.join("data/tls/cert.pem").display().to_string(),
+        ],
+    });
     Servers {
         suites,
         dir,
-        _gateways: std::sync::Mutex::new(vec![gw, smtp]),
+        _gateways: std::sync::Mutex::new(vec![gw, smtp, tmtp]),
     }
 }
 
@@ -163,6 +189,7 @@ fn main() {
         ("immp", "immp"),
         ("xhmtp", "xhmtp"),
         ("smtp", "smtp"),
+        ("tmtp", "tmtp"),
     ] {
         for name in cases(protocol) {
             let servers = servers.clone();

@@ -26,6 +26,8 @@ pub enum Transport {
     Smtp,
     /// HTTP/1.1; each step is one request on a fresh connection (XHMTP).
     Http,
+    /// TLS; TMTP frames (four hex digits, a JSON header, data), several connections per case.
+    Tmtp,
 }
 
 /// One scripted dialogue.
@@ -163,6 +165,14 @@ pub struct Step {
     pub body: Option<String>,
     /// http: save response headers into variables (variable → lower-case header name).
     pub capture_headers: Option<BTreeMap<String, String>>,
+    /// tmtp: the case's connection this step uses (0 unless given; opened on first use).
+    pub conn: Option<usize>,
+    /// tmtp: data sent after the header (`datalen` set to its length unless `send` has one).
+    pub data: Option<String>,
+    /// tmtp: a secondary JSON header sent in front of `data` (`datahead` set to its length).
+    pub datahead: Option<String>,
+    /// tmtp: no frame may arrive on the connection for this many milliseconds.
+    pub quiet_ms: Option<u64>,
 }
 
 /// A suite's description (`suite.toml`): what the server under test must provide.

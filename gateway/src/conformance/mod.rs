@@ -3,6 +3,7 @@
 
 pub mod case;
 pub mod http;
+mod tmtp;
 
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -39,6 +40,8 @@ What each suite expects of the server under test (also in tests/conformance/<pro
   xhmtp  XHMTP over HTTP on the target port with the default prefix 'xhmtp'.
   smtp   SMTP on the target port (the MX listener, STARTTLS checked against --ca); --submission
          for the AUTH cases, --idle-secs for the timeout case; --account entries for local accounts.
+  tmtp   TMTP over TLS on the target port (--tls --ca), open registration, an ack timeout of at
+         most 10 s; --idle-secs with the login and idle timeouts for the timeout cases.
 Run `mailgate conformance --protocol P --describe` to print a suite's requirements.")]
 pub struct ConformanceArgs {
     /// Protocol suite: mmtp, immp, xhmtp or smtp.
@@ -355,6 +358,9 @@ impl Runner {
         transport: Transport,
         vars: &mut HashMap<String, String>,
     ) -> anyhow::Result<()> {
+        if transport == Transport::Tmtp {
+            return tmtp::script(self, case, vars).await;
+        }
         let mut conn = match transport {
             Transport::Http => None,
             _ => Some(BufReader::new(self.connect(case.submission).await?)),
