@@ -21,6 +21,9 @@ pub enum ClientProtocol {
     Immp,
     /// XHMTP (HTTP; --login is required for send; receive logs in as --email).
     Xhmtp,
+    /// TMTP (always TLS, so --ca is needed; --login is the member's uid, standard input its
+    /// node secret; --to is a uid).
+    Tmtp,
 }
 
 /// Where and how to connect.
@@ -88,7 +91,9 @@ pub struct SendArgs {
          refused.
   immp   prints the INBOX index and removes nothing; with --fetch each message is fetched and
          marked read, unless --keep.
-  xhmtp  prints the feed and removes nothing; --fetch fetches each message (nothing changes).")]
+  xhmtp  prints the feed and removes nothing; --fetch fetches each message (nothing changes).
+  tmtp   prints the node's queued messages and acknowledges each (it leaves the node's queue;
+         mail stays in the INBOX for the other protocols); --keep acknowledges nothing.")]
 pub struct ReceiveArgs {
     #[command(flatten)]
     conn: Connection,
@@ -142,6 +147,7 @@ impl Connection {
                     (ClientProtocol::Immp, _) => Some(config.immp.listen),
                     (ClientProtocol::Xhmtp, false) => Some(config.xhmtp.listen),
                     (ClientProtocol::Xhmtp, true) => config.xhmtp.tls_listen,
+                    (ClientProtocol::Tmtp, _) => Some(config.tmtp.listen),
                 };
                 reachable(listen.with_context(|| {
                     format!(
@@ -258,6 +264,7 @@ pub async fn send(config: &Config, args: SendArgs) -> anyhow::Result<()> {
     match args.conn.protocol {
         ClientProtocol::Immp => return send_immp(config, args).await,
         ClientProtocol::Xhmtp => return send_xhmtp(config, args).await,
+        ClientProtocol::Tmtp => return send_tmtp(config, args).await,
         ClientProtocol::Mmtp => {}
     }
     let from = sender(&args, false)?;
@@ -287,6 +294,9 @@ pub async fn send(config: &Config, args: SendArgs) -> anyhow::Result<()> {
 
 /// Run `mailgate receive`.
 pub async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
+    if let ClientProtocol::Tmtp = args.conn.protocol {
+        return receive_tmtp(config, args).await;
+    }
     let email = match (&args.email, args.conn.login()?) {
         (Some(e), _) => Address::parse_any(e).context("--email")?,
         (None, Some(login)) => login,
@@ -295,7 +305,7 @@ pub async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     match args.conn.protocol {
         ClientProtocol::Immp => return receive_immp(config, args).await,
         ClientProtocol::Xhmtp => return receive_xhmtp(config, args, &email).await,
-        ClientProtocol::Mmtp => {}
+        ClientProtocol::Tmtp | ClientProtocol::Mmtp => {}
     }
     if args.keep {
         anyhow::bail!(
@@ -307,6 +317,60 @@ pub async fn receive(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
     for m in client.receive(&email, args.limit).await? {
         println!("{m}");
     }
+    Ok(())
+}
+
+/// Connect over TMTP (TLS checked against --ca), TmtpRev, and Login as --login (a uid) with the
+/// node secret from standard input.
+async fn connect_tmtp(
+    conn: &Connection,
+    config: &Config,
+) -> anyhow::Result<mailgate_tmtp::client::TmtpClient> {
+    let target = conn.target(config)?;
+    let uid = conn
+        .login
+        .clone()
+        .context("TMTP needs --login UID (the node secret on standard input)")?;
+    let (connector, name) = crate::tls::connector(target.ca()?, &target.tls_name)?;
+    let mut client = mailgate_tmtp::client::TmtpClient::connect(&target.server, connector, name)
+        .await
+        .with_context(|| format!("cannot talk TMTP to {}", target.server))?;
+    client.rev().await?;
+    client.login(&uid, &conn.password()?).await?;
+    Ok(client)
+}
+
+/// `mailgate send --protocol tmtp`: a Post to the uid --to; prints the ack.
+async fn send_tmtp(config: &Config, args: SendArgs) -> anyhow::Result<()> {
+    let mut client = connect_tmtp(&args.conn, config).await?;
+    let ack = client
+        .post("send-1", &[args.to.as_str()], &args.subject, &args.body)
+        .await?;
+    println!("{}", ack.head);
+    client.quit().await?;
+    Ok(())
+}
+
+/// `mailgate receive --protocol tmtp`: each queued message as a JSON line (header, and the
+/// data as text), acknowledged unless --keep, until none comes for two seconds or --limit.
+async fn receive_tmtp(config: &Config, args: ReceiveArgs) -> anyhow::Result<()> {
+    let mut client = connect_tmtp(&args.conn, config).await?;
+    let mut printed = 0u32;
+    while args.limit.is_none_or(|l| printed < l) {
+        let m = match client.recv_within(std::time::Duration::from_secs(2)).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(mailgate_tmtp::client::ClientError::Timeout) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let data = String::from_utf8_lossy(&m.data);
+        println!("{}", serde_json::json!({"head": m.head, "data": data}));
+        printed += 1;
+        if !args.keep {
+            client.ack_if_needed(&m).await?;
+        }
+    }
+    client.quit().await?;
     Ok(())
 }
 

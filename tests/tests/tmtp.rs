@@ -222,3 +222,52 @@ async fn closed_registration_refuses_register_and_a_wrong_secret_is_refused() {
     let quit = c.recv().await.unwrap().unwrap();
     assert_eq!(quit.str("error"), "login failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_receive_commands_speak_tmtp() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), 30);
+    gw.add_user("alice@a.test", "alice-pw");
+    gw.add_user("bob@a.test", "bob-pw");
+    let (alice, alice_node) = add_node(&gw, "alice@a.test", "laptop");
+    let (bob, bob_node) = add_node(&gw, "bob@a.test", "desk");
+    let config = gw.config.to_str().unwrap();
+    let server = gw.addr("tmtp.listen");
+    let sent = run_ok(
+        &[
+            "send", "--protocol", "tmtp", "--server", server, "--tls-name", "localhost",
+            "--login", &bob, "--to", &alice, "--subject", "From the CLI", "--body",
+            "typed text", "--config", config,
+        ],
+        Some(&format!("{bob_node}\n")),
+        &gw.dir,
+    );
+    let ack: serde_json::Value = serde_json::from_slice(&sent.stdout).unwrap();
+    assert_eq!(ack["op"], "ack");
+    let msgid = ack["msgid"].as_str().unwrap().to_owned();
+    let receive = |keep: bool| {
+        let mut args = vec![
+            "receive", "--protocol", "tmtp", "--server", server, "--tls-name", "localhost",
+            "--login", &alice, "--config", config,
+        ];
+        if keep {
+            args.push("--keep");
+        }
+        let out = run_ok(&args, Some(&format!("{alice_node}\n")), &gw.dir);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // --keep acknowledges nothing: the message is there again.
+    for keep in [true, false] {
+        let text = receive(keep);
+        let delivery = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|m| m["head"]["op"] == "delivery")
+            .unwrap_or_else(|| panic!("no delivery in {text}"));
+        assert_eq!(delivery["head"]["id"], msgid.as_str());
+        assert!(delivery["data"].as_str().unwrap().contains("From the CLI"));
+        assert!(delivery["data"].as_str().unwrap().ends_with("typed text"));
+    }
+    let text = receive(false);
+    assert!(!text.contains("\"delivery\""), "acknowledged: {text}");
+}

@@ -96,7 +96,9 @@ pub(crate) async fn run(mut d: Delivery) {
             d.server.core.metrics.event("tmtp_delivery", "sent");
             let deadline = tokio::time::Instant::now() + ack_timeout;
             let acked = loop {
+                // An Ack that came before the link ended still counts: acks are looked at first.
                 tokio::select! {
+                    biased;
                     id = d.acks.recv() => match id {
                         Some(id) if id == item.tmtp_id => break true,
                         Some(_) => continue,

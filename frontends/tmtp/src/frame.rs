@@ -57,6 +57,8 @@ pub mod quit {
     pub const DATA_SHORT: &str = "data too short for request type";
     /// Ping or invite text that is not UTF-8.
     pub const NOT_UTF8: &str = "data not valid UTF8";
+    /// The memory for message data in flight is in use (mailgate's own; not in mnm).
+    pub const BUSY: &str = "server busy; try again later";
     /// PostNotify with `fornotself` and no `for`.
     pub const FOR_EMPTY: &str = "recipient list empty";
 }

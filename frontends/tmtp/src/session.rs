@@ -175,6 +175,11 @@ impl Session {
             if header.datalen > limit {
                 return End::Quit(quit::DATA_LONG);
             }
+            // Held until the request is handled: bodies in flight share one memory budget.
+            let _room = match self.server.core.budget.reserve(header.datalen as usize).await {
+                Ok(r) => r,
+                Err(_) => return End::Quit(quit::BUSY),
+            };
             let data = match tokio::time::timeout_at(
                 deadline,
                 frame::read_data(rd, header.datalen as usize),
