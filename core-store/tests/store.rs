@@ -29,7 +29,7 @@ fn open(dir: &std::path::Path) -> (Arc<SqliteStore>, Arc<Metrics>) {
     (Arc::new(store), metrics)
 }
 
-contract_suite!(Sqlite; concurrent_writers_see_single_use_state_once, message_round_trips_with_every_field, replayed_stamp_is_refused_and_stores_nothing, router_policy, mailbox_flags_and_expunge, queue_lifecycle_and_lease_expiry, tokens_are_single_use_and_expire, hosted_messages_grants_and_expiry, notifications_deduplicate_and_fetch_atomically, a_repeat_of_relayed_mail_is_dropped_per_account, kept_counts_match_a_recount_after_every_change, local_deliveries_follow_the_submit_rules);
+contract_suite!(Sqlite; concurrent_writers_see_single_use_state_once, message_round_trips_with_every_field, replayed_stamp_is_refused_and_stores_nothing, router_policy, mailbox_flags_and_expunge, queue_lifecycle_and_lease_expiry, tokens_are_single_use_and_expire, hosted_messages_grants_and_expiry, notifications_deduplicate_and_fetch_atomically, a_repeat_of_relayed_mail_is_dropped_per_account, kept_counts_match_a_recount_after_every_change, local_deliveries_follow_the_submit_rules, tmtp_members_nodes_aliases_groups_and_presence, tmtp_queues_follow_the_inbox_in_order);
 
 /// Parts that lie in the wire form are stored once, inside it, and read back identical.
 #[tokio::test]

@@ -49,6 +49,32 @@ async fn fill(store: &dyn Store) -> Vec<Message> {
         .await
         .unwrap();
     store.create_folder(bob.id, "INBOX/Work").await.unwrap();
+    // TMTP: members, a node (its queue gets the INBOX mail below), aliases, a group, presence.
+    {
+        use mailgate_core::store::tmtp::{GroupMember, GroupStatus, TmtpPayload, TmtpPriority};
+        store.tmtp_add_member(bob.id, "UIDB").await.unwrap();
+        store.tmtp_add_member(carol.id, "UIDC").await.unwrap();
+        let node = store
+            .tmtp_add_node(bob.id, "laptop", b"hash", None)
+            .await
+            .unwrap();
+        store.tmtp_add_alias(bob.id, "bob-alias").await.unwrap();
+        let member = GroupMember {
+            account: bob.id,
+            alias: "bob-alias".into(),
+            status: GroupStatus::Joined,
+        };
+        store
+            .tmtp_set_group_member("the-group", &member)
+            .await
+            .unwrap();
+        store.tmtp_set_ohi(bob.id, carol.id, true).await.unwrap();
+        let frame = TmtpPayload::Frame(bytes::Bytes::from_static(b"0009{\"op\":11}"));
+        store
+            .tmtp_enqueue(&[node], TmtpPriority::Urgent, "f1", &frame)
+            .await
+            .unwrap();
+    }
     let mut mail = Vec::new();
     for i in 0..5 {
         let mut m = Message::new(
@@ -176,7 +202,17 @@ async fn view(store: &dyn Store, mail: &[Message]) -> String {
         );
         out += &format!("{:?}\n", store.subscriptions(account.id).await.unwrap());
         out += &format!("{:?}\n", store.notifications(account.id, 10).await.unwrap());
+        out += &format!(
+            "{:?}\n",
+            store.tmtp_member_by_account(account.id).await.unwrap()
+        );
+        out += &format!("{:?}\n", store.tmtp_ohi_targets(account.id).await.unwrap());
+        for node in store.tmtp_nodes(account.id).await.unwrap() {
+            out += &format!("{node} {:?}\n", store.tmtp_next(node).await.unwrap());
+        }
     }
+    out += &format!("{:?}\n", store.tmtp_alias("bob-alias").await.unwrap());
+    out += &format!("{:?}\n", store.tmtp_group("the-group").await.unwrap());
     for m in mail {
         out += &format!("{:?}\n", store.message(m.id).await.unwrap());
         out += &format!(

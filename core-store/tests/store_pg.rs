@@ -57,7 +57,9 @@ pg_contract_suite!(
     notifications_deduplicate_and_fetch_atomically,
     a_repeat_of_relayed_mail_is_dropped_per_account,
     kept_counts_match_a_recount_after_every_change,
-    local_deliveries_follow_the_submit_rules
+    local_deliveries_follow_the_submit_rules,
+    tmtp_members_nodes_aliases_groups_and_presence,
+    tmtp_queues_follow_the_inbox_in_order
 );
 
 /// A fresh database for one PG-only case.

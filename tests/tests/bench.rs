@@ -191,3 +191,41 @@ fn every_bench_mode_runs_and_respects_the_servers_limits() {
         "{out}"
     );
 }
+
+#[test]
+fn the_tmtp_bench_posts_and_every_node_gets_every_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "localhost", "") + "registration = \"open\"\n";
+    let gw = Gateway::start(dir.path(), Some(&config));
+    let ca = gw.dir.join("data/tls/cert.pem");
+    let (out, _) = text(&run_ok(
+        &[
+            "bench",
+            "tmtp",
+            "--target",
+            gw.addr("tmtp.listen"),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--nodes",
+            "3",
+            "--messages",
+            "40",
+            "--connections",
+            "4",
+            "--size",
+            "256",
+            "--json",
+        ],
+        None,
+        dir.path(),
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["ops"], 40, "{out}");
+    // Three nodes, each acknowledging all forty.
+    assert_eq!(lines[1]["phase"], "delivery");
+    assert_eq!(lines[1]["ops"], 120, "{out}");
+}

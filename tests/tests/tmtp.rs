@@ -190,7 +190,10 @@ async fn an_unacknowledged_message_comes_again_after_the_timeout_and_after_a_cra
     b.post("p2", &[&alice], "next", "body").await.unwrap();
     let next = next_delivery(&mut a).await;
     assert_eq!(subject(&next), "next");
-    assert!(next.str("id") > first.str("id"), "ids increase across restarts");
+    assert!(
+        next.str("id") > first.str("id"),
+        "ids increase across restarts"
+    );
     a.ack(next.str("id")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     gw.kill();
@@ -235,9 +238,23 @@ async fn send_and_receive_commands_speak_tmtp() {
     let server = gw.addr("tmtp.listen");
     let sent = run_ok(
         &[
-            "send", "--protocol", "tmtp", "--server", server, "--tls-name", "localhost",
-            "--login", &bob, "--to", &alice, "--subject", "From the CLI", "--body",
-            "typed text", "--config", config,
+            "send",
+            "--protocol",
+            "tmtp",
+            "--server",
+            server,
+            "--tls-name",
+            "localhost",
+            "--login",
+            &bob,
+            "--to",
+            &alice,
+            "--subject",
+            "From the CLI",
+            "--body",
+            "typed text",
+            "--config",
+            config,
         ],
         Some(&format!("{bob_node}\n")),
         &gw.dir,
@@ -247,8 +264,17 @@ async fn send_and_receive_commands_speak_tmtp() {
     let msgid = ack["msgid"].as_str().unwrap().to_owned();
     let receive = |keep: bool| {
         let mut args = vec![
-            "receive", "--protocol", "tmtp", "--server", server, "--tls-name", "localhost",
-            "--login", &alice, "--config", config,
+            "receive",
+            "--protocol",
+            "tmtp",
+            "--server",
+            server,
+            "--tls-name",
+            "localhost",
+            "--login",
+            &alice,
+            "--config",
+            config,
         ];
         if keep {
             args.push("--keep");

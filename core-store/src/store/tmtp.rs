@@ -94,8 +94,11 @@ pub struct TmtpQueued {
 #[async_trait]
 pub trait TmtpStore: Send + Sync + 'static {
     /// Make `account` a member with `uid`; a member already keeps its uid (returned).
-    async fn tmtp_add_member(&self, account: AccountId, uid: &str)
-        -> Result<TmtpMember, StoreError>;
+    async fn tmtp_add_member(
+        &self,
+        account: AccountId,
+        uid: &str,
+    ) -> Result<TmtpMember, StoreError>;
     /// The member with this uid.
     async fn tmtp_member_by_uid(&self, uid: &str) -> Result<Option<TmtpMember>, StoreError>;
     /// The member behind this account, when it is one.

@@ -911,3 +911,213 @@ where
     }
     out
 }
+
+/// TMTP members, nodes, aliases, groups and presence lists: what each back-end must keep.
+pub async fn tmtp_members_nodes_aliases_groups_and_presence(backend: &dyn Backend) {
+    use mailgate_core::store::tmtp::{GroupMember, GroupStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = backend.open(dir.path()).await;
+    let alice = store
+        .create_account(&addr("alice@a.test"), "x")
+        .await
+        .unwrap();
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    let a = store.tmtp_add_member(alice.id, "UIDA").await.unwrap();
+    assert_eq!(
+        (a.uid.as_str(), a.address.clone()),
+        ("UIDA", addr("alice@a.test"))
+    );
+    // A member keeps its uid.
+    assert_eq!(
+        store.tmtp_add_member(alice.id, "OTHER").await.unwrap().uid,
+        "UIDA"
+    );
+    store.tmtp_add_member(bob.id, "UIDB").await.unwrap();
+    assert_eq!(
+        store
+            .tmtp_member_by_uid("UIDB")
+            .await
+            .unwrap()
+            .unwrap()
+            .account,
+        bob.id
+    );
+    assert!(store.tmtp_member_by_uid("NONE").await.unwrap().is_none());
+    let n1 = store
+        .tmtp_add_node(alice.id, "laptop", b"h1", None)
+        .await
+        .unwrap();
+    let n2 = store
+        .tmtp_add_node(alice.id, "phone", b"h2", None)
+        .await
+        .unwrap();
+    assert_eq!(store.tmtp_nodes(alice.id).await.unwrap(), vec![n1, n2]);
+    let (m, n) = store
+        .tmtp_verify_node("UIDA", b"h2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.account, n), (alice.id, n2));
+    assert!(store
+        .tmtp_verify_node("UIDB", b"h2")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .tmtp_verify_node("UIDA", b"h3")
+        .await
+        .unwrap()
+        .is_none());
+    // Aliases are unique and never a group's name.
+    assert!(store.tmtp_add_alias(alice.id, "alice-alias").await.unwrap());
+    assert!(store.tmtp_add_alias(alice.id, "alice-alias").await.unwrap());
+    assert!(!store.tmtp_add_alias(bob.id, "alice-alias").await.unwrap());
+    assert_eq!(
+        store.tmtp_alias("alice-alias").await.unwrap(),
+        Some(alice.id)
+    );
+    let founder = GroupMember {
+        account: alice.id,
+        alias: "alice-alias".into(),
+        status: GroupStatus::Joined,
+    };
+    assert!(!store
+        .tmtp_set_group_member("alice-alias", &founder)
+        .await
+        .unwrap());
+    assert!(store
+        .tmtp_set_group_member("the-group", &founder)
+        .await
+        .unwrap());
+    let invited = GroupMember {
+        account: bob.id,
+        alias: "bob-alias".into(),
+        status: GroupStatus::Invited,
+    };
+    store
+        .tmtp_set_group_member("the-group", &invited)
+        .await
+        .unwrap();
+    let joined = GroupMember {
+        status: GroupStatus::Joined,
+        ..invited.clone()
+    };
+    store
+        .tmtp_set_group_member("the-group", &joined)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tmtp_group("the-group").await.unwrap(),
+        vec![founder, joined]
+    );
+    assert!(!store.tmtp_add_alias(bob.id, "the-group").await.unwrap());
+    assert!(store.tmtp_group("no-group").await.unwrap().is_empty());
+    // Presence lists: changes are reported, both directions are listed.
+    assert!(store.tmtp_set_ohi(alice.id, bob.id, true).await.unwrap());
+    assert!(!store.tmtp_set_ohi(alice.id, bob.id, true).await.unwrap());
+    assert_eq!(
+        store.tmtp_ohi_targets(alice.id).await.unwrap(),
+        vec![bob.id]
+    );
+    assert_eq!(
+        store.tmtp_ohi_sources(bob.id).await.unwrap(),
+        vec![alice.id]
+    );
+    assert!(store.tmtp_set_ohi(alice.id, bob.id, false).await.unwrap());
+    assert!(store.tmtp_ohi_targets(alice.id).await.unwrap().is_empty());
+    // All of it survives reopening the store.
+    drop(store);
+    let (store, _) = backend.open(dir.path()).await;
+    assert_eq!(
+        store.tmtp_alias("alice-alias").await.unwrap(),
+        Some(alice.id)
+    );
+    assert_eq!(store.tmtp_group("the-group").await.unwrap().len(), 2);
+}
+
+/// The per-node queue: INBOX mail from any submit is queued for each node in the same
+/// commit, urgent entries go first, a new node may start with a copy, acks remove.
+pub async fn tmtp_queues_follow_the_inbox_in_order(backend: &dyn Backend) {
+    use mailgate_core::store::tmtp::{TmtpPayload, TmtpPriority};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = backend.open(dir.path()).await;
+    let alice = store
+        .create_account(&addr("alice@a.test"), "x")
+        .await
+        .unwrap();
+    let bob = store
+        .create_account(&addr("bob@a.test"), "x")
+        .await
+        .unwrap();
+    store.tmtp_add_member(alice.id, "UIDA").await.unwrap();
+    let n1 = store
+        .tmtp_add_node(alice.id, "laptop", b"h1", None)
+        .await
+        .unwrap();
+    let n2 = store
+        .tmtp_add_node(alice.id, "phone", b"h2", None)
+        .await
+        .unwrap();
+    let first = Message::new(addr("carol@b.test"), vec![addr("alice@a.test")], "1", "one");
+    let first_id = first.id;
+    deliver(&*store, first, alice.id).await;
+    // Mail to a non-member, or to another folder, is queued for no node.
+    deliver(
+        &*store,
+        Message::new(addr("c@b.test"), vec![], "x", "x"),
+        bob.id,
+    )
+    .await;
+    let filed = Message::new(addr("c@b.test"), vec![], "x", "x");
+    store
+        .submit(Submission {
+            message: filed,
+            deliveries: vec![LocalDelivery::to(alice.id, "Archive")],
+            relays: vec![],
+            stamp: None,
+        })
+        .await
+        .unwrap();
+    let frame = TmtpPayload::Frame(Bytes::from_static(b"0009{\"op\":11}"));
+    store
+        .tmtp_enqueue(&[n1, n2], TmtpPriority::Normal, "f1", &frame)
+        .await
+        .unwrap();
+    store
+        .tmtp_enqueue(&[n1], TmtpPriority::Urgent, "u1", &frame)
+        .await
+        .unwrap();
+    let n3 = store
+        .tmtp_add_node(alice.id, "tablet", b"h3", Some(n1))
+        .await
+        .unwrap();
+    let drain = |node| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            while let Some(q) = store.tmtp_next(node).await.unwrap() {
+                assert!(store.tmtp_ack(node, q.seq).await.unwrap());
+                assert!(!store.tmtp_ack(node, q.seq).await.unwrap(), "acked once");
+                if let TmtpPayload::Message(m) = q.payload {
+                    assert_eq!(m, first_id);
+                }
+                ids.push(q.tmtp_id);
+            }
+            ids
+        }
+    };
+    let mail = first_id.0.simple().to_string();
+    assert_eq!(
+        drain(n1).await,
+        vec!["u1".to_owned(), mail.clone(), "f1".into()]
+    );
+    assert_eq!(drain(n2).await, vec![mail.clone(), "f1".into()]);
+    assert_eq!(drain(n3).await, vec!["u1".to_owned(), mail, "f1".into()]);
+    // Drained queues stay empty after a reopen.
+    drop(store);
+    let (store, _) = backend.open(dir.path()).await;
+    assert!(store.tmtp_next(n1).await.unwrap().is_none());
+}

@@ -113,7 +113,8 @@ impl TmtpClient {
             Err(e) => return Err(e.into()),
         }
         let text = std::str::from_utf8(&len).map_err(|e| ClientError::BadFrame(e.to_string()))?;
-        let n = usize::from_str_radix(text, 16).map_err(|e| ClientError::BadFrame(e.to_string()))?;
+        let n =
+            usize::from_str_radix(text, 16).map_err(|e| ClientError::BadFrame(e.to_string()))?;
         let mut head = vec![0u8; n];
         self.rd.read_exact(&mut head).await?;
         let head: Value =
@@ -194,7 +195,8 @@ impl TmtpClient {
         let mut data = head.clone();
         data.extend_from_slice(text.as_bytes());
         let to: Vec<Value> = to.iter().map(|u| json!({"id": u, "type": 1})).collect();
-        let req = json!({"op": 7, "id": id, "for": to, "datalen": data.len(), "datahead": head.len()});
+        let req =
+            json!({"op": 7, "id": id, "for": to, "datalen": data.len(), "datahead": head.len()});
         self.send(&req, &data).await?;
         loop {
             let m = self.expect().await?;

@@ -192,7 +192,13 @@ async fn change(s: &Session, act: &str, h: &Header) -> Acked {
 
 /// Is `alias` one of `account`'s aliases?
 async fn owns(s: &Session, account: AccountId, alias: &str) -> Result<bool, String> {
-    let owner = s.server.core.store.tmtp_alias(alias).await.map_err(store_error)?;
+    let owner = s
+        .server
+        .core
+        .store
+        .tmtp_alias(alias)
+        .await
+        .map_err(store_error)?;
     Ok(owner == Some(account))
 }
 

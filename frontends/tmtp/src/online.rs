@@ -41,7 +41,12 @@ impl Online {
     }
 
     /// Register a node's session; `None` when the node has one already.
-    pub fn claim(&self, node: NodeId, account: AccountId, out: mpsc::Sender<Bytes>) -> Option<Claim> {
+    pub fn claim(
+        &self,
+        node: NodeId,
+        account: AccountId,
+        out: mpsc::Sender<Bytes>,
+    ) -> Option<Claim> {
         let mut s = self.lock();
         if s.nodes.contains_key(&node) {
             return None;

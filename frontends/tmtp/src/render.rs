@@ -54,7 +54,9 @@ fn read_head(head: &[u8]) -> Head {
                     let name = a["name"].as_str()?;
                     let size = usize::try_from(a["size"].as_u64()?).ok()?;
                     // u:, f: and r: say where the file came from; readers want its name.
-                    let shown = name.get(2..).filter(|_| name.as_bytes().get(1) == Some(&b':'));
+                    let shown = name
+                        .get(2..)
+                        .filter(|_| name.as_bytes().get(1) == Some(&b':'));
                     Some((shown.unwrap_or(name).to_owned(), size))
                 })
                 .collect()

@@ -172,9 +172,9 @@ pub fn check(h: &Header) -> bool {
         },
     };
     let bad_entry = |list: &Option<Vec<ForEntry>>| {
-        list.iter().flatten().any(|e| {
-            e.id.is_empty() || (op != op::OHI_EDIT && !(1..=3).contains(&e.kind))
-        })
+        list.iter()
+            .flatten()
+            .any(|e| e.id.is_empty() || (op != op::OHI_EDIT && !(1..=3).contains(&e.kind)))
     };
     !(bad_lengths || bad_fields || bad_for || bad_entry(&h.for_list) || bad_entry(&h.notefor))
 }
@@ -200,13 +200,17 @@ mod tests {
         assert!(!check(&parse(
             r#"{"op":7,"id":"1","for":[{"id":"x","type":4}],"datalen":1}"#
         )));
-        assert!(check(&parse(r#"{"op":4,"id":"1","type":"add","for":[{"id":"x"}]}"#)));
+        assert!(check(&parse(
+            r#"{"op":4,"id":"1","type":"add","for":[{"id":"x"}]}"#
+        )));
         assert!(!check(&parse(r#"{"op":4,"id":"1","type":"add","for":[]}"#)));
         assert!(check(&parse(r#"{"op":9,"id":"1","from":"a","to":"b"}"#)));
         assert!(!check(&parse(r#"{"op":10,"id":"1"}"#)));
         assert!(!check(&parse(r#"{"op":11,"datalen":3}"#)));
         assert!(!check(&parse(r#"{"op":13}"#)));
         assert!(!check(&parse(r#"{"id":"1"}"#)));
-        assert!(!check(&parse(r#"{"op":7,"id":"1","for":[],"datalen":2,"datahead":3}"#)));
+        assert!(!check(&parse(
+            r#"{"op":7,"id":"1","for":[],"datalen":2,"datahead":3}"#
+        )));
     }
 }

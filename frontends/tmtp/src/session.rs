@@ -153,13 +153,12 @@ impl Session {
             } else {
                 login_deadline
             };
-            let header = match tokio::time::timeout_at(deadline, frame::read_header(rd, &mut buf))
-                .await
-            {
-                Err(_) | Ok(Ok(None)) => return End::Silent,
-                Ok(Err(e)) => return e.into(),
-                Ok(Ok(Some(h))) => h,
-            };
+            let header =
+                match tokio::time::timeout_at(deadline, frame::read_header(rd, &mut buf)).await {
+                    Err(_) | Ok(Ok(None)) => return End::Silent,
+                    Ok(Err(e)) => return e.into(),
+                    Ok(Ok(Some(h))) => h,
+                };
             state.touch();
             if !request::check(&header) {
                 return End::Quit(quit::HEADER);
@@ -176,7 +175,13 @@ impl Session {
                 return End::Quit(quit::DATA_LONG);
             }
             // Held until the request is handled: bodies in flight share one memory budget.
-            let _room = match self.server.core.budget.reserve(header.datalen as usize).await {
+            let _room = match self
+                .server
+                .core
+                .budget
+                .reserve(header.datalen as usize)
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => return End::Quit(quit::BUSY),
             };
@@ -209,13 +214,7 @@ impl Session {
         }
     }
 
-    async fn dispatch(
-        &mut self,
-        op: u8,
-        h: Header,
-        data: Bytes,
-        state: &ConnState,
-    ) -> Option<End> {
+    async fn dispatch(&mut self, op: u8, h: Header, data: Bytes, state: &ConnState) -> Option<End> {
         match op {
             op::TMTP_REV => {
                 self.rev = true;
@@ -263,7 +262,12 @@ impl Session {
             let address = Address::new(&uid.to_ascii_lowercase(), &server.domain).ok()?;
             let password = ids::new_node_secret().0;
             let account = server.core.add_account(&address, &password).await.ok()?;
-            server.core.store.tmtp_add_member(account.id, &uid).await.ok()?;
+            server
+                .core
+                .store
+                .tmtp_add_member(account.id, &uid)
+                .await
+                .ok()?;
             let (node_secret, hash) = ids::new_node_secret();
             let node = server
                 .core
@@ -433,9 +437,7 @@ impl Session {
         id: &str,
         frame: OutFrame,
     ) -> Result<(), String> {
-        let bytes = frame
-            .encode_with_headsum()
-            .map_err(|e| e.to_string())?;
+        let bytes = frame.encode_with_headsum().map_err(|e| e.to_string())?;
         self.server
             .enqueue_for(accounts, except, priority, id, &TmtpPayload::Frame(bytes))
             .await
@@ -595,15 +597,13 @@ impl Session {
                     .ok_or_else(|| format!("OpenNodes: iUid {} not found", entry.id))?;
                 vec![m]
             } else {
-                let accounts =
-                    crate::groups::joined(self, &entry.id, me.member.account).await?;
+                let accounts = crate::groups::joined(self, &entry.id, me.member.account).await?;
                 let mut ms = Vec::new();
                 for a in accounts {
                     if entry.kind == 3 && a == me.member.account {
                         continue;
                     }
-                    if let Some(m) = store.tmtp_member_by_account(a).await.map_err(store_error)?
-                    {
+                    if let Some(m) = store.tmtp_member_by_account(a).await.map_err(store_error)? {
                         ms.push(m);
                     }
                 }

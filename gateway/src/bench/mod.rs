@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 mod immp;
 mod scale;
 mod smtp;
+mod tmtp;
 
 /// What to benchmark.
 #[derive(Subcommand)]
@@ -33,6 +34,10 @@ pub enum BenchTarget {
     /// SMTP transactions (pipelined MAIL/RCPT/DATA) over concurrent connections to a running
     /// server's MX listener; each `250` is a durably stored message.
     Smtp(smtp::SmtpBench),
+    /// TMTP Posts over concurrent connections (members registered for the run: the server
+    /// needs open registration) to one member with --nodes logged-in nodes: Posts acknowledged
+    /// per second, and the delay from a Post to its delivery at each node.
+    Tmtp(tmtp::TmtpBench),
     /// Fill a store to each of --sizes messages (one mailbox, then spread over --accounts) and
     /// measure submits and every read's store calls at each size.
     Scale(scale::ScaleBench),
@@ -194,6 +199,7 @@ pub async fn run(target: BenchTarget) -> anyhow::Result<()> {
         BenchTarget::Immp(opts) => immp::run(opts).await,
         BenchTarget::Scale(opts) => scale::run(opts).await,
         BenchTarget::Smtp(opts) => smtp::run(opts).await,
+        BenchTarget::Tmtp(opts) => tmtp::run(opts).await,
     }
 }
 

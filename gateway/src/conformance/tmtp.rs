@@ -161,8 +161,7 @@ async fn step(
     }
     conn.get_mut().flush().await?;
     if let Some(ms) = step.quiet_ms {
-        if let Ok(frame) = tokio::time::timeout(Duration::from_millis(ms), read_frame(conn)).await
-        {
+        if let Ok(frame) = tokio::time::timeout(Duration::from_millis(ms), read_frame(conn)).await {
             if let Some(f) = frame? {
                 bail!("expected nothing for {ms} ms, got {}", f.head);
             }

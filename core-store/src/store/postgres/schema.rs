@@ -15,7 +15,8 @@ use tokio_postgres::Client;
 const MIGRATION_LOCK: i64 = 0x6d61_696c_6761_7465;
 
 /// Each entry moves the schema one version up. Append only; never edit a released step.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id            BIGSERIAL PRIMARY KEY,
     address_key   TEXT NOT NULL UNIQUE,
@@ -286,8 +287,8 @@ END $$;
 CREATE TRIGGER accounts_tags_delete AFTER DELETE ON accounts
   FOR EACH ROW EXECUTE FUNCTION mailgate_account_gone();
 "#,
-// 2: TMTP members, nodes, aliases, groups, presence lists and per-node queues (SQLite's 10).
-r#"
+    // 2: TMTP members, nodes, aliases, groups, presence lists and per-node queues (SQLite's 10).
+    r#"
 CREATE TABLE tmtp_members (
     account_id BIGINT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
     uid        TEXT NOT NULL UNIQUE,
@@ -338,7 +339,8 @@ BEGIN
 END $$;
 CREATE TRIGGER tmtp_queue_inbox AFTER INSERT ON entries
   FOR EACH ROW WHEN (lower(NEW.folder) = 'inbox') EXECUTE FUNCTION mailgate_tmtp_inbox();
-"#];
+"#,
+];
 
 /// Bring the schema up to date under the migration lock; refuses a database newer than this
 /// binary.

@@ -4,13 +4,12 @@ use super::PgStore;
 use crate::message::{now_ms, MessageId};
 use crate::store::rows::parse_stored_address;
 use crate::store::tmtp::{
-    GroupMember, GroupStatus, NodeId, TmtpMember, TmtpPayload, TmtpPriority, TmtpQueued,
-    TmtpStore,
+    GroupMember, GroupStatus, NodeId, TmtpMember, TmtpPayload, TmtpPriority, TmtpQueued, TmtpStore,
 };
 use crate::store::{AccountId, StoreError};
 use async_trait::async_trait;
-use tokio_postgres::types::ToSql;
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 
 async fn find_member(
     c: &impl GenericClient,
@@ -124,15 +123,14 @@ impl TmtpStore for PgStore {
 
     async fn tmtp_nodes(&self, account: AccountId) -> Result<Vec<NodeId>, StoreError> {
         let c = self.conn().await?;
-        Ok(c
-            .query(
-                "SELECT id FROM tmtp_nodes WHERE account_id = $1 ORDER BY id",
-                &[&account],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+        Ok(c.query(
+            "SELECT id FROM tmtp_nodes WHERE account_id = $1 ORDER BY id",
+            &[&account],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
     }
 
     async fn tmtp_add_alias(&self, account: AccountId, alias: &str) -> Result<bool, StoreError> {
@@ -160,13 +158,12 @@ impl TmtpStore for PgStore {
 
     async fn tmtp_alias(&self, alias: &str) -> Result<Option<AccountId>, StoreError> {
         let c = self.conn().await?;
-        Ok(c
-            .query_opt(
-                "SELECT account_id FROM tmtp_aliases WHERE alias = $1",
-                &[&alias],
-            )
-            .await?
-            .map(|r| r.get(0)))
+        Ok(c.query_opt(
+            "SELECT account_id FROM tmtp_aliases WHERE alias = $1",
+            &[&alias],
+        )
+        .await?
+        .map(|r| r.get(0)))
     }
 
     async fn tmtp_group(&self, gid: &str) -> Result<Vec<GroupMember>, StoreError> {
@@ -190,11 +187,7 @@ impl TmtpStore for PgStore {
         .collect()
     }
 
-    async fn tmtp_set_group_member(
-        &self,
-        gid: &str,
-        m: &GroupMember,
-    ) -> Result<bool, StoreError> {
+    async fn tmtp_set_group_member(&self, gid: &str, m: &GroupMember) -> Result<bool, StoreError> {
         let c = self.conn().await?;
         let status = m.status as i16;
         let n = c
@@ -227,28 +220,26 @@ impl TmtpStore for PgStore {
 
     async fn tmtp_ohi_targets(&self, account: AccountId) -> Result<Vec<AccountId>, StoreError> {
         let c = self.conn().await?;
-        Ok(c
-            .query(
-                "SELECT target_id FROM tmtp_ohi WHERE account_id = $1 ORDER BY target_id",
-                &[&account],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+        Ok(c.query(
+            "SELECT target_id FROM tmtp_ohi WHERE account_id = $1 ORDER BY target_id",
+            &[&account],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
     }
 
     async fn tmtp_ohi_sources(&self, account: AccountId) -> Result<Vec<AccountId>, StoreError> {
         let c = self.conn().await?;
-        Ok(c
-            .query(
-                "SELECT account_id FROM tmtp_ohi WHERE target_id = $1 ORDER BY account_id",
-                &[&account],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+        Ok(c.query(
+            "SELECT account_id FROM tmtp_ohi WHERE target_id = $1 ORDER BY account_id",
+            &[&account],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
     }
 
     async fn tmtp_enqueue(

@@ -2,8 +2,7 @@
 
 use super::*;
 use crate::store::tmtp::{
-    GroupMember, GroupStatus, NodeId, TmtpMember, TmtpPayload, TmtpPriority, TmtpQueued,
-    TmtpStore,
+    GroupMember, GroupStatus, NodeId, TmtpMember, TmtpPayload, TmtpPriority, TmtpQueued, TmtpStore,
 };
 
 /// The member row joined with its account's address.
@@ -153,10 +152,11 @@ impl TmtpStore for SqliteStore {
     async fn tmtp_alias(&self, alias: &str) -> Result<Option<AccountId>, StoreError> {
         let alias = alias.to_owned();
         self.read(move |c| {
-            Ok(c
-                .prepare_cached("SELECT account_id FROM tmtp_aliases WHERE alias = ?1")?
-                .query_row([alias], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT account_id FROM tmtp_aliases WHERE alias = ?1")?
+                    .query_row([alias], |r| r.get(0))
+                    .optional()?,
+            )
         })
         .await
     }
@@ -169,7 +169,11 @@ impl TmtpStore for SqliteStore {
                  ORDER BY account_id",
             )?;
             let rows = stmt.query_map([gid], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             rows.map(|row| {
                 let (account, alias, status) = row?;
@@ -185,11 +189,7 @@ impl TmtpStore for SqliteStore {
         .await
     }
 
-    async fn tmtp_set_group_member(
-        &self,
-        gid: &str,
-        m: &GroupMember,
-    ) -> Result<bool, StoreError> {
+    async fn tmtp_set_group_member(&self, gid: &str, m: &GroupMember) -> Result<bool, StoreError> {
         let (gid, m) = (gid.to_owned(), m.clone());
         self.writer
             .write(move |c| {
@@ -310,9 +310,11 @@ impl TmtpStore for SqliteStore {
     async fn tmtp_ack(&self, node: NodeId, seq: i64) -> Result<bool, StoreError> {
         self.writer
             .write(move |c| {
-                Ok(c.prepare_cached("DELETE FROM tmtp_queue WHERE node_id = ?1 AND seq = ?2")?
-                    .execute(params![node, seq])?
-                    > 0)
+                Ok(
+                    c.prepare_cached("DELETE FROM tmtp_queue WHERE node_id = ?1 AND seq = ?2")?
+                        .execute(params![node, seq])?
+                        > 0,
+                )
             })
             .await
     }
