@@ -163,10 +163,19 @@ fn for_list(v: Value) -> Result<Option<Vec<ForEntry>>, ()> {
         .map(Some)
 }
 
+/// A header mnm's decoder refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid header")]
+pub struct BadHeader;
+
 impl Header {
     /// Parse a header's JSON; `Err` for anything mnm's decoder refuses (not an object, a
     /// field of the wrong type, a fraction where an integer belongs, an op over 255).
-    pub fn parse(json: &[u8]) -> Result<Header, ()> {
+    pub fn parse(json: &[u8]) -> Result<Header, BadHeader> {
+        Self::fields(json).map_err(|()| BadHeader)
+    }
+
+    fn fields(json: &[u8]) -> Result<Header, ()> {
         let Value::Object(map) = serde_json::from_slice(json).map_err(|_| ())? else {
             return Err(());
         };
@@ -239,7 +248,7 @@ pub async fn read_header<R: AsyncRead + Unpin>(
     r.read_exact(buf).await?;
     Header::parse(buf)
         .map(Some)
-        .map_err(|()| FrameError::Protocol(quit::HEADER))
+        .map_err(|BadHeader| FrameError::Protocol(quit::HEADER))
 }
 
 /// Read exactly `len` octets of data.

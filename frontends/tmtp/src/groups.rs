@@ -60,7 +60,7 @@ pub(crate) async fn edit(s: &Session, op: u8, h: &Header, data: Bytes) -> Result
     }
 }
 
-fn row<'a>(rows: &'a [GroupMember], account: AccountId) -> Option<&'a GroupMember> {
+fn row(rows: &[GroupMember], account: AccountId) -> Option<&GroupMember> {
     rows.iter().find(|r| r.account == account)
 }
 
