@@ -85,6 +85,7 @@ async fn invite(s: &Session, h: &Header, data: Bytes) -> Acked {
             h.from
         ));
     }
+    s.check_pings(account)?;
     let invitee = store
         .tmtp_alias(&h.to)
         .await

@@ -41,8 +41,15 @@ pub struct TmtpServer {
     domain: String,
     config: TmtpConfig,
     online: Online,
+    /// Registrations per address (an IPv6 address's /64).
     registrations: RateLimiter<IpAddr>,
+    /// Pings and invitations per member: contact with strangers, which Protocol.md lets a
+    /// server limit.
+    pings: RateLimiter<AccountId>,
 }
+
+/// Pings and invitations one member may send per day.
+const PINGS_PER_DAY: u32 = 200;
 
 /// A node's credentials, as `mailgate user node add` prints them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +70,7 @@ impl TmtpServer {
             registrations: RateLimiter::new(f64::from(per_hour) / 3600.0, per_hour.max(1)),
             config,
             online: Online::default(),
+            pings: RateLimiter::new(f64::from(PINGS_PER_DAY) / 86_400.0, PINGS_PER_DAY),
         }
     }
 

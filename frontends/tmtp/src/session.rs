@@ -31,6 +31,8 @@ pub(crate) const PING_BYTES: i64 = (PING_CHARS * 3) as i64;
 pub(crate) const ALIAS_MIN: usize = 8;
 /// Frames waiting for the writer.
 const OUT_BACKLOG: usize = 64;
+/// Nodes one member may have (each multiplies what is queued for it).
+const MAX_NODES: usize = 100;
 
 /// How a link ends.
 pub(crate) enum End {
@@ -75,7 +77,9 @@ pub(crate) async fn run(
 ) {
     let (mut rd, wr) = tokio::io::split(stream);
     let (out, out_rx) = mpsc::channel(OUT_BACKLOG);
-    let writer = tokio::spawn(write_loop(wr, out_rx));
+    let stuck = CancellationToken::new();
+    let idle = Duration::from_secs(server.config.idle_timeout_secs.max(1));
+    let writer = tokio::spawn(write_loop(wr, out_rx, idle, stuck.clone()));
     let mut s = Session {
         server,
         peer,
@@ -86,6 +90,8 @@ pub(crate) async fn run(
     let end = tokio::select! {
         end = s.read_loop(&mut rd, &state) => end,
         _ = shutdown.cancelled() => End::Silent,
+        // The peer stopped reading (or the link failed): nothing more can reach it.
+        _ = stuck.cancelled() => End::Silent,
     };
     if let End::Quit(error) = end {
         if s.rev {
@@ -99,13 +105,25 @@ pub(crate) async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
-async fn write_loop(mut wr: WriteHalf<BoxedIo>, mut rx: mpsc::Receiver<Bytes>) {
+/// Write frames as they come; a write that fails or that the peer does not take within
+/// `limit` (it stopped reading) ends the link through `stuck`.
+async fn write_loop(
+    mut wr: WriteHalf<BoxedIo>,
+    mut rx: mpsc::Receiver<Bytes>,
+    limit: Duration,
+    stuck: CancellationToken,
+) {
     while let Some(frame) = rx.recv().await {
-        if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
+        let write = async {
+            wr.write_all(&frame).await?;
+            wr.flush().await
+        };
+        if !matches!(tokio::time::timeout(limit, write).await, Ok(Ok(()))) {
+            stuck.cancel();
             return;
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(limit, wr.shutdown()).await;
 }
 
 /// mnm's `_checkPing`: valid UTF-8 of at most 140 UTF-16 units.
@@ -253,7 +271,8 @@ impl Session {
         if server.config.registration == Registration::Closed {
             return Err(End::Quit(quit::REGISTER_CLOSED));
         }
-        if !server.registrations.check(&self.peer.ip()) {
+        let peer = mailgate_core::login::peer_key(self.peer.ip());
+        if !server.registrations.check(&peer) {
             server.core.metrics.event("tmtp_register", "throttled");
             return Err(End::Quit(quit::REGISTER));
         }
@@ -464,6 +483,16 @@ impl Session {
                 }
                 Err(e) => Err(e),
             }
+        } else if self
+            .server
+            .core
+            .store
+            .tmtp_nodes(account)
+            .await
+            .map_or(0, |n| n.len())
+            >= MAX_NODES
+        {
+            Err(format!("a member has at most {MAX_NODES} nodes"))
         } else {
             let (secret, hash) = ids::new_node_secret();
             match self
@@ -553,6 +582,7 @@ impl Session {
             if store.tmtp_alias(&h.from).await.map_err(store_error)? != Some(account) {
                 return Err("from must identify sender".to_owned());
             }
+            self.check_pings(account)?;
             let to = store
                 .tmtp_alias(&h.to)
                 .await
@@ -576,6 +606,16 @@ impl Session {
         .await;
         self.ack(&h.id, result).await;
         Ok(())
+    }
+
+    /// Pings and invitations are limited per member and day.
+    pub(crate) fn check_pings(&self, account: AccountId) -> Result<(), String> {
+        if self.server.pings.check(&account) {
+            Ok(())
+        } else {
+            self.server.core.metrics.event("tmtp_ping", "throttled");
+            Err("too many pings and invitations today; try again later".to_owned())
+        }
     }
 
     /// Resolve a `for` list into accounts; `self_included` when the sender's account is among
