@@ -6,7 +6,7 @@ use super::{load, report, summarise, usable_connections, Load};
 use anyhow::Context;
 use clap::Args;
 use mailgate_tmtp::client::{ClientError, TmtpClient};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,34 +61,55 @@ async fn recipient(opts: &TmtpBench) -> anyhow::Result<(String, Vec<String>)> {
     Ok((uid, secrets))
 }
 
-/// A node's reader: deliveries acknowledged and their delays recorded, until `expected` says
-/// how many to wait for and they came, or nothing came for `idle`.
+/// What a run posts last, after every counted Post: a node that gets it has had them all.
+const STOP: &[u8] = b"stop";
+
+/// A node's reader: deliveries acknowledged and their delays recorded until the stop marker
+/// (or nothing for `idle`); returns the delays and when the last counted one came.
 async fn read_node(
     mut c: TmtpClient,
     base: Instant,
-    expected: tokio::sync::watch::Receiver<Option<u64>>,
     idle: Duration,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let mut delays = Vec::new();
+    let mut last = Duration::ZERO;
     loop {
-        if expected.borrow().is_some_and(|n| delays.len() as u64 >= n) {
-            return Ok(delays);
-        }
         let m = match c.recv_within(idle).await {
             Ok(Some(m)) => m,
-            Ok(None) | Err(ClientError::Timeout) => return Ok(delays),
+            Ok(None) | Err(ClientError::Timeout) => return Ok((delays, last)),
             Err(e) => return Err(e.into()),
         };
-        if m.op() == "delivery" {
-            let head = m.head["datahead"].as_u64().unwrap_or(0) as usize;
-            let sent = m
-                .data
-                .get(head..head + STAMP)
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .and_then(|s| s.parse::<u64>().ok());
-            if let Some(sent) = sent {
-                delays.push(base.elapsed().saturating_sub(Duration::from_nanos(sent)));
+        c.ack_if_needed(&m).await?;
+        if m.op() != "delivery" {
+            continue;
+        }
+        let head = m.head["datahead"].as_u64().unwrap_or(0) as usize;
+        let data = m.data.get(head..).unwrap_or_default();
+        if data == STOP {
+            return Ok((delays, last));
+        }
+        let sent = data
+            .get(..STAMP)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(sent) = sent {
+            last = base.elapsed();
+            delays.push(last.saturating_sub(Duration::from_nanos(sent)));
+        }
+    }
+}
+
+/// Post `data` to `to` and wait for its ack.
+async fn post(c: &mut TmtpClient, id: &str, to: &str, data: &[u8]) -> anyhow::Result<()> {
+    let req = json!({"op": 7, "id": id, "for": [{"id": to, "type": 1}], "datalen": data.len()});
+    c.send(&req, data).await?;
+    loop {
+        let m = c.expect().await?;
+        if m.op() == "ack" && m.str("id") == id {
+            if let Some(e) = m.head["error"].as_str() {
+                anyhow::bail!("post refused: {e}");
             }
+            return Ok(());
         }
         c.ack_if_needed(&m).await?;
     }
@@ -98,17 +119,11 @@ pub async fn run(opts: TmtpBench) -> anyhow::Result<()> {
     let opts = Arc::new(opts);
     let (uid, secrets) = recipient(&opts).await?;
     let base = Instant::now();
-    let (tell, expected) = tokio::sync::watch::channel(None);
     let mut readers = tokio::task::JoinSet::new();
     for secret in &secrets {
         let mut c = connect(&opts).await?;
         c.login(&uid, secret).await?;
-        readers.spawn(read_node(
-            c,
-            base,
-            expected.clone(),
-            Duration::from_secs(10),
-        ));
+        readers.spawn(read_node(c, base, Duration::from_secs(30)));
     }
     // The nodes' connections are open already: the probe sees what is left of the server's
     // per-address limit.
@@ -133,30 +148,21 @@ pub async fn run(opts: TmtpBench) -> anyhow::Result<()> {
             let (to, pad) = (to.clone(), pad.clone());
             async move {
                 let data = format!("{:0w$}{pad}", base.elapsed().as_nanos(), w = STAMP);
-                let id = i.to_string();
-                let req: Value = json!({"op": 7, "id": id, "for": [{"id": to, "type": 1}],
-                                        "datalen": data.len()});
-                c.send(&req, data.as_bytes()).await?;
-                loop {
-                    let m = c.expect().await?;
-                    if m.op() == "ack" && m.str("id") == id {
-                        if let Some(e) = m.head["error"].as_str() {
-                            anyhow::bail!("post refused: {e}");
-                        }
-                        break;
-                    }
-                    c.ack_if_needed(&m).await?;
-                }
+                post(&mut c, &i.to_string(), &to, data.as_bytes()).await?;
                 Ok(c)
             }
         },
     )
     .await?;
-    let _ = tell.send(Some(posts.ops));
-    let started = Instant::now();
+    let mut last = connect(&opts).await?;
+    last.register("stop", None).await?;
+    post(&mut last, "stop", &uid, STOP).await?;
     let mut delays = Vec::new();
+    let mut until = Duration::ZERO;
     while let Some(r) = readers.join_next().await {
-        delays.extend(r??);
+        let (d, at) = r??;
+        delays.extend(d);
+        until = until.max(at);
     }
     let label = format!(
         "tmtp posts: {connections} connections, {} B to one member with {} logged-in nodes \
@@ -167,7 +173,7 @@ pub async fn run(opts: TmtpBench) -> anyhow::Result<()> {
     let extra = json!({"bench": "tmtp", "connections": connections, "size": opts.load.size,
                        "nodes": secrets.len()});
     report(&posts, opts.load.json, extra.clone(), &label);
-    let delivered = summarise(delays, posts.elapsed + started.elapsed());
+    let delivered = summarise(delays, until);
     let mut extra = extra;
     extra["phase"] = json!("delivery");
     report(
