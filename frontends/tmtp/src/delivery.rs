@@ -7,8 +7,10 @@ use crate::TmtpServer;
 use bytes::Bytes;
 use mailgate_core::store::tmtp::{NodeId, TmtpPayload, TmtpQueued};
 use mailgate_core::store::AccountId;
+use mailgate_core::Address;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -49,9 +51,25 @@ pub(crate) struct Delivery {
     pub stop: CancellationToken,
 }
 
+/// What a delivery loop remembers between messages: who a sender is and the member's reach
+/// setting, re-read after a while so a change takes effect.
+struct Known {
+    senders: HashMap<Address, String>,
+    reach: Option<(Reach, Instant)>,
+}
+
+/// How long a delivery loop trusts what it looked up.
+const KNOWN_FOR: Duration = Duration::from_secs(5);
+/// Senders a delivery loop remembers.
+const KNOWN_SENDERS: usize = 1024;
+
 /// Run until the link ends.
 pub(crate) async fn run(mut d: Delivery) {
     let store = d.server.core.store.clone();
+    let mut known = Known {
+        senders: HashMap::new(),
+        reach: None,
+    };
     let ack_timeout = Duration::from_secs(d.server.config.ack_timeout_secs.max(1));
     loop {
         let item = match store.tmtp_next(d.node).await {
@@ -72,7 +90,7 @@ pub(crate) async fn run(mut d: Delivery) {
                 }
             }
         };
-        let frame = match render_item(&d, &item).await {
+        let frame = match render_item(&d, &mut known, &item).await {
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 // Gone from the store, or from a sender the member does not take TMTP mail
@@ -126,6 +144,7 @@ pub(crate) async fn run(mut d: Delivery) {
 /// The frame for a queue entry; `None` when it is not to be sent.
 async fn render_item(
     d: &Delivery,
+    known: &mut Known,
     item: &TmtpQueued,
 ) -> Result<Option<Bytes>, mailgate_core::StoreError> {
     let id = match &item.payload {
@@ -136,27 +155,43 @@ async fn render_item(
     let Some(message) = store.message(id).await? else {
         return Ok(None);
     };
-    let sender = match store.account(&message.sender).await? {
-        Some(a) => store.tmtp_member_by_account(a.id).await?,
-        None => None,
+    let reach = match known.reach {
+        Some((reach, at)) if at.elapsed() < KNOWN_FOR => reach,
+        _ => {
+            let reach = store
+                .setting(d.account, REACH_SETTING)
+                .await?
+                .and_then(|v| Reach::parse(&v))
+                .unwrap_or(Reach::Members);
+            known.reach = Some((reach, Instant::now()));
+            reach
+        }
     };
-    let local = d.server.core.policy.is_local(&message.sender.domain);
-    let reach = store
-        .setting(d.account, REACH_SETTING)
-        .await?
-        .and_then(|v| Reach::parse(&v))
-        .unwrap_or(Reach::Members);
+    // A member's uid never changes; a sender that is no member is looked up again.
+    let uid = match known.senders.get(&message.sender) {
+        Some(uid) => Some(uid.clone()),
+        None => {
+            let member = match store.account(&message.sender).await? {
+                Some(a) => store.tmtp_member_by_account(a.id).await?,
+                None => None,
+            };
+            if let Some(m) = &member {
+                if known.senders.len() >= KNOWN_SENDERS {
+                    known.senders.clear();
+                }
+                known.senders.insert(message.sender.clone(), m.uid.clone());
+            }
+            member.map(|m| m.uid)
+        }
+    };
     let allowed = match reach {
-        Reach::Members => sender.is_some(),
-        Reach::Local => local,
+        Reach::Members => uid.is_some(),
+        Reach::Local => d.server.core.policy.is_local(&message.sender.domain),
         Reach::Anyone => true,
     };
     if !allowed {
         return Ok(None);
     }
-    let from = match &sender {
-        Some(m) => m.uid.clone(),
-        None => message.sender.to_string(),
-    };
+    let from = uid.unwrap_or_else(|| message.sender.to_string());
     Ok(render::delivery(&message, &item.tmtp_id, &from).ok())
 }
