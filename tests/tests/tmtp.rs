@@ -297,3 +297,82 @@ async fn send_and_receive_commands_speak_tmtp() {
     let text = receive(false);
     assert!(!text.contains("\"delivery\""), "acknowledged: {text}");
 }
+
+/// IMMP DELIVER from `from` (logged in with `password`) to `to`, accepted.
+async fn immp_deliver(gw: &Gateway, from: &str, password: &str, to: &str, subject: &str) {
+    let mut immp = login(gw, from, password).await;
+    send(
+        &mut immp,
+        &format!(
+            "DELIVER TO {to}\nDATA NAME subject\n{subject}\n\n\nDATA NAME body LENGTH 4 +CONTENT\nbody\nDONE\n"
+        ),
+    )
+    .await;
+    for expected in ["270", "271", "272", "271", "272", "273"] {
+        let l = line(&mut immp).await;
+        assert!(l.starts_with(expected), "{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_reach_the_nodes_unless_the_account_says_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), 30);
+    for (a, p) in [
+        ("alice@a.test", "alice-pw"),
+        ("bob@a.test", "bob-pw"),
+        ("carol@a.test", "carol-pw"),
+    ] {
+        gw.add_user(a, p);
+    }
+    let (alice, alice_node) = add_node(&gw, "alice@a.test", "laptop");
+    let (bob, bob_node) = add_node(&gw, "bob@a.test", "desk");
+    // Carol is no member: by default her mail stays in the INBOX and skips Alice's nodes.
+    immp_deliver(
+        &gw,
+        "carol@a.test",
+        "carol-pw",
+        "alice@a.test",
+        "from a stranger",
+    )
+    .await;
+    let mut b = node(&gw, &bob, &bob_node).await;
+    b.post("p1", &[&alice], "from a member", "hi")
+        .await
+        .unwrap();
+    let mut a = node(&gw, &alice, &alice_node).await;
+    let first = next_delivery(&mut a).await;
+    assert_eq!(subject(&first), "from a member");
+    a.ack(first.str("id")).await.unwrap();
+    // Alice lets anyone reach her nodes: Carol's next mail comes, from her address.
+    let config = gw.config.to_str().unwrap();
+    run_ok(
+        &[
+            "user",
+            "node",
+            "reach",
+            "alice@a.test",
+            "anyone",
+            "--config",
+            config,
+        ],
+        None,
+        &gw.dir,
+    );
+    immp_deliver(
+        &gw,
+        "carol@a.test",
+        "carol-pw",
+        "alice@a.test",
+        "welcome now",
+    )
+    .await;
+    let next = next_delivery(&mut a).await;
+    assert_eq!(subject(&next), "welcome now");
+    assert_eq!(next.str("from"), "carol@a.test");
+    // Both of Carol's messages are in the INBOX for IMMP.
+    let mut reader = login(&gw, "alice@a.test", "alice-pw").await;
+    send(&mut reader, "MBOX CHECK /inbox\n").await;
+    let check = line(&mut reader).await;
+    assert!(check.contains("t=3"), "{check}");
+}

@@ -10,7 +10,7 @@ use mailgate_core::store::AccountId;
 use mailgate_core::Address;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -51,15 +51,12 @@ pub(crate) struct Delivery {
     pub stop: CancellationToken,
 }
 
-/// What a delivery loop remembers between messages: who a sender is and the member's reach
-/// setting, re-read after a while so a change takes effect.
+/// What a delivery loop remembers between messages: the uids of senders that are members (a
+/// uid never changes; a sender that is no member is looked up again each time).
 struct Known {
     senders: HashMap<Address, String>,
-    reach: Option<(Reach, Instant)>,
 }
 
-/// How long a delivery loop trusts what it looked up.
-const KNOWN_FOR: Duration = Duration::from_secs(5);
 /// Senders a delivery loop remembers.
 const KNOWN_SENDERS: usize = 1024;
 
@@ -68,7 +65,6 @@ pub(crate) async fn run(mut d: Delivery) {
     let store = d.server.core.store.clone();
     let mut known = Known {
         senders: HashMap::new(),
-        reach: None,
     };
     let ack_timeout = Duration::from_secs(d.server.config.ack_timeout_secs.max(1));
     loop {
@@ -155,19 +151,12 @@ async fn render_item(
     let Some(message) = store.message(id).await? else {
         return Ok(None);
     };
-    let reach = match known.reach {
-        Some((reach, at)) if at.elapsed() < KNOWN_FOR => reach,
-        _ => {
-            let reach = store
-                .setting(d.account, REACH_SETTING)
-                .await?
-                .and_then(|v| Reach::parse(&v))
-                .unwrap_or(Reach::Members);
-            known.reach = Some((reach, Instant::now()));
-            reach
-        }
-    };
-    // A member's uid never changes; a sender that is no member is looked up again.
+    // Read each time: a change of the setting applies to the next message.
+    let reach = store
+        .setting(d.account, REACH_SETTING)
+        .await?
+        .and_then(|v| Reach::parse(&v))
+        .unwrap_or(Reach::Members);
     let uid = match known.senders.get(&message.sender) {
         Some(uid) => Some(uid.clone()),
         None => {
