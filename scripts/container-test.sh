@@ -164,10 +164,13 @@ grep -q '^700 /var/lib/mailgate$' <<<"$modes" || fail "data directory mode"
 grep -q '^600 /var/lib/mailgate/mailgate.db$' <<<"$modes" || fail "database mode"
 grep -q '^600 /var/lib/mailgate/tls/key.pem$' <<<"$modes" || fail "key mode"
 # None of this machine's extra CAs (the builder's) is trusted by the image.
+# (Outputs are read whole before grep -q looks at them: with pipefail, a writer cut off by grep's
+# early exit would fail the pipeline, or pass a check that should fail.)
+bundle=$(docker run --rm --entrypoint cat "$image" /etc/ssl/certs/ca-certificates.crt | tr -d '\n')
 for ca in /usr/local/share/ca-certificates/*.crt; do
     [ -e "$ca" ] || continue
     pem=$(sed -n '/BEGIN CERT/,/END CERT/p' "$ca" | grep -v CERTIFICATE | tr -d '\n' | cut -c1-64)
-    if docker run --rm --entrypoint cat "$image" /etc/ssl/certs/ca-certificates.crt | tr -d '\n' | grep -qF "$pem"; then
+    if grep -qF "$pem" <<<"$bundle"; then
         fail "the builder's extra CA $ca is in the image's trust store"
     fi
 done
@@ -184,7 +187,8 @@ docker restart "$name" >/dev/null
 wait_healthy "$name"
 inbox=$(read_inbox)
 [ "$(grep -c '"subject"' <<<"$inbox")" = 3 ] || fail "after the restart: $inbox"
-docker exec "$name" mailgate user list | grep -q alice@localhost || fail "alice after the restart"
+users=$(docker exec "$name" mailgate user list)
+grep -q alice@localhost <<<"$users" || fail "alice after the restart: $users"
 say "restarted: accounts and mail are there"
 
 # docker stop: SIGTERM, exit 0, well before the 10 s SIGKILL.
@@ -203,7 +207,8 @@ chmod 644 "$work/partial.toml"
 docker run -d --name "$name-partial" -v "$volume-partial:/var/lib/mailgate" \
     -v "$work/partial.toml:/etc/mailgate/mailgate.toml:ro" "$image" >/dev/null
 wait_healthy "$name-partial"
-docker logs "$name-partial" 2>&1 | grep -q 'mmtp.listen listening on 0.0.0.0:8025' || fail "partial config listeners"
+partial_logs=$(docker logs "$name-partial" 2>&1)
+grep -q 'mmtp.listen listening on 0.0.0.0:8025' <<<"$partial_logs" || fail "partial config listeners"
 say "a partial config keeps the container defaults"
 
 # A cached rebuild after a one-line change.
