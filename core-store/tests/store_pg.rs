@@ -8,7 +8,7 @@ mod pg;
 
 use contract::{addr, Backend};
 use mailgate_core::store::prelude::*;
-use mailgate_core::store::LiveEvent;
+use mailgate_core::store::{LiveEvent, LiveKind};
 use mailgate_core::{MessageId, Metrics, PgOptions, PgStore};
 use std::sync::Arc;
 
@@ -157,7 +157,7 @@ async fn live_events_reach_every_store_on_the_database() {
     let (one, two) = (open(&url).await.unwrap(), open(&url).await.unwrap());
     let mut rx = two.subscribe_live();
     let event = LiveEvent {
-        message: MessageId::new(),
+        kind: LiveKind::Push(MessageId::new()),
         accounts: (1..=1200).collect(),
     };
     // The listener connects in the background: publish until it hears one publication whole.
@@ -179,7 +179,7 @@ async fn live_events_reach_every_store_on_the_database() {
         let wait = std::time::Duration::from_millis(300);
         match tokio::time::timeout(wait, rx.recv()).await {
             Ok(Ok(e)) => {
-                assert_eq!(e.message, event.message);
+                assert_eq!(e.kind, event.kind);
                 got.extend(e.accounts);
             }
             _ => publish = got.len() < event.accounts.len(),

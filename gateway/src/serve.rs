@@ -443,6 +443,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.tmtp.clone(),
         ));
         tracker.spawn(tmtp.clone().watch_arrivals(shutdown.clone()));
+        tracker.spawn(tmtp.clone().watch_presence(shutdown.clone()));
         let l = bind(config.tmtp.listen, "tmtp.listen").await?;
         servers.spawn(listener::serve(
             "tmtp",

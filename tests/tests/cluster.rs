@@ -533,3 +533,85 @@ async fn a_sqlite_site_moves_to_postgres_with_store_migrate() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("empty store"));
 }
+
+/// TMTP members logged in on two nodes of one site: presence notices and posts cross from one
+/// node to the other through the shared store.
+#[tokio::test(flavor = "multi_thread")]
+async fn tmtp_members_on_two_nodes_hear_each_others_presence_and_posts() {
+    use mailgate_tmtp::client::TmtpClient;
+    use serde_json::json;
+    let Some(url) = database("tmtp_two_nodes").await else {
+        return;
+    };
+    let tail = store(&url);
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c1 = Site {
+        tail: &tail,
+        ..Site::new(&["a.test"], "127.0.0.2")
+    }
+    .config(d1.path());
+    let n1 = Gateway::start(d1.path(), Some(&c1));
+    let c2 = Site {
+        tail: &tail,
+        ..Site::new(&["a.test"], "127.0.0.3")
+    }
+    .config(d2.path());
+    let n2 = Gateway::start(d2.path(), Some(&c2));
+    n1.add_user("alice@a.test", "alice-pw");
+    n1.add_user("bob@a.test", "bob-pw");
+    let node = |gw: &Gateway, who: &str| {
+        let config = gw.config.to_str().unwrap().to_owned();
+        let out = support::run_ok(
+            &["user", "node", "add", who, "device", "--config", &config],
+            None,
+            &gw.dir,
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}\t")))
+                .unwrap()
+                .to_owned()
+        };
+        (field("uid"), field("node"))
+    };
+    let (alice, alice_node) = node(&n1, "alice@a.test");
+    let (bob, bob_node) = node(&n2, "bob@a.test");
+    let login = |gw: &Gateway, uid: String, secret: String| {
+        let (tls, name) = gw.connector();
+        let addr = gw.addr("tmtp.listen").to_owned();
+        async move {
+            let mut c = TmtpClient::connect(&addr, tls, name).await.unwrap();
+            c.rev().await.unwrap();
+            c.login(&uid, &secret).await.unwrap();
+            c
+        }
+    };
+    let mut a = login(&n1, alice.clone(), alice_node).await;
+    let mut b = login(&n2, bob.clone(), bob_node).await;
+    // Alice, on node 1, tells Bob, on node 2, that she is online.
+    a.send(
+        &json!({"op": 4, "id": "o1", "type": "add", "for": [{"id": bob}]}),
+        &[],
+    )
+    .await
+    .unwrap();
+    let ohi = b.expect_op("ohi").await.unwrap();
+    assert_eq!(
+        (ohi.str("from"), ohi.head["status"].as_u64()),
+        (alice.as_str(), Some(1))
+    );
+    // Her Post reaches Bob's node on the other gateway.
+    a.post("p1", &[&bob], "across nodes", "hello")
+        .await
+        .unwrap();
+    let delivery = b.expect_op("delivery").await.unwrap();
+    assert_eq!(delivery.str("from"), alice);
+    assert!(delivery.data.ends_with(b"hello"));
+    b.ack(delivery.str("id")).await.unwrap();
+    // Her last node goes offline: Bob hears it on node 2.
+    a.quit().await.unwrap();
+    let ohi = b.expect_op("ohi").await.unwrap();
+    assert_eq!(ohi.head["status"].as_u64(), Some(2));
+    drop((n1, n2));
+}

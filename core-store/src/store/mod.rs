@@ -767,14 +767,28 @@ pub trait SettingsStore: Send + Sync + 'static {
     async fn site_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 }
 
-/// Something that happened in the store that open sessions on any node may show at once: a
-/// push placed in these accounts' mailboxes.
+/// Something that open sessions on any node may show at once, for these accounts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LiveEvent {
-    /// The stored push.
-    pub message: MessageId,
-    /// The accounts it was delivered to.
+    /// What happened.
+    pub kind: LiveKind,
+    /// The accounts whose sessions show it.
     pub accounts: Vec<AccountId>,
+}
+
+/// What a live event tells.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveKind {
+    /// An IMMP push, stored in the accounts' PUSH folders.
+    Push(MessageId),
+    /// A TMTP member came online (status 1) or went offline (2): its contacts' nodes hear it.
+    Presence {
+        /// The member's uid.
+        from: String,
+        /// 1 online, 2 offline.
+        status: u8,
+    },
 }
 
 /// Live events across every process sharing the store (a node's own included).

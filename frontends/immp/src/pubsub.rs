@@ -8,7 +8,7 @@ use crate::pipeline::{Phase, Pipeline, PushTxn, Txn};
 use crate::session::PROTOCOL;
 use bytes::Bytes;
 use mailgate_core::message::now_ms;
-use mailgate_core::store::LiveEvent;
+use mailgate_core::store::{LiveEvent, LiveKind};
 use mailgate_core::{
     Address, ImidRef, Importance, Message, MessageKind, Origin, Part, SenderCheck, Submitter,
     TraceHop,
@@ -407,7 +407,7 @@ impl Pipeline {
                     last_id = Some(id);
                     // Every node's open sessions of these accounts show it (this one's too).
                     let event = LiveEvent {
-                        message: id,
+                        kind: LiveKind::Push(id),
                         accounts: receipt.local_accounts.clone(),
                     };
                     if let Err(e) = self.shared.server.core.store.publish_live(event).await {

@@ -10,7 +10,7 @@ use crate::payload::{read_line, read_payload, Line, PartSpec, PayloadError};
 use crate::pipeline::{Pipeline, Shared, Work};
 use mailgate_core::io::{ConnState, Io};
 use mailgate_core::ratelimit::RateLimiter;
-use mailgate_core::store::{AccountId, LiveEvent};
+use mailgate_core::store::{AccountId, LiveEvent, LiveKind};
 use mailgate_core::Core;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -460,6 +460,10 @@ impl ImmpServer {
 
     /// Show one stored push to the sessions open here for its accounts.
     async fn show(&self, event: LiveEvent) {
+        // Other front-ends' events (TMTP presence) are not pushes.
+        let LiveKind::Push(id) = event.kind else {
+            return;
+        };
         let here: Vec<broadcast::Sender<Arc<str>>> = match self.live.lock() {
             Ok(live) => event
                 .accounts
@@ -471,7 +475,7 @@ impl ImmpServer {
         if here.is_empty() {
             return;
         }
-        let message = match self.core.store.message(event.message).await {
+        let message = match self.core.store.message(id).await {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {

@@ -18,7 +18,7 @@ mod session;
 use mailgate_core::io::{BoxedIo, ConnState};
 use mailgate_core::ratelimit::RateLimiter;
 use mailgate_core::store::tmtp::{NodeId, TmtpMember, TmtpPayload, TmtpPriority};
-use mailgate_core::store::AccountId;
+use mailgate_core::store::{AccountId, LiveEvent, LiveKind};
 use mailgate_core::{Address, Core, StoreError};
 use online::Online;
 use std::net::{IpAddr, SocketAddr};
@@ -99,6 +99,52 @@ impl TmtpServer {
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             }
+        }
+    }
+
+    /// Show presence notices to the nodes logged in here, whichever gateway sharing the store
+    /// published them, until `shutdown`.
+    pub async fn watch_presence(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut events = self.core.store.subscribe_live();
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = events.recv() => e,
+            };
+            match event {
+                Ok(LiveEvent {
+                    kind: LiveKind::Presence { from, status },
+                    accounts,
+                }) => {
+                    let frame = session::ohi_frame(&from, status);
+                    for account in accounts {
+                        self.online.notify(account, &frame);
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "tmtp: presence notices fell behind");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Tell the nodes of `accounts`, on every gateway sharing the store, that the member `uid`
+    /// came online (1) or went offline (2).
+    async fn tell_presence(&self, uid: &str, status: u8, accounts: Vec<AccountId>) {
+        if accounts.is_empty() {
+            return;
+        }
+        let event = LiveEvent {
+            kind: LiveKind::Presence {
+                from: uid.to_owned(),
+                status,
+            },
+            accounts,
+        };
+        if let Err(e) = self.core.store.publish_live(event).await {
+            tracing::warn!(error = %e, "tmtp: a presence notice was not sent");
         }
     }
 

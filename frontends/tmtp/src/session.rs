@@ -433,10 +433,9 @@ impl Session {
             .tmtp_ohi_targets(l.member.account)
             .await
             .unwrap_or_default();
-        let frame = ohi_frame(&l.member.uid, status);
-        for t in targets {
-            self.server.online.notify(t, &frame);
-        }
+        self.server
+            .tell_presence(&l.member.uid, status, targets)
+            .await;
     }
 
     async fn logout(&mut self) {
@@ -541,15 +540,18 @@ impl Session {
                 }
             }
         }
-        let frame = ohi_frame(&uid, if on { 1 } else { 2 });
         let mut result = Ok(());
+        let mut changed = Vec::new();
         for t in targets {
             match store.tmtp_set_ohi(account, t, on).await {
-                Ok(true) => self.server.online.notify(t, &frame),
+                Ok(true) => changed.push(t),
                 Ok(false) => {}
                 Err(e) => result = Err(store_error(e)),
             }
         }
+        self.server
+            .tell_presence(&uid, if on { 1 } else { 2 }, changed)
+            .await;
         if result.is_ok() && h.kind != "init" {
             let id = ids::new_id();
             let echo: Vec<Value> = list.iter().map(|e| json!({ "id": e.id })).collect();
@@ -804,7 +806,7 @@ pub(crate) fn std_frame_at(op: &str, id: &str, from: &str, ms: i64) -> OutFrame 
 }
 
 /// A presence notice.
-fn ohi_frame(uid: &str, status: u8) -> Bytes {
+pub(crate) fn ohi_frame(uid: &str, status: u8) -> Bytes {
     OutFrame::new("ohi")
         .with("from", uid)
         .with("status", status)

@@ -60,7 +60,7 @@ impl LiveEvents for PgStore {
         let c = self.conn().await?;
         for accounts in event.accounts.chunks(ACCOUNTS_PER_EVENT) {
             let payload = serde_json::to_string(&LiveEvent {
-                message: event.message,
+                kind: event.kind.clone(),
                 accounts: accounts.to_vec(),
             })
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
