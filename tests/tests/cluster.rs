@@ -559,24 +559,8 @@ async fn tmtp_members_on_two_nodes_hear_each_others_presence_and_posts() {
     let n2 = Gateway::start(d2.path(), Some(&c2));
     n1.add_user("alice@a.test", "alice-pw");
     n1.add_user("bob@a.test", "bob-pw");
-    let node = |gw: &Gateway, who: &str| {
-        let config = gw.config.to_str().unwrap().to_owned();
-        let out = support::run_ok(
-            &["user", "node", "add", who, "device", "--config", &config],
-            None,
-            &gw.dir,
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}\t")))
-                .unwrap()
-                .to_owned()
-        };
-        (field("uid"), field("node"))
-    };
-    let (alice, alice_node) = node(&n1, "alice@a.test");
-    let (bob, bob_node) = node(&n2, "bob@a.test");
+    let (alice, alice_node) = n1.add_tmtp_node("alice@a.test", "device");
+    let (bob, bob_node) = n2.add_tmtp_node("bob@a.test", "device");
     let login = |gw: &Gateway, uid: String, secret: String| {
         let (tls, name) = gw.connector();
         let addr = gw.addr("tmtp.listen").to_owned();

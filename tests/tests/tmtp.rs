@@ -28,24 +28,6 @@ fn config(dir: &Path, ack_secs: u64) -> String {
         + &format!("registration = \"open\"\nack_timeout_secs = {ack_secs}\n")
 }
 
-/// `mailgate user node add`: the printed uid and node secret.
-fn add_node(gw: &Gateway, address: &str, label: &str) -> (String, String) {
-    let config = gw.config.to_str().unwrap();
-    let out = run_ok(
-        &["user", "node", "add", address, label, "--config", config],
-        None,
-        &gw.dir,
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}\t")))
-            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
-            .to_owned()
-    };
-    (field("uid"), field("node"))
-}
-
 async fn connect(gw: &Gateway) -> TmtpClient {
     let (tls, name) = gw.connector();
     let mut c = TmtpClient::connect(gw.addr("tmtp.listen"), tls, name)
@@ -114,10 +96,10 @@ async fn two_nodes_get_a_post_and_an_immp_delivery_in_order_and_the_inbox_keeps_
     let gw = gateway(dir.path(), 30);
     gw.add_user("alice@a.test", "alice-pw");
     gw.add_user("bob@a.test", "bob-pw");
-    let (alice, laptop) = add_node(&gw, "alice@a.test", "laptop");
-    let (alice_again, phone) = add_node(&gw, "alice@a.test", "phone");
+    let (alice, laptop) = gw.add_tmtp_node("alice@a.test", "laptop");
+    let (alice_again, phone) = gw.add_tmtp_node("alice@a.test", "phone");
     assert_eq!(alice, alice_again, "one uid per account");
-    let (bob, bob_node) = add_node(&gw, "bob@a.test", "desk");
+    let (bob, bob_node) = gw.add_tmtp_node("bob@a.test", "desk");
 
     // Bob posts over TMTP, then delivers over IMMP, while Alice's nodes are offline.
     let mut b = node(&gw, &bob, &bob_node).await;
@@ -215,8 +197,8 @@ async fn closed_registration_refuses_register_and_a_wrong_secret_is_refused() {
     assert!(c.recv().await.unwrap().is_none(), "closed after quit");
 
     gw.add_user("alice@a.test", "alice-pw");
-    let (uid, _) = add_node(&gw, "alice@a.test", "laptop");
-    let (_, other) = add_node(&gw, "alice@a.test", "phone");
+    let (uid, _) = gw.add_tmtp_node("alice@a.test", "laptop");
+    let (_, other) = gw.add_tmtp_node("alice@a.test", "phone");
     let mut c = connect(&gw).await;
     let wrong = other.chars().rev().collect::<String>();
     c.send(&json!({"op": 2, "uid": uid, "node": wrong}), &[])
@@ -232,8 +214,8 @@ async fn send_and_receive_commands_speak_tmtp() {
     let gw = gateway(dir.path(), 30);
     gw.add_user("alice@a.test", "alice-pw");
     gw.add_user("bob@a.test", "bob-pw");
-    let (alice, alice_node) = add_node(&gw, "alice@a.test", "laptop");
-    let (bob, bob_node) = add_node(&gw, "bob@a.test", "desk");
+    let (alice, alice_node) = gw.add_tmtp_node("alice@a.test", "laptop");
+    let (bob, bob_node) = gw.add_tmtp_node("bob@a.test", "desk");
     let config = gw.config.to_str().unwrap();
     let server = gw.addr("tmtp.listen");
     let sent = run_ok(
@@ -325,8 +307,8 @@ async fn only_members_reach_the_nodes_unless_the_account_says_otherwise() {
     ] {
         gw.add_user(a, p);
     }
-    let (alice, alice_node) = add_node(&gw, "alice@a.test", "laptop");
-    let (bob, bob_node) = add_node(&gw, "bob@a.test", "desk");
+    let (alice, alice_node) = gw.add_tmtp_node("alice@a.test", "laptop");
+    let (bob, bob_node) = gw.add_tmtp_node("bob@a.test", "desk");
     // Carol is no member: by default her mail stays in the INBOX and skips Alice's nodes.
     immp_deliver(
         &gw,

@@ -800,6 +800,36 @@ pub trait LiveEvents: Send + Sync + 'static {
     fn subscribe_live(&self) -> tokio::sync::broadcast::Receiver<LiveEvent>;
 }
 
+/// Hand every live event to `show`, in order, until `stop` completes; a subscriber that falls
+/// behind logs how many `what` it missed and goes on.
+pub async fn follow_live<S, F, Fut>(
+    store: &S,
+    stop: impl std::future::Future<Output = ()>,
+    what: &'static str,
+    mut show: F,
+) where
+    S: LiveEvents + ?Sized,
+    F: FnMut(LiveEvent) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = store.subscribe_live();
+    tokio::pin!(stop);
+    loop {
+        let event = tokio::select! {
+            _ = &mut stop => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(event) => show(event).await,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "{what} fell behind; some were not shown");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 /// A whole store: the mail store and every capability the front-ends use.
 pub trait Store:
     MailStore + PubSubStore + HostedStore + SettingsStore + LiveEvents + tmtp::TmtpStore

@@ -10,7 +10,7 @@ use crate::payload::{read_line, read_payload, Line, PartSpec, PayloadError};
 use crate::pipeline::{Pipeline, Shared, Work};
 use mailgate_core::io::{ConnState, Io};
 use mailgate_core::ratelimit::RateLimiter;
-use mailgate_core::store::{AccountId, LiveEvent, LiveKind};
+use mailgate_core::store::{follow_live, AccountId, LiveEvent, LiveKind};
 use mailgate_core::Core;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -442,20 +442,11 @@ impl ImmpServer {
     /// Show pushes to this node's open sessions as the store reports them — stored on this
     /// node or on any other sharing the store — until `shutdown`.
     pub async fn show_live_pushes(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut events = self.core.store.subscribe_live();
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                e = events.recv() => e,
-            };
-            match event {
-                Ok(event) => self.show(event).await,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "live pushes fell behind; some were not shown");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
+        let store = self.core.store.clone();
+        follow_live(&*store, shutdown.cancelled(), "live pushes", |event| {
+            self.show(event)
+        })
+        .await
     }
 
     /// Show one stored push to the sessions open here for its accounts.

@@ -18,7 +18,7 @@ mod session;
 use mailgate_core::io::{BoxedIo, ConnState};
 use mailgate_core::ratelimit::RateLimiter;
 use mailgate_core::store::tmtp::{NodeId, TmtpMember, TmtpPayload, TmtpPriority};
-use mailgate_core::store::{AccountId, LiveEvent, LiveKind};
+use mailgate_core::store::{follow_live, AccountId, LiveEvent, LiveKind};
 use mailgate_core::{Address, Core, StoreError};
 use online::Online;
 use std::net::{IpAddr, SocketAddr};
@@ -105,29 +105,17 @@ impl TmtpServer {
     /// Show presence notices to the nodes logged in here, whichever gateway sharing the store
     /// published them, until `shutdown`.
     pub async fn watch_presence(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut events = self.core.store.subscribe_live();
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                e = events.recv() => e,
-            };
-            match event {
-                Ok(LiveEvent {
-                    kind: LiveKind::Presence { from, status },
-                    accounts,
-                }) => {
-                    let frame = session::ohi_frame(&from, status);
-                    for account in accounts {
-                        self.online.notify(account, &frame);
-                    }
+        let store = self.core.store.clone();
+        follow_live(&*store, shutdown.cancelled(), "presence notices", |event| {
+            if let LiveKind::Presence { from, status } = event.kind {
+                let frame = session::ohi_frame(&from, status);
+                for account in event.accounts {
+                    self.online.notify(account, &frame);
                 }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "tmtp: presence notices fell behind");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
-        }
+            std::future::ready(())
+        })
+        .await
     }
 
     /// Tell the nodes of `accounts`, on every gateway sharing the store, that the member `uid`

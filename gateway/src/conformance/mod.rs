@@ -549,6 +549,26 @@ async fn next_line(conn: &mut BufReader<Conn>) -> anyhow::Result<String> {
     Ok(buf.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// Write a step's bytes: at once, or in pieces of `chunk` bytes with a pause between them.
+async fn write_out(
+    conn: &mut BufReader<Conn>,
+    out: &[u8],
+    chunk: Option<usize>,
+) -> anyhow::Result<()> {
+    match chunk {
+        Some(n) if n > 0 => {
+            for piece in out.chunks(n) {
+                conn.get_mut().write_all(piece).await?;
+                conn.get_mut().flush().await?;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        _ => conn.get_mut().write_all(out).await?,
+    }
+    conn.get_mut().flush().await?;
+    Ok(())
+}
+
 async fn stream_step(
     conn: &mut BufReader<Conn>,
     transport: Transport,
@@ -578,16 +598,7 @@ async fn stream_step(
     if let Some(raw) = &step.send_raw {
         out.extend_from_slice(subst(raw, vars, false)?.as_bytes());
     }
-    match step.chunk {
-        Some(n) if n > 0 => {
-            for piece in out.chunks(n) {
-                conn.get_mut().write_all(piece).await?;
-                conn.get_mut().flush().await?;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        _ => conn.get_mut().write_all(&out).await?,
-    }
+    write_out(conn, &out, step.chunk).await?;
     if step.expect_closed {
         let mut rest = Vec::new();
         let n = tokio::time::timeout(

@@ -4,7 +4,7 @@
 //! their JSON header (`expect`, `matches`, `capture`) and data (`body`).
 
 use super::case::{Case, Step};
-use super::{check_json, subst, Runner, STEP_TIMEOUT};
+use super::{check_json, subst, write_out, Runner, STEP_TIMEOUT};
 use anyhow::{bail, Context};
 use regex::Regex;
 use serde_json::Value;
@@ -149,17 +149,7 @@ async fn step(
     }
     let conn = conns[index].as_mut().expect("opened above");
     let out = request(step, vars)?;
-    match step.chunk {
-        Some(n) if n > 0 => {
-            for piece in out.chunks(n) {
-                conn.get_mut().write_all(piece).await?;
-                conn.get_mut().flush().await?;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        _ => conn.get_mut().write_all(&out).await?,
-    }
-    conn.get_mut().flush().await?;
+    write_out(conn, &out, step.chunk).await?;
     if let Some(ms) = step.quiet_ms {
         if let Ok(frame) = tokio::time::timeout(Duration::from_millis(ms), read_frame(conn)).await {
             if let Some(f) = frame? {

@@ -379,6 +379,24 @@ impl Gateway {
         run_ok(&args, Some(&format!("{password}\n")), &self.dir);
     }
 
+    /// `mailgate user node add`: a TMTP node for `address`; the printed uid and node secret.
+    pub fn add_tmtp_node(&self, address: &str, label: &str) -> (String, String) {
+        let config = self.config.to_str().unwrap();
+        let out = run_ok(
+            &["user", "node", "add", address, label, "--config", config],
+            None,
+            &self.dir,
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}\t")))
+                .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+                .to_owned()
+        };
+        (field("uid"), field("node"))
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
