@@ -190,4 +190,12 @@ impl Transport {
     pub fn lines(self) -> bool {
         matches!(self, Transport::Line | Transport::Smtp)
     }
+
+    /// Whether `line` is one the server may send at any moment, not a reply to the step: an
+    /// IMMP live push (`150`), which reaches every open session of the account — the cases
+    /// share their accounts and run at once — before or after the reply to the command that
+    /// caused it. The runner sets such a line aside until a step expects it.
+    pub fn unsolicited(self, line: &str) -> bool {
+        self == Transport::Line && line.starts_with("150 ")
+    }
 }

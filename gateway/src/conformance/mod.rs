@@ -365,6 +365,8 @@ impl Runner {
             Transport::Http => None,
             _ => Some(BufReader::new(self.connect(case.submission).await?)),
         };
+        // Unsolicited lines read before a step expected them.
+        let mut aside = Vec::new();
         for (i, step) in case.steps.iter().enumerate() {
             let r = match (&mut conn, &step.request) {
                 (None, Some(req)) => self.http_step(step, req, vars).await,
@@ -374,7 +376,7 @@ impl Runner {
                     if let Some(spec) = &step.send_packet {
                         self.send_packet(c, spec, vars).await?;
                     }
-                    stream_step(c, transport, step, vars).await
+                    stream_step(c, &mut aside, transport, step, vars).await
                 }
             };
             r.with_context(|| format!("step {}", i + 1))?;
@@ -569,8 +571,36 @@ async fn write_out(
     Ok(())
 }
 
+/// At most this many unsolicited lines wait for a step that expects them.
+const MAX_ASIDE: usize = 1_000;
+
+/// The next line for a step: a waiting unsolicited line that `wanted` accepts, else the next
+/// line read. An unsolicited line that `wanted` does not accept is set aside for a later step
+/// (the server may show a live push before or after the reply to the command that caused it).
+async fn next_wanted(
+    conn: &mut BufReader<Conn>,
+    aside: &mut Vec<String>,
+    transport: Transport,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    if let Some(i) = aside.iter().position(|l| wanted(l)) {
+        return Ok(aside.remove(i));
+    }
+    loop {
+        let line = next_line(conn).await?;
+        if !transport.unsolicited(&line) || wanted(&line) {
+            return Ok(line);
+        }
+        if aside.len() >= MAX_ASIDE {
+            bail!("more than {MAX_ASIDE} unsolicited lines nobody expected");
+        }
+        aside.push(line);
+    }
+}
+
 async fn stream_step(
     conn: &mut BufReader<Conn>,
+    aside: &mut Vec<String>,
     transport: Transport,
     step: &Step,
     vars: &mut HashMap<String, String>,
@@ -622,7 +652,10 @@ async fn stream_step(
             .map(|p| anchored(&subst(p, vars, true)?))
             .collect::<anyhow::Result<_>>()?;
         while !left.is_empty() {
-            let line = next_line(conn).await?;
+            let line = next_wanted(conn, aside, transport, |l| {
+                left.iter().any(|re| re.is_match(l))
+            })
+            .await?;
             let line = line.as_str();
             let Some(i) = left.iter().position(|re| re.is_match(line)) else {
                 bail!("reply {line:?} matches none of the expected {patterns:?}");
@@ -635,14 +668,23 @@ async fn stream_step(
     if !wants_reply {
         return Ok(());
     }
+    // The step's line pattern, when it has one.
+    let expected = match (transport.lines(), &step.expect) {
+        (true, Some(expect)) => Some(anchored(&subst(
+            expect.as_str().unwrap_or_default(),
+            vars,
+            true,
+        )?)?),
+        _ => None,
+    };
     let mut skipped = 0;
     let line = loop {
-        let line = next_line(conn).await?;
-        let retry = match (transport, &step.expect) {
-            (t, Some(expect)) if t.lines() && step.skip && skipped < 10_000 => {
-                let pattern = expect.as_str().unwrap_or_default();
-                !anchored(&subst(pattern, vars, true)?)?.is_match(&line)
-            }
+        let line = next_wanted(conn, aside, transport, |l| {
+            expected.as_ref().is_none_or(|re| re.is_match(l))
+        })
+        .await?;
+        let retry = match &expected {
+            Some(re) if step.skip && skipped < 10_000 => !re.is_match(&line),
             _ => false,
         };
         if !retry {
@@ -814,6 +856,35 @@ fn subst_json(v: Value, vars: &HashMap<String, String>) -> anyhow::Result<Value>
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A live push shown before the reply to the command that caused it, and another case's
+    /// push in between, still let the case's steps match in order.
+    #[tokio::test]
+    async fn unsolicited_lines_wait_for_the_step_that_expects_them() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        server
+            .write_all(b"150 PUSH other\n150 PUSH mine\n274 id delivered\n250 OK\n")
+            .await
+            .unwrap();
+        let mut conn: BufReader<Conn> = BufReader::new(Box::new(client));
+        let mut aside = Vec::new();
+        let mut vars = HashMap::new();
+        for (expect, ok) in [
+            ("274 .*", true),
+            ("150 PUSH mine", true),
+            ("250 .*", true),
+            ("150 PUSH mine", false),
+        ] {
+            let step: Step = toml::from_str(&format!("expect = '{expect}'")).unwrap();
+            let r = tokio::time::timeout(
+                Duration::from_secs(1),
+                stream_step(&mut conn, &mut aside, Transport::Line, &step, &mut vars),
+            )
+            .await;
+            assert_eq!(matches!(r, Ok(Ok(()))), ok, "{expect}: {r:?}");
+        }
+        assert_eq!(aside, ["150 PUSH other"]);
+    }
 
     #[test]
     fn subset_matching() {
