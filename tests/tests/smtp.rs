@@ -253,6 +253,86 @@ async fn oversize_and_overlong_input_is_refused_and_the_session_goes_on() {
     assert_eq!(mmtp_inbox(&gw).await.len(), 1);
 }
 
+/// CHUNKING (RFC 3030): a message in BDAT chunks is kept byte for byte (no dot-unstuffing, a
+/// chunk may split a CRLF, octets that look like commands are message text); a chunk that takes
+/// the message over the limit fails the transaction, chunks pipelined after it are read and
+/// refused, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_mail_is_kept_exactly_and_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "a.test", "requests_per_sec = 0.0")
+        .replace("domains = [", "max_message_size = 1000\ndomains = [");
+    let gw = Gateway::start(dir.path(), Some(&config));
+    gw.add_user("bob@a.test", "bob-pw");
+    let mut s = ehlo(&gw).await;
+    let offered = s.cmd("EHLO client.b.test").await;
+    assert!(offered.text().contains("CHUNKING"), "{offered:?}");
+
+    let chunks: [&[u8]; 3] = [
+        b"Subject: chunked\r\n\r\nfirst line\r",
+        b"\n..two dots stay\r\n.\r\nQUIT\r\n",
+        b"last line\r\n",
+    ];
+    assert_eq!(s.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
+    assert_eq!(s.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i == chunks.len() - 1 { " LAST" } else { "" };
+        s.write(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes())
+            .await;
+        s.write(chunk).await;
+        let r = s.reply().await;
+        assert_eq!(r.code, 250, "chunk {i}: {r:?}");
+        if last.is_empty() {
+            assert_eq!(r.text(), format!("2.0.0 {} octets received", chunk.len()));
+        } else {
+            assert!(r.text().contains("accepted"), "{r:?}");
+        }
+    }
+
+    // Over the limit in the second chunk; the third, pipelined, is read and refused.
+    let big = "y".repeat(600);
+    s.write(
+        format!(
+            "MAIL FROM:<carol@b.test>\r\nRCPT TO:<bob@a.test>\r\nBDAT 600\r\n{big}\
+             BDAT 600\r\n{big}BDAT 5 LAST\r\nhello"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let codes = [
+        s.reply().await.code,
+        s.reply().await.code,
+        s.reply().await.code,
+        s.reply().await.code,
+        s.reply().await.code,
+    ];
+    assert_eq!(codes, [250, 250, 250, 552, 503]);
+    assert_eq!(s.cmd("NOOP").await.code, 250);
+    // DATA and RCPT do not mix into a chunked message; RSET drops it.
+    assert_eq!(s.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
+    assert_eq!(s.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+    s.write(b"BDAT 3\r\nabc").await;
+    assert_eq!(s.reply().await.code, 250);
+    assert_eq!(s.cmd("DATA").await.code, 503);
+    assert_eq!(s.cmd("RCPT TO:<bob@a.test>").await.code, 503);
+    assert_eq!(s.cmd("RSET").await.code, 250);
+    s.write(b"BDAT 1 LAST\r\nz").await;
+    assert_eq!(s.reply().await.code, 503);
+    // A size that cannot be read ends the session: what follows is not known to be commands.
+    s.write(b"BDAT lots\r\n").await;
+    assert_eq!(s.reply().await.code, 501);
+    assert!(s.read_reply().await.is_none());
+
+    let got = mmtp_inbox(&gw).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["content"]["subject"], "chunked");
+    let body = got[0]["content"]["body"].as_str().unwrap();
+    assert!(
+        body.starts_with("first line\r\n..two dots stay\r\n.\r\nQUIT\r\nlast line"),
+        "{body:?}"
+    );
+}
+
 /// Peers that stall in the middle of large messages hold their bytes in the shared body
 /// budget; another peer's message that does not fit gets a temporary failure (451 4.3.2, the
 /// client retries), and fits once the stalled peers are gone.
@@ -268,6 +348,25 @@ async fn message_bodies_stay_within_the_shared_memory_budget() {
     let gw = Gateway::start(dir.path(), Some(&config));
     gw.add_user("bob@a.test", "bob-pw");
     let line = format!("{}\r\n", "z".repeat(998));
+    // Six peers announce a 209 KB chunk each (1.25 MB together) and send none of it: they
+    // hold nothing, so a message that fits the budget is taken meanwhile.
+    let mut announcers = Vec::new();
+    for _ in 0..6 {
+        let mut a = ehlo(&gw).await;
+        assert_eq!(a.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
+        assert_eq!(a.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+        a.write(b"BDAT 209000 LAST\r\n").await;
+        announcers.push(a);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let body = format!("Subject: fits\r\n\r\n{}", line.repeat(100));
+    let mut s = ehlo(&gw).await;
+    let r = s
+        .send("carol@b.test", &["bob@a.test"], body.trim_end())
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    drop((announcers, s));
+
     // Seven peers each stall with 199 KB of a message: about 950 KB of the 1 MiB held.
     let mut stallers = Vec::new();
     for _ in 0..7 {
@@ -293,7 +392,7 @@ async fn message_bodies_stay_within_the_shared_memory_budget() {
         .send("carol@b.test", &["bob@a.test"], body.trim_end())
         .await;
     assert_eq!(r.code, 250, "{r:?}");
-    assert_eq!(mmtp_inbox(&gw).await.len(), 1);
+    assert_eq!(mmtp_inbox(&gw).await.len(), 2);
 }
 
 fn b64(s: &str) -> String {

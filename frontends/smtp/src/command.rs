@@ -24,6 +24,13 @@ pub enum Command {
     Rcpt(Address),
     /// `DATA`.
     Data,
+    /// `BDAT size [LAST]` (RFC 3030 CHUNKING): exactly `size` octets of the message follow.
+    Bdat {
+        /// The chunk's length in octets.
+        size: u64,
+        /// Whether this chunk ends the message.
+        last: bool,
+    },
     /// `RSET`.
     Rset,
     /// `NOOP [string]`.
@@ -80,6 +87,9 @@ pub enum CommandError {
     BadAddress,
     /// A parameter this server does not implement (555 5.5.4).
     UnknownParameter(String),
+    /// A `BDAT` whose chunk size cannot be read: the octets that follow cannot be told from
+    /// commands, so the session must end (501 5.5.4, then close).
+    BadChunk,
 }
 
 /// Parse one command line (without its CRLF).
@@ -135,6 +145,20 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
             Ok(Command::Rcpt(parse_path(path)?))
         }
         "DATA" => no_args(Command::Data),
+        "BDAT" => {
+            let mut words = rest.split(' ');
+            let size = words
+                .next()
+                .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|w| w.parse().ok())
+                .ok_or(CommandError::BadChunk)?;
+            let last = match (words.next(), words.next()) {
+                (None, _) => false,
+                (Some(w), None) if w.eq_ignore_ascii_case("LAST") => true,
+                _ => return Err(CommandError::BadChunk),
+            };
+            Ok(Command::Bdat { size, last })
+        }
         "RSET" => no_args(Command::Rset),
         "QUIT" => no_args(Command::Quit),
         "STARTTLS" => no_args(Command::StartTls),
@@ -281,7 +305,6 @@ mod tests {
             parse("MAIL FROM:<a@b.test> FOO=1"),
             Err(CommandError::UnknownParameter(_))
         ));
-        assert_eq!(parse("BDAT 10"), Err(CommandError::Unknown));
         assert_eq!(
             parse("DATA x"),
             Err(CommandError::Syntax("this command takes no arguments"))
@@ -291,5 +314,36 @@ mod tests {
             Command::Ehlo("client.test".into())
         );
         assert!(parse("EHLO").is_err());
+    }
+
+    #[test]
+    fn bdat_needs_a_size_and_at_most_last() {
+        assert_eq!(
+            parse("BDAT 10").unwrap(),
+            Command::Bdat {
+                size: 10,
+                last: false
+            }
+        );
+        assert_eq!(
+            parse("bdat 0 last").unwrap(),
+            Command::Bdat {
+                size: 0,
+                last: true
+            }
+        );
+        for bad in [
+            "BDAT",
+            "BDAT ",
+            "BDAT x",
+            "BDAT -1",
+            "BDAT +1",
+            "BDAT 1  LAST",
+            "BDAT 1 FIRST",
+            "BDAT 1 LAST x",
+            "BDAT 99999999999999999999999",
+        ] {
+            assert_eq!(parse(bad), Err(CommandError::BadChunk), "{bad}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! anywhere; the relay transport delivers to other domains' mail exchangers.
 
 pub mod auth;
+mod chunking;
 pub mod client;
 pub mod command;
 pub mod config;

@@ -1,9 +1,10 @@
 //! One inbound SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES,
-//! SMTPUTF8 and STARTTLS): commands read with a length limit and a timeout, replies batched
+//! SMTPUTF8, STARTTLS and CHUNKING): commands read with a length limit and a timeout, replies batched
 //! while the client has pipelined more commands, `250` after the final dot only once the
 //! message is durably stored.
 
 use crate::auth::{self, Findings, Transaction};
+use crate::chunking::{self, Chunks};
 use crate::command::{self, Command, CommandError, MailParams, Mechanism, MAX_COMMAND_LINE};
 use crate::mime;
 use crate::reply::Reply;
@@ -48,6 +49,8 @@ pub(crate) struct Session<'a> {
     tls: bool,
     helo: Option<String>,
     envelope: Option<Envelope>,
+    /// The `BDAT` chunks of the transaction's message, once the first one came.
+    chunks: Option<Chunks>,
     errors: u32,
     out: Vec<u8>,
     /// The account that authenticated (submission only).
@@ -63,6 +66,7 @@ impl<'a> Session<'a> {
             tls,
             helo: None,
             envelope: None,
+            chunks: None,
             errors: 0,
             out: Vec::new(),
             account: None,
@@ -125,6 +129,17 @@ impl<'a> Session<'a> {
                         Some(reply) => reply,
                         None => return,
                     },
+                    Ok(Command::Bdat { size, last }) => {
+                        match self.bdat(&mut io, size, last).await {
+                            Some(reply) => reply,
+                            None => return,
+                        }
+                    }
+                    Err(CommandError::BadChunk) => {
+                        // What follows cannot be told from commands: end the session.
+                        self.push(syntax_reply(CommandError::BadChunk));
+                        break;
+                    }
                     Ok(Command::StartTls) => {
                         if let Err(reply) = self.may_start_tls() {
                             reply
@@ -201,7 +216,7 @@ impl<'a> Session<'a> {
         match c {
             Command::Ehlo(domain) => {
                 self.helo = Some(domain.clone());
-                self.envelope = None;
+                self.reset();
                 let mut lines = vec![
                     format!("{} greets {domain}", self.server.hostname),
                     "PIPELINING".to_owned(),
@@ -209,6 +224,7 @@ impl<'a> Session<'a> {
                     "8BITMIME".to_owned(),
                     "ENHANCEDSTATUSCODES".to_owned(),
                     "SMTPUTF8".to_owned(),
+                    "CHUNKING".to_owned(),
                 ];
                 if self.server.tls.is_some() && !self.tls {
                     lines.push("STARTTLS".to_owned());
@@ -219,7 +235,7 @@ impl<'a> Session<'a> {
                 Reply::lines(250, None, lines)
             }
             Command::Helo(domain) => {
-                self.envelope = None;
+                self.reset();
                 let text = format!("{} greets {domain}", self.server.hostname);
                 self.helo = Some(domain);
                 Reply::new(250, None, text)
@@ -227,23 +243,31 @@ impl<'a> Session<'a> {
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt(to) => self.rcpt(to).await,
             Command::Rset => {
-                self.envelope = None;
+                self.reset();
                 Reply::new(250, Some("2.0.0"), "reset")
             }
             Command::Noop => Reply::new(250, Some("2.0.0"), "ok"),
             Command::Help => Reply::new(
                 214,
                 Some("2.0.0"),
-                "commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT STARTTLS HELP (RFC 5321)",
+                "commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS HELP (RFC 5321)",
             ),
             // Nothing about accounts is told to strangers (RFC 5321 §3.5.3 allows 252).
             Command::Vrfy => Reply::new(252, Some("2.5.2"), "cannot verify; send mail to try"),
             Command::Expn => Reply::new(502, Some("5.5.1"), "EXPN is not offered"),
             // The session loop runs these itself.
-            Command::Quit | Command::Data | Command::StartTls | Command::Auth { .. } => {
-                Reply::new(503, Some("5.5.1"), "bad sequence of commands")
-            }
+            Command::Quit
+            | Command::Data
+            | Command::Bdat { .. }
+            | Command::StartTls
+            | Command::Auth { .. } => Reply::new(503, Some("5.5.1"), "bad sequence of commands"),
         }
+    }
+
+    /// End the transaction under way, if any.
+    fn reset(&mut self) {
+        self.envelope = None;
+        self.chunks = None;
     }
 
     fn mail(&mut self, from: Option<Address>, params: MailParams) -> Reply {
@@ -300,6 +324,9 @@ impl<'a> Session<'a> {
         let Some(envelope) = &self.envelope else {
             return Reply::new(503, Some("5.5.1"), "MAIL first");
         };
+        if self.chunks.is_some() {
+            return Reply::new(503, Some("5.5.1"), "recipients go before the first BDAT");
+        }
         if !envelope.params.utf8 && !to.to_string().is_ascii() {
             return Reply::new(553, Some("5.6.7"), "a UTF-8 address needs SMTPUTF8");
         }
@@ -355,6 +382,13 @@ impl<'a> Session<'a> {
             Some(e) if e.recipients.is_empty() => {
                 return Some(Reply::new(554, Some("5.5.1"), "no valid recipients"))
             }
+            Some(_) if self.chunks.is_some() => {
+                return Some(Reply::new(
+                    503,
+                    Some("5.5.1"),
+                    "the message is being sent with BDAT",
+                ))
+            }
             Some(_) => {}
         }
         self.push(Reply::new(354, None, "end data with <CR><LF>.<CR><LF>"));
@@ -373,20 +407,65 @@ impl<'a> Session<'a> {
             Ok(Ok(body)) => body,
         };
         let envelope = self.envelope.take()?;
-        Some(match body {
-            Data::TooLarge => Reply::new(
-                552,
-                Some("5.3.4"),
-                format!("message too large: this server accepts {max} bytes"),
-            ),
-            Data::Busy => busy(),
-            // RFC 5321 §2.3.8: lines end with CRLF; a server that took bare LFs could be made
-            // to see two messages where the next hop sees one (SMTP smuggling).
-            Data::BareLf => Reply::new(
-                550,
-                Some("5.6.0"),
-                "bare LF in the message: end every line with CRLF",
-            ),
+        Some(self.finish(envelope, body).await)
+    }
+
+    /// `BDAT` (RFC 3030): `None` when the connection is gone. The chunk's octets are read
+    /// whatever the reply; a refused chunk fails the transaction, and chunks the client
+    /// pipelined after it are read and refused as outside any transaction.
+    async fn bdat(&mut self, io: &mut BufReader<BoxedIo>, size: u64, last: bool) -> Option<Reply> {
+        let refusal = match &self.envelope {
+            None => Some(Reply::new(503, Some("5.5.1"), "MAIL first")),
+            Some(e) if e.recipients.is_empty() => {
+                Some(Reply::new(554, Some("5.5.1"), "no valid recipients"))
+            }
+            Some(_) => None,
+        };
+        let max = self.server.core.policy.max_message_size;
+        let read = async {
+            match refusal {
+                Some(_) => chunking::skip(io, size).await,
+                None => {
+                    let budget = &self.server.core.budget;
+                    let chunks = self.chunks.get_or_insert_with(|| Chunks::new(budget));
+                    chunks.read(io, size, max).await
+                }
+            }
+        };
+        match tokio::time::timeout(self.server.data_timeout, read).await {
+            Err(_) => {
+                self.push(Reply::new(421, Some("4.4.2"), "timeout in BDAT, closing"));
+                let _ = self.flush(io).await;
+                return None;
+            }
+            Ok(Err(_)) => return None,
+            Ok(Ok(())) => {}
+        }
+        if let Some(reply) = refusal {
+            self.reset();
+            return Some(reply);
+        }
+        if !last {
+            if let Some(why) = self.chunks.as_ref().and_then(Chunks::refused) {
+                let reply = refusal_reply(why, max);
+                self.reset();
+                return reply;
+            }
+            return Some(Reply::new(
+                250,
+                Some("2.0.0"),
+                format!("{size} octets received"),
+            ));
+        }
+        let envelope = self.envelope.take()?;
+        let body = self.chunks.take()?.finish();
+        Some(self.finish(envelope, body).await)
+    }
+
+    /// The reply to a whole message, from `DATA` or `BDAT … LAST`: stored (`250` once durable)
+    /// or refused.
+    async fn finish(&mut self, envelope: Envelope, body: Data) -> Reply {
+        match body {
             Data::Message(raw, mut reservation) => {
                 // Parsing makes the parts beside the raw bytes kept as the wire form.
                 if reservation.grow_to(raw.len() * 3).await.is_err() {
@@ -395,7 +474,9 @@ impl<'a> Session<'a> {
                     self.deliver(envelope, raw).await
                 }
             }
-        })
+            refused => refusal_reply(&refused, self.server.core.policy.max_message_size)
+                .unwrap_or_else(busy),
+        }
     }
 
     async fn deliver(&mut self, envelope: Envelope, raw: Vec<u8>) -> Reply {
@@ -648,6 +729,7 @@ fn syntax_reply(e: CommandError) -> Reply {
             "mechanism not offered: use PLAIN or LOGIN",
         ),
         CommandError::Syntax(why) => Reply::new(501, Some("5.5.4"), why),
+        CommandError::BadChunk => Reply::new(501, Some("5.5.4"), "use BDAT size [LAST]; closing"),
         CommandError::BadAddress => Reply::new(501, Some("5.1.3"), "bad address syntax"),
         CommandError::UnknownParameter(p) => Reply::new(
             555,
@@ -733,8 +815,28 @@ async fn read_line_ending(
     }
 }
 
-/// What the data block after `354` turned out to be.
-enum Data {
+/// The reply to a refused message; `None` for one that was not refused.
+fn refusal_reply(data: &Data, max: usize) -> Option<Reply> {
+    Some(match data {
+        Data::Message(..) => return None,
+        Data::TooLarge => Reply::new(
+            552,
+            Some("5.3.4"),
+            format!("message too large: this server accepts {max} bytes"),
+        ),
+        Data::Busy => busy(),
+        // RFC 5321 §2.3.8: lines end with CRLF; a server that took bare LFs could be made
+        // to see two messages where the next hop sees one (SMTP smuggling).
+        Data::BareLf => Reply::new(
+            550,
+            Some("5.6.0"),
+            "bare LF in the message: end every line with CRLF",
+        ),
+    })
+}
+
+/// What a message's octets (after `354`, or in `BDAT` chunks) turned out to be.
+pub(crate) enum Data {
     /// The message, dot-unstuffed, with the memory reservation covering it.
     Message(Vec<u8>, Reservation),
     /// Larger than the limit (the rest was read and dropped).
