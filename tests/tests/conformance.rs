@@ -21,8 +21,9 @@ struct Suite {
 /// The gateways under test, started when the first case runs.
 struct Servers {
     suites: Vec<Suite>,
-    dir: tempfile::TempDir,
+    // Before `dir`, so the gateways stop before their directory is removed.
     _gateways: std::sync::Mutex<Vec<Gateway>>,
+    dir: tempfile::TempDir,
 }
 
 fn start() -> Servers {
@@ -133,8 +134,8 @@ fn start() -> Servers {
     });
     Servers {
         suites,
-        dir,
         _gateways: std::sync::Mutex::new(vec![gw, smtp, tmtp]),
+        dir,
     }
 }
 
@@ -198,5 +199,11 @@ fn main() {
             }));
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // `exit` runs no destructors: stop the gateways (children of this process) and remove
+    // their directory first, or every run would leave them behind.
+    if let Some(servers) = Arc::into_inner(servers).and_then(OnceLock::into_inner) {
+        drop(servers);
+    }
+    conclusion.exit();
 }
