@@ -1,6 +1,7 @@
 //! SMTP command lines and RFC 5322 / MIME messages from strangers: the input's lines through
 //! the command parser, then the whole input through the MIME-to-model conversion. Never
-//! panics; every accepted MAIL/RCPT path is a valid address; the model keeps the bytes.
+//! panics; every accepted MAIL/RCPT path is a valid address; an accepted BDAT carries its size
+//! and nothing more; the model keeps the bytes.
 
 #![no_main]
 
@@ -22,6 +23,12 @@ fuzz_target!(|data: &[u8]| {
                 // What the parser accepts prints as an address that parses back to it.
                 let printed = a.to_string();
                 assert_eq!(Address::parse_any(&printed).ok(), Some(a), "{printed}");
+            }
+            Ok(Command::Bdat { size, last }) => {
+                // An accepted chunk size is the number written, and nothing else rode along.
+                let printed = format!("BDAT {size}{}", if last { " LAST" } else { "" });
+                assert_eq!(parse(&printed), Ok(Command::Bdat { size, last }), "{text:?}");
+                assert!(text.split(' ').count() <= 3, "{text:?}");
             }
             _ => {}
         }
