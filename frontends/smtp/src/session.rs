@@ -1,7 +1,7 @@
 //! One inbound SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES,
-//! SMTPUTF8, STARTTLS and CHUNKING): commands read with a length limit and a timeout, replies batched
-//! while the client has pipelined more commands, `250` after the final dot only once the
-//! message is durably stored.
+//! SMTPUTF8, STARTTLS and CHUNKING): commands read with a length limit and a timeout, replies
+//! batched while the client has pipelined more commands, `250` after the final dot (or the
+//! last chunk) only once the message is durably stored.
 
 use crate::auth::{self, Findings, Transaction};
 use crate::chunking::{self, Chunks};
