@@ -30,6 +30,19 @@ async fn ehlo(gw: &Gateway) -> Smtp {
     s
 }
 
+/// A session in a transaction from carol@b.test to bob@a.test (MAIL and RCPT accepted).
+async fn in_transaction(gw: &Gateway) -> Smtp {
+    let mut s = ehlo(gw).await;
+    begin(&mut s).await;
+    s
+}
+
+/// MAIL from carol@b.test and RCPT to bob@a.test, both accepted.
+async fn begin(s: &mut Smtp) {
+    assert_eq!(s.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
+    assert_eq!(s.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+}
+
 /// bob's mail as MMTP RECEIVE returns it (and removes it).
 async fn mmtp_inbox(gw: &Gateway) -> Vec<serde_json::Value> {
     let mut c = MmtpClient::connect(gw.addr("mmtp.tls_listen"), Some(gw.connector()))
@@ -273,8 +286,7 @@ async fn chunked_mail_is_kept_exactly_and_limited() {
         b"\n..two dots stay\r\n.\r\nQUIT\r\n",
         b"last line\r\n",
     ];
-    assert_eq!(s.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
-    assert_eq!(s.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+    begin(&mut s).await;
     for (i, chunk) in chunks.iter().enumerate() {
         let last = if i == chunks.len() - 1 { " LAST" } else { "" };
         s.write(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes())
@@ -309,8 +321,7 @@ async fn chunked_mail_is_kept_exactly_and_limited() {
     assert_eq!(codes, [250, 250, 250, 552, 503]);
     assert_eq!(s.cmd("NOOP").await.code, 250);
     // DATA and RCPT do not mix into a chunked message; RSET drops it.
-    assert_eq!(s.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
-    assert_eq!(s.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+    begin(&mut s).await;
     s.write(b"BDAT 3\r\nabc").await;
     assert_eq!(s.reply().await.code, 250);
     assert_eq!(s.cmd("DATA").await.code, 503);
@@ -352,9 +363,7 @@ async fn message_bodies_stay_within_the_shared_memory_budget() {
     // hold nothing, so a message that fits the budget is taken meanwhile.
     let mut announcers = Vec::new();
     for _ in 0..6 {
-        let mut a = ehlo(&gw).await;
-        assert_eq!(a.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
-        assert_eq!(a.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+        let mut a = in_transaction(&gw).await;
         a.write(b"BDAT 209000 LAST\r\n").await;
         announcers.push(a);
     }
@@ -370,9 +379,7 @@ async fn message_bodies_stay_within_the_shared_memory_budget() {
     // Seven peers each stall with 199 KB of a message: about 950 KB of the 1 MiB held.
     let mut stallers = Vec::new();
     for _ in 0..7 {
-        let mut staller = ehlo(&gw).await;
-        assert_eq!(staller.cmd("MAIL FROM:<carol@b.test>").await.code, 250);
-        assert_eq!(staller.cmd("RCPT TO:<bob@a.test>").await.code, 250);
+        let mut staller = in_transaction(&gw).await;
         assert_eq!(staller.cmd("DATA").await.code, 354);
         staller.write(line.repeat(199).as_bytes()).await;
         stallers.push(staller);
